@@ -1,0 +1,60 @@
+# dbpool_exporter. `make demo` runs the whole thing on a throwaway PostgreSQL; `make test` runs
+# every test, including those against real PostgreSQL, PgBouncer, promtool and Prometheus.
+GO       ?= go
+BIN      ?= dbpool_exporter
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BRANCH   ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+VPKG     := github.com/prometheus/common/version
+LDFLAGS  := -s -w -X $(VPKG).Version=$(VERSION) -X $(VPKG).Revision=$(REVISION) -X $(VPKG).Branch=$(BRANCH) \
+            -X $(VPKG).BuildUser=$(shell id -un)@$(shell hostname) -X $(VPKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+GOLANGCI_LINT_VERSION ?= v2.6.2
+
+export CGO_ENABLED ?= 0
+
+.PHONY: all build deps test unit lint fmt vet alerts demo bench clean tidy-check dockerfile-lint
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+# Installs PostgreSQL, PgBouncer, Prometheus (promtool) and Alertmanager from Debian when missing.
+deps:
+	./scripts/install-deps.sh
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+tidy-check:
+	@cp go.mod /tmp/dbpool-go.mod.bak; cp go.sum /tmp/dbpool-go.sum.bak; \
+	$(GO) mod tidy; \
+	if ! git diff --quiet -- go.mod go.sum; then echo "go mod tidy changed go.mod/go.sum"; git --no-pager diff -- go.mod go.sum; exit 1; fi
+
+lint: fmt vet dockerfile-lint
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+alerts:
+	./alerts/check.sh
+
+# The race detector needs cgo.
+unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 12m ./...
+
+test: deps fmt vet alerts unit
+
+demo: deps build
+	$(GO) run ./cmd/dbpool-demo --exporter ./$(BIN)
+
+bench: deps build
+	./bench/run.sh
+
+clean:
+	rm -f $(BIN)
+
+dockerfile-lint:
+	cd /tmp && npx --yes dockerfilelint@1.8.0 $(CURDIR)/Dockerfile
