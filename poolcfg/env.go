@@ -1,0 +1,221 @@
+package poolcfg
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// EnvValue is one variable from a .env file, with where it was set.
+type EnvValue struct {
+	Value string
+	Line  int    // 1-based line of the variable's name
+	File  string // the name given to ParseEnvFile
+}
+
+// ParseEnvFile reads a .env file the way python-dotenv does, without ${VAR} expansion:
+//
+//	# comment lines and blank lines
+//	export DB_POOL_SIZE=10       # "export " is optional; " #" after a value starts a comment
+//	DB_ECHO=                     (empty value; "DB_ECHO= # x" is "# x", as in python-dotenv)
+//	APP_NAME='single quoted'     # taken literally, except \' and \\
+//	GREETING="line\nbreak \"x\"" # escapes \n \r \t \" \' \\ (and \a \b \f \v)
+//
+// Quoted values may span lines. CRLF line endings are accepted. A later assignment of the
+// same name wins. Every malformed line is reported, as name:line; messages never quote a
+// value, which may be a secret.
+func ParseEnvFile(r io.Reader, name string) (map[string]EnvValue, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	text := strings.TrimPrefix(strings.ReplaceAll(string(data), "\r\n", "\n"), "\ufeff")
+	vars := map[string]EnvValue{}
+	var errs []error
+	line := 1
+	for text != "" {
+		key, value, rest, lines, problem := envEntry(text)
+		switch {
+		case problem != "":
+			errs = append(errs, fmt.Errorf("%s:%d: %s", name, line, problem))
+		case key != "":
+			vars[key] = EnvValue{Value: value, Line: line, File: name}
+		}
+		text, line = rest, line+lines
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return vars, nil
+}
+
+// LoadEnvFile reads the .env file at path (see ParseEnvFile).
+func LoadEnvFile(path string) (map[string]EnvValue, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseEnvFile(f, path)
+}
+
+// envEntry parses the entry at the start of text: an assignment, a comment or a blank line.
+// It returns the rest of the text and how many lines it consumed. On a problem it skips to
+// the next line so that later lines are still checked.
+func envEntry(text string) (key, value, rest string, lines int, problem string) {
+	line, rest, _ := strings.Cut(text, "\n")
+	s := strings.TrimLeft(line, " \t")
+	if s == "" || s[0] == '#' {
+		return "", "", rest, 1, ""
+	}
+	if after, ok := strings.CutPrefix(s, "export"); ok && after != "" && (after[0] == ' ' || after[0] == '\t') {
+		s = strings.TrimLeft(after, " \t")
+	}
+	n := 0
+	for n < len(s) && isKeyByte(s[n], n == 0) {
+		n++
+	}
+	key, s = s[:n], strings.TrimLeft(s[n:], " \t")
+	if key == "" || s == "" || s[0] != '=' {
+		return "", "", rest, 1, "expected KEY=VALUE, with KEY made of letters, digits, _ and . (not starting with a digit)"
+	}
+	s = strings.TrimLeft(s[1:], " \t")
+	if s == "" || (s[0] != '"' && s[0] != '\'') {
+		if i := strings.Index(s, " #"); i >= 0 {
+			s = s[:i]
+		}
+		if i := strings.Index(s, "\t#"); i >= 0 {
+			s = s[:i]
+		}
+		return key, strings.TrimRight(s, " \t"), rest, 1, ""
+	}
+	// Quoted: the value runs to the matching quote, possibly over several lines. s is a
+	// suffix of line, so the quote is at len(line)-len(s) in text.
+	quote := s[0]
+	var b strings.Builder
+	for i := len(line) - len(s) + 1; i < len(text); i++ {
+		c := text[i]
+		switch {
+		case c == quote:
+			tail, after, _ := strings.Cut(text[i+1:], "\n")
+			lines = 1 + strings.Count(text[:i], "\n")
+			if t := strings.TrimLeft(tail, " \t"); t != "" && t[0] != '#' {
+				return "", "", after, lines, fmt.Sprintf("%s: unexpected text after the closing quote", key)
+			}
+			return key, b.String(), after, lines, ""
+		case c == '\\' && i+1 < len(text):
+			if r, ok := envEscape(quote, text[i+1]); ok {
+				b.WriteByte(r)
+				i++
+				continue
+			}
+		}
+		b.WriteByte(c)
+	}
+	return "", "", "", strings.Count(text, "\n") + 1, fmt.Sprintf("%s: missing closing %c quote", key, quote)
+}
+
+// isKeyByte accepts what shells and python-dotenv accept in names: letters, _, and after
+// the first byte digits and '.'.
+func isKeyByte(c byte, first bool) bool {
+	letter := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '_'
+	return letter || !first && ('0' <= c && c <= '9' || c == '.')
+}
+
+// envEscape decodes the escapes python-dotenv decodes inside quote; others stay literal.
+func envEscape(quote, c byte) (byte, bool) {
+	if quote == '\'' {
+		return c, c == '\'' || c == '\\'
+	}
+	i := strings.IndexByte(`\'"abfnrtv`, c)
+	if i < 0 {
+		return 0, false
+	}
+	return "\\'\"\a\b\f\n\r\t\v"[i], true
+}
+
+// EnvLookup combines a .env file with the process environment for SettingsFromEnv. The
+// process environment wins over the file, as with python-dotenv's default (override=False):
+// a variable set by the orchestrator overrides the checked-in .env. osLookup may be nil.
+//
+// The returned function also answers EnvSource's queries, so that SettingsFromEnv can name
+// the file and line of a bad value taken from the file.
+func EnvLookup(file map[string]EnvValue, osLookup func(string) (string, bool)) func(string) (string, bool) {
+	return func(key string) (string, bool) {
+		if name, ok := strings.CutPrefix(key, sourceQuery); ok {
+			if osLookup != nil {
+				if _, ok := osLookup(name); ok {
+					return "", true
+				}
+			}
+			if v, ok := file[name]; ok {
+				return v.File + ":" + strconv.Itoa(v.Line), true
+			}
+			return "", false
+		}
+		if osLookup != nil {
+			if v, ok := osLookup(key); ok {
+				return v, true
+			}
+		}
+		v, ok := file[key]
+		return v.Value, ok
+	}
+}
+
+// sourceQuery prefixes the key of an EnvSource query. An environment variable name cannot
+// contain NUL, so no real lookup (os.LookupEnv, a map) ever answers it.
+const sourceQuery = "\x00source\x00"
+
+// EnvSource says where lookup found key: "file:line" if lookup came from EnvLookup and key
+// was taken from the .env file, "" otherwise (process environment, unset, other lookups).
+func EnvSource(lookup func(string) (string, bool), key string) string {
+	src, _ := lookup(sourceQuery + key)
+	return src
+}
+
+// SettingsFromEnv overrides base with the seed's DB_* variables found by lookup:
+// DB_POOL_SIZE and DB_MAX_OVERFLOW (integers), DB_POOL_TIMEOUT and DB_POOL_RECYCLE (seconds,
+// integer or decimal, or Go durations such as 30s; DB_POOL_RECYCLE=-1 means never, stored
+// as Recycle 0), DB_POOL_PRE_PING and DB_ECHO (true/false, 1/0, yes/no, on/off). It returns
+// every problem at once, each as DB_POOL_SIZE="abc": not an integer, prefixed with
+// file:line when lookup is an EnvLookup and the value came from the .env file.
+func SettingsFromEnv(lookup func(string) (string, bool), base Settings) (Settings, error) {
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", false }
+	}
+	s := base
+	var errs []error
+	set := map[string]string{}
+	for _, key := range settingKeys {
+		raw, ok := lookup(envNames[key])
+		if !ok {
+			continue
+		}
+		if problem := setSetting(&s, key, raw); problem != "" {
+			errs = append(errs, valueError(envAt(lookup, envNames[key]), envNames[key], raw, problem))
+			continue
+		}
+		set[key] = raw
+	}
+	errs = append(errs, checkSettings(s, func(key string) (string, string, string) {
+		if raw, ok := set[key]; ok {
+			return envAt(lookup, envNames[key]), envNames[key], raw
+		}
+		return "", envNames[key], formatSetting(s, key)
+	})...)
+	if len(errs) > 0 {
+		return base, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+func envAt(lookup func(string) (string, bool), key string) string {
+	if src := EnvSource(lookup, key); src != "" {
+		return src + ": "
+	}
+	return ""
+}
