@@ -1,0 +1,436 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PgBouncerOptions configure a PgBouncer in front of a Postgres.
+type PgBouncerOptions struct {
+	// PoolMode is pool_mode; "" means "transaction".
+	PoolMode string
+	// DefaultPoolSize, ReservePoolSize, ReservePoolTimeout and MaxClientConn
+	// set the settings of the same names; zero keeps PgBouncer's defaults
+	// (20, 0, 5s, 100).
+	DefaultPoolSize    int
+	ReservePoolSize    int
+	ReservePoolTimeout time.Duration
+	MaxClientConn      int
+	// Databases is the [databases] section: name -> connection string, e.g.
+	// "dbname=postgres pool_size=5". host and port of the Postgres are added
+	// when the string names no host. nil means one entry, "app", for the
+	// database postgres.
+	Databases map[string]string
+	// IgnoreStartupParameters is ignore_startup_parameters; nil means
+	// extra_float_digits, statement_timeout and lock_timeout, which clients
+	// (and the exporter) may send at login and which PgBouncer would
+	// otherwise refuse with "unsupported startup parameter". Ignored means
+	// dropped: they do not reach PostgreSQL.
+	IgnoreStartupParameters []string
+	// ExtraConf holds more [pgbouncer] settings, written last.
+	ExtraConf map[string]string
+}
+
+// PgBouncer is a running (or stopped) throw-away PgBouncer.
+//
+// Clients authenticate with scram-sha-256. Roles of the Postgres (including
+// those made later with CreateRole) log in with their own passwords: PgBouncer
+// looks them up with auth_query as the superuser and logs in to PostgreSQL
+// with the client's SCRAM keys, over TCP.
+type PgBouncer struct {
+	Host       string // always "127.0.0.1"
+	Port       int
+	Dir        string // temp directory with config, auth_file, log, pidfile, socket
+	ConfigFile string
+	LogFile    string
+
+	adminUser, adminPassword string
+	statsUser, statsPassword string
+	bin                      string
+	owner                    *runAs
+	pg                       *Postgres
+	lock                     *os.File // flock on Dir while this process owns it
+
+	mu     sync.Mutex
+	proc   *proc
+	closed bool
+}
+
+const (
+	pgbAdminUser = "pgbouncer_admin"
+	pgbStatsUser = "pgbouncer_stats"
+)
+
+// StartPgBouncer starts a PgBouncer in front of p. Close of p also closes it.
+// On error nothing is left behind.
+func StartPgBouncer(p *Postgres, opts PgBouncerOptions) (*PgBouncer, error) {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return nil, errors.New("pgtest: StartPgBouncer in front of a closed Postgres")
+	}
+	bin, err := pgBouncerPath()
+	if err != nil {
+		return nil, err
+	}
+	dir, lock, err := newTempDir(dirPrefix + "pgbouncer-")
+	if err != nil {
+		return nil, err
+	}
+	b := &PgBouncer{
+		Host:          "127.0.0.1",
+		Dir:           dir,
+		ConfigFile:    filepath.Join(dir, "pgbouncer.ini"),
+		LogFile:       filepath.Join(dir, "pgbouncer.log"),
+		adminUser:     pgbAdminUser,
+		adminPassword: randomPassword(),
+		statsUser:     pgbStatsUser,
+		statsPassword: randomPassword(),
+		bin:           bin,
+		owner:         p.owner,
+		pg:            p,
+		lock:          lock,
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = b.Close()
+		}
+	}()
+	if err := b.owner.chown(dir); err != nil {
+		return nil, err
+	}
+	if err := b.owner.checkReachable(dir); err != nil {
+		return nil, err
+	}
+	if err := b.writeAuthFile(); err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		b.Port = port
+		if err := b.writeConfig(opts); err != nil {
+			return nil, err
+		}
+		err = b.start()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, errPortInUse) && attempt < portAttempts {
+			continue
+		}
+		return nil, err
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errors.New("pgtest: Postgres closed while PgBouncer started")
+	}
+	p.bouncers = append(p.bouncers, b)
+	p.mu.Unlock()
+	ok = true
+	return b, nil
+}
+
+// StartPgBouncerT is StartPgBouncer for tests: closed when the test ends,
+// and any failure fails the test (never skips).
+func StartPgBouncerT(t testing.TB, p *Postgres, opts PgBouncerOptions) *PgBouncer {
+	t.Helper()
+	b, err := StartPgBouncer(p, opts)
+	if err != nil {
+		t.Fatalf("pgtest: start PgBouncer: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("pgtest: close PgBouncer: %v", err)
+		}
+	})
+	return b
+}
+
+// writeAuthFile lists the users PgBouncer knows by itself, with plain-text
+// passwords (PgBouncer accepts them for scram-sha-256): the admin and stats
+// users of the console, and postgres, which runs auth_query and so must be
+// able to log in to PostgreSQL on its own.
+func (b *PgBouncer) writeAuthFile() error {
+	var s strings.Builder
+	for _, u := range [][2]string{
+		{"postgres", b.pg.password},
+		{b.adminUser, b.adminPassword},
+		{b.statsUser, b.statsPassword},
+	} {
+		fmt.Fprintf(&s, "\"%s\" \"%s\"\n", u[0], u[1])
+	}
+	return b.writeOwned(filepath.Join(b.Dir, "userlist.txt"), s.String())
+}
+
+var hasHost = regexp.MustCompile(`(^|\s)host\s*=`)
+
+func (b *PgBouncer) writeConfig(opts PgBouncerOptions) error {
+	dbs := opts.Databases
+	if dbs == nil {
+		dbs = map[string]string{"app": "dbname=postgres"}
+	}
+	var s strings.Builder
+	s.WriteString("[databases]\n")
+	for _, name := range sortedKeys(dbs) {
+		conn := dbs[name]
+		if !hasHost.MatchString(conn) {
+			conn = fmt.Sprintf("host=%s port=%d %s", b.pg.Host, b.pg.Port, conn)
+		}
+		fmt.Fprintf(&s, "%s = %s\n", name, conn)
+	}
+
+	poolMode := opts.PoolMode
+	if poolMode == "" {
+		poolMode = "transaction"
+	}
+	ignore := opts.IgnoreStartupParameters
+	if ignore == nil {
+		ignore = []string{"extra_float_digits", "statement_timeout", "lock_timeout"}
+	}
+	settings := [][2]string{
+		{"listen_addr", b.Host},
+		{"listen_port", strconv.Itoa(b.Port)},
+		{"unix_socket_dir", b.Dir},
+		{"logfile", b.LogFile},
+		{"pidfile", filepath.Join(b.Dir, "pgbouncer.pid")},
+		{"auth_type", "scram-sha-256"},
+		{"auth_file", filepath.Join(b.Dir, "userlist.txt")},
+		{"auth_user", "postgres"},
+		{"admin_users", b.adminUser},
+		{"stats_users", b.statsUser},
+		{"pool_mode", poolMode},
+	}
+	if len(ignore) > 0 {
+		settings = append(settings, [2]string{"ignore_startup_parameters", strings.Join(ignore, ",")})
+	}
+	if opts.DefaultPoolSize > 0 {
+		settings = append(settings, [2]string{"default_pool_size", strconv.Itoa(opts.DefaultPoolSize)})
+	}
+	if opts.ReservePoolSize > 0 {
+		settings = append(settings, [2]string{"reserve_pool_size", strconv.Itoa(opts.ReservePoolSize)})
+	}
+	if opts.ReservePoolTimeout > 0 {
+		settings = append(settings, [2]string{"reserve_pool_timeout", strconv.FormatFloat(opts.ReservePoolTimeout.Seconds(), 'f', -1, 64)})
+	}
+	if opts.MaxClientConn > 0 {
+		settings = append(settings, [2]string{"max_client_conn", strconv.Itoa(opts.MaxClientConn)})
+	}
+	for _, k := range sortedKeys(opts.ExtraConf) {
+		settings = append(settings, [2]string{k, opts.ExtraConf[k]})
+	}
+	s.WriteString("\n[pgbouncer]\n")
+	for _, kv := range settings {
+		if strings.ContainsAny(kv[0]+kv[1], "\n\r") {
+			return fmt.Errorf("pgtest: pgbouncer setting %q: newline in name or value", kv[0])
+		}
+		fmt.Fprintf(&s, "%s = %s\n", kv[0], kv[1])
+	}
+	return b.writeOwned(b.ConfigFile, s.String())
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (b *PgBouncer) writeOwned(path, content string) error {
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return b.owner.chown(path)
+}
+
+// start runs pgbouncer in the foreground as a child of this process and
+// returns once its admin console answers.
+func (b *PgBouncer) start() error {
+	// Messages from before the logfile is open (config errors) go to stderr.
+	errPath := filepath.Join(b.Dir, "pgbouncer.stderr")
+	errf, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer errf.Close()
+	offset := logSize(b.LogFile)
+	cmd := b.owner.command(b.bin, "-q", b.ConfigFile)
+	cmd.Stdout, cmd.Stderr = errf, errf
+	pr, err := startProc(cmd)
+	if err != nil {
+		return fmt.Errorf("start pgbouncer: %w", err)
+	}
+	if err := b.waitReady(pr, offset); err != nil {
+		_ = pr.stop(syscall.SIGKILL, 5*time.Second)
+		tail := logTailSince(b.LogFile, offset, logTailLines) + "\n" + logTail(errPath, 10)
+		return fmt.Errorf("pgbouncer on port %d: %w\n--- %s (tail) ---\n%s", b.Port, err, b.LogFile, tail)
+	}
+	b.mu.Lock()
+	b.proc = pr
+	b.mu.Unlock()
+	return nil
+}
+
+// waitReady logs in to the admin console until it answers SHOW VERSION,
+// first over the unix socket in its own directory, then over TCP. A
+// PgBouncer that lost the port race keeps running on the unix socket alone
+// and a TCP ping would reach whoever won, so the unix socket says when it is
+// up and its log says whether the TCP bind failed.
+func (b *PgBouncer) waitReady(pr *proc, logOffset int64) error {
+	deadline := time.Now().Add(startTimeout)
+	var lastErr error
+	for {
+		if pr.exited() {
+			return fmt.Errorf("pgbouncer exited during startup: %v", pr.err)
+		}
+		if err := b.bindFailed(logOffset); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgbouncer not ready after %v: %v", startTimeout, lastErr)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		lastErr = b.ping(ctx, b.Dir)
+		cancel()
+		if lastErr == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := b.bindFailed(logOffset); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.ping(ctx, b.Host); err != nil {
+		return fmt.Errorf("pgbouncer answers on its unix socket but not on %s:%d: %w", b.Host, b.Port, err)
+	}
+	return nil
+}
+
+func (b *PgBouncer) bindFailed(logOffset int64) error {
+	if strings.Contains(logSince(b.LogFile, logOffset), "cannot listen on "+b.Host) {
+		return fmt.Errorf("%w: pgbouncer cannot listen on %s:%d", errPortInUse, b.Host, b.Port)
+	}
+	return nil
+}
+
+// ping runs SHOW VERSION on the admin console via host (an address or the
+// socket directory).
+func (b *PgBouncer) ping(ctx context.Context, host string) error {
+	cfg, err := pgx.ParseConfig(b.AdminDSN())
+	if err != nil {
+		return err
+	}
+	cfg.Host = host
+	cfg.Fallbacks = nil
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "SHOW VERSION")
+	return err
+}
+
+// AdminDSN returns a URL DSN (sslmode=disable) to the admin console, database
+// "pgbouncer", as a user listed in admin_users. The console speaks only the
+// simple query protocol: use pgx.QueryExecModeSimpleProtocol.
+func (b *PgBouncer) AdminDSN() string {
+	return buildDSN(b.Host, b.Port, b.adminUser, b.adminPassword, "pgbouncer")
+}
+
+// StatsDSN is like AdminDSN for a user listed only in stats_users: it may run
+// the SHOW commands but not PAUSE, RELOAD and friends.
+func (b *PgBouncer) StatsDSN() string {
+	return buildDSN(b.Host, b.Port, b.statsUser, b.statsPassword, "pgbouncer")
+}
+
+// DSN returns a URL DSN (sslmode=disable) through this PgBouncer; db "" means
+// "app". user and password are those of a PostgreSQL role.
+//
+// In transaction pool mode (the default) named prepared statements do not
+// survive a change of server connection (PgBouncer < 1.21), so pgx clients
+// that run many transactions should use QueryExecModeExec,
+// QueryExecModeDescribeExec or QueryExecModeSimpleProtocol.
+func (b *PgBouncer) DSN(user, password, db string) string {
+	if db == "" {
+		db = "app"
+	}
+	return buildDSN(b.Host, b.Port, user, password, db)
+}
+
+// Stop shuts PgBouncer down (SIGTERM; SIGKILL if it is still there after the
+// grace period) and keeps its directory for Restart. A no-op when stopped.
+func (b *PgBouncer) Stop() error {
+	b.mu.Lock()
+	pr := b.proc
+	b.proc = nil
+	b.mu.Unlock()
+	if pr == nil {
+		return nil
+	}
+	// SIGTERM is an immediate shutdown up to PgBouncer 1.22 and waits for
+	// clients from 1.23 on; the grace period bounds the latter.
+	return pr.stop(syscall.SIGTERM, 5*time.Second)
+}
+
+// Restart starts PgBouncer again on the same port with the same
+// configuration; a running one is stopped first.
+func (b *PgBouncer) Restart() error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return errors.New("pgtest: restart after Close")
+	}
+	if err := b.Stop(); err != nil {
+		return err
+	}
+	return b.start()
+}
+
+// Close stops PgBouncer and removes its directory; safe to call more than
+// once.
+func (b *PgBouncer) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	err := b.Stop()
+	if b.pg != nil {
+		b.pg.mu.Lock()
+		for i, o := range b.pg.bouncers {
+			if o == b {
+				b.pg.bouncers = append(b.pg.bouncers[:i], b.pg.bouncers[i+1:]...)
+				break
+			}
+		}
+		b.pg.mu.Unlock()
+	}
+	return errors.Join(err, removeTempDir(b.Dir, b.lock))
+}
