@@ -1,0 +1,70 @@
+package advice
+
+import "time"
+
+// Rule names. Each warning and recommendation carries the name of the rule that produced it.
+const (
+	// Health rules (seed: "Metrics to Monitor", the target levels).
+	RuleUtilizationHigh   = "utilization_high"    // average utilization over the window > 70%
+	RuleUtilizationPeak   = "utilization_peak"    // peak utilization over the window > 90%
+	RuleCheckoutSlow      = "checkout_slow"       // average checkout time over the window > 10 ms
+	RuleCheckoutTimeouts  = "checkout_timeouts"   // any checkout timed out in the window
+	RuleOverflowHigh      = "overflow_high"       // peak overflow > 50% of max_overflow
+	RuleIdleInTransaction = "idle_in_transaction" // any connection idle in transaction now (> 5: alert level)
+	RuleLongQuery         = "long_query"          // a query running > 5 s now (> 30 s: alert level)
+
+	// Sizing rules (seed: "Calculate Pool Size Based on Traffic", "High Pool Utilization",
+	// "Too Many Database Connections", DB_MAX_OVERFLOW's recommendation).
+	RuleLittlesLaw      = "littles_law"      // in flight = arrival rate x hold time, +50%
+	RuleObservedPeak    = "observed_peak"    // peak in use per instance, +50%; also the floor
+	RuleScaleUp         = "scale_up_50pct"   // utilization > 70% or timeouts: pool_size x 1.5
+	RuleOverflow2x      = "overflow_2x"      // max_overflow = 2 x pool_size
+	RuleServerBudget    = "server_budget"    // pool_size + max_overflow <= per-instance budget
+	RuleShrinkOversized = "shrink_oversized" // peak < 30% of pool_size over a full window
+	RuleKeepCurrent     = "keep_current"     // the current pool_size fits what was observed
+	RuleNoData          = "no_data"          // no sample in the window
+
+	// Settings rules (seed: DB_POOL_PRE_PING and DB_ECHO recommendations).
+	RulePrePingDisabled = "pre_ping_disabled"
+	RuleEchoEnabled     = "echo_enabled"
+)
+
+// Finding is one warning or recommendation.
+type Finding struct {
+	Rule    string `json:"rule"`
+	Message string `json:"message"`
+}
+
+// Thresholds are the levels the rules compare against. DefaultThresholds gives the seed's.
+type Thresholds struct {
+	AvgUtilization         float64       // utilization_high; also triggers scale_up_50pct
+	PeakUtilization        float64       // utilization_peak
+	AvgCheckout            time.Duration // checkout_slow
+	TimeoutsAlertPerMinute float64       // checkout_timeouts says "alert level" above this
+	OverflowFraction       float64       // overflow_high, of max_overflow
+	IdleInTransactionAlert int           // idle_in_transaction says "alert level" above this
+	LongQuery              time.Duration // long_query
+	LongQueryAlert         time.Duration // long_query says "alert level" above this
+	Buffer                 float64       // headroom added by littles_law and observed_peak
+	ScaleUpFactor          float64       // scale_up_50pct
+	OverflowFactor         float64       // overflow_2x
+	OversizedFraction      float64       // shrink_oversized: peak below this share of pool_size
+}
+
+// DefaultThresholds returns the seed document's levels.
+func DefaultThresholds() Thresholds {
+	return Thresholds{
+		AvgUtilization:         0.70,
+		PeakUtilization:        0.90,
+		AvgCheckout:            10 * time.Millisecond,
+		TimeoutsAlertPerMinute: 1,
+		OverflowFraction:       0.50,
+		IdleInTransactionAlert: 5,
+		LongQuery:              5 * time.Second,
+		LongQueryAlert:         30 * time.Second,
+		Buffer:                 0.50,
+		ScaleUpFactor:          1.5,
+		OverflowFactor:         2,
+		OversizedFraction:      0.30,
+	}
+}

@@ -1,0 +1,138 @@
+// Package advice turns a stream of pool samples into the four answers of the seed document's
+// application (check_pool_status, get_pool_health, get_active_connections and
+// optimize_pool_settings) for any pool the exporter watches.
+//
+// It is pure: no database, no HTTP, no clock of its own. Collectors feed a History per pool;
+// the JSON API, status page and CLI call Analyze (or the four functions) on its Summary.
+// Every warning and recommendation names the rule that produced it, so that an operator can
+// look the rule up and a test can assert it.
+package advice
+
+import (
+	"math"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// Source says where a pool's samples come from, and so how far its numbers can be trusted.
+type Source string
+
+// The sources of design section 1.
+const (
+	// SourceActivity estimates a pool from pg_stat_activity. Counts and states of backends are
+	// exact, but a connection that the application has checked out and that has no open
+	// transaction looks idle on the server, so in-use, utilization and overflow are lower bounds.
+	// Checkout time, waiters and timeouts are not observable.
+	SourceActivity Source = "activity"
+	// SourcePgBouncer reads PgBouncer's admin console: an exact pool-side view.
+	SourcePgBouncer Source = "pgbouncer"
+	// SourcePgxpool reads a *pgxpool.Pool in a Go process: exact.
+	SourcePgxpool Source = "pgxpool"
+)
+
+// Exact reports whether the source sees the pool itself rather than estimating it from the
+// server side.
+func (s Source) Exact() bool { return s == SourcePgBouncer || s == SourcePgxpool }
+
+// Pool describes one pool group: the same settings on Instances processes.
+type Pool struct {
+	Name      string
+	Source    Source
+	Settings  poolcfg.Settings
+	Instances int // processes that each hold one such pool; values < 1 count as 1
+}
+
+// instances is never below 1 so that per-instance arithmetic cannot divide by zero.
+func (p Pool) instances() int {
+	if p.Instances < 1 {
+		return 1
+	}
+	return p.Instances
+}
+
+// Sample is one observation of a pool group. Counts are totals over all instances of the pool.
+// Pointer fields are optional: nil means the source cannot observe the value, which is not the
+// same as zero (design section 3: absent, never a made-up zero).
+type Sample struct {
+	Time     time.Time `json:"time"`
+	Open     int       `json:"open"`     // connections the pool holds: in use + idle
+	InUse    int       `json:"in_use"`   // checked out by the application
+	Overflow int       `json:"overflow"` // sum over instances of max(0, open - pool_size)
+	Active   int       `json:"active"`   // running a query
+	Idle     int       `json:"idle"`
+
+	// IdleInTransaction and LongestQuerySeconds come from pg_stat_activity only.
+	IdleInTransaction   *int     `json:"idle_in_transaction,omitempty"`
+	LongestQuerySeconds *float64 `json:"longest_query_seconds,omitempty"`
+
+	Pending              *int     `json:"pending,omitempty"`                // checkouts waiting now
+	CheckoutsTotal       *float64 `json:"checkouts_total,omitempty"`        // counter
+	CheckoutSecondsTotal *float64 `json:"checkout_seconds_total,omitempty"` // counter: sum of checkout waits
+	TimeoutsTotal        *float64 `json:"timeouts_total,omitempty"`         // counter: checkouts that timed out
+
+	// ArrivalRate (checkouts or transactions per second, whole group) and MeanHoldSeconds (how
+	// long one is held) feed Little's law: in flight = rate x hold. PgBouncer's SHOW STATS gives
+	// both (avg_xact_count, avg_xact_time). When only MeanHoldSeconds is known, the rate of
+	// CheckoutsTotal stands in for ArrivalRate.
+	ArrivalRate     *float64 `json:"arrival_rate,omitempty"`
+	MeanHoldSeconds *float64 `json:"mean_hold_seconds,omitempty"`
+}
+
+// DefaultAdminHeadroomFraction is the share of max_connections kept free for administrators,
+// migrations and tools when Server.AdminHeadroom is 0: the seed's "reserve 20 for admin" of 100.
+const DefaultAdminHeadroomFraction = 0.20
+
+// NoAdminHeadroom as Server.AdminHeadroom keeps back only the reserved connections.
+const NoAdminHeadroom = -1
+
+// Server is the connection budget of the PostgreSQL server that a pool's connections land on.
+type Server struct {
+	MaxConnections int // max_connections
+	// ReservedConnections are slots ordinary roles cannot use: superuser_reserved_connections
+	// plus reserved_connections (PostgreSQL 16+).
+	ReservedConnections int
+	// AdminHeadroom is how many connections to keep free for humans and tools. 0 means the
+	// default, DefaultAdminHeadroomFraction of MaxConnections rounded up; NoAdminHeadroom
+	// means none beyond ReservedConnections.
+	AdminHeadroom int
+	// TotalInstances is the number of pool instances of ALL pools on this server, which share
+	// the budget. 0 (or fewer than the pool's own instances) means the pool's own instances.
+	TotalInstances int
+	// FleetCapacity is the sum over all pools on the server of instances x (pool_size +
+	// max_overflow): what the fleet may open at worst. 0 means unknown.
+	FleetCapacity int
+}
+
+// KeptBack is how many of max_connections the applications must leave alone:
+// max(ReservedConnections, AdminHeadroom). The two are not added because the superuser-reserved
+// slots are themselves admin headroom; this is what makes the seed's example hold (100
+// connections with PostgreSQL's default 3 reserved: keep back 20, 80 for the applications).
+func (s Server) KeptBack() int {
+	h := s.AdminHeadroom
+	switch {
+	case h == 0:
+		h = int(math.Ceil(float64(s.MaxConnections)*DefaultAdminHeadroomFraction - epsilon))
+	case h < 0:
+		h = 0
+	}
+	return max(s.ReservedConnections, h, 0)
+}
+
+// Available is what all application pools on the server may open together.
+func (s Server) Available() int { return max(s.MaxConnections-s.KeptBack(), 0) }
+
+// PerInstanceBudget is floor(Available / instances sharing the server): the ceiling on one
+// instance's pool_size + max_overflow. poolInstances is the asking pool's own instance count,
+// used when TotalInstances is not set.
+func (s Server) PerInstanceBudget(poolInstances int) int {
+	n := max(s.TotalInstances, poolInstances, 1)
+	return s.Available() / n
+}
+
+// epsilon absorbs binary floating point error before rounding up, so that 100 x 0.05 x 1.5 is
+// 7.5 and not 7.500000000000001 (harmless) and 5.000000000000001 does not become 6.
+const epsilon = 1e-9
+
+// ceil rounds up, forgiving floating point noise.
+func ceil(x float64) int { return int(math.Ceil(x - epsilon)) }
