@@ -325,3 +325,20 @@ func TestPgBouncerStopRestartClose(t *testing.T) {
 		t.Error("StartPgBouncer in front of a closed Postgres succeeded")
 	}
 }
+
+func BenchmarkStartPgBouncer(b *testing.B) {
+	p, err := Start(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	for b.Loop() {
+		pgb, err := StartPgBouncer(p, PgBouncerOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pgb.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,205 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+const (
+	monitorRole     = "monitor"
+	monitorPassword = "monitor-Secret-4242"
+	appRole         = "app"
+	appPassword     = "app-Secret-7373"
+)
+
+// testServer is a throwaway PostgreSQL with a pg_monitor role for the exporter and a plain
+// role for the simulated application.
+func testServer(t *testing.T, opts pgtest.Options) *pgtest.Postgres {
+	t.Helper()
+	pg := pgtest.StartT(t, opts)
+	if err := pg.CreateRole(monitorRole, monitorPassword, false, "pg_monitor"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.CreateRole(appRole, appPassword, false); err != nil {
+		t.Fatal(err)
+	}
+	return pg
+}
+
+func mustDSN(t *testing.T, s string) poolcfg.DSN {
+	t.Helper()
+	d, err := poolcfg.ParseDSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Writer, mutate func(*PostgresOptions)) *PostgresTarget {
+	t.Helper()
+	opts := DefaultPostgresOptions()
+	if mutate != nil {
+		mutate(&opts)
+	}
+	if logs == nil {
+		logs = io.Discard
+	}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tgt, err := NewPostgresTarget("db", mustDSN(t, dsn), pools, opts, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tgt.Close)
+	return tgt
+}
+
+// gather scrapes the target once under a deadline and returns the metric families by name.
+func gather(t *testing.T, tgt Target, timeout time.Duration) map[string]*dto.MetricFamily {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// value returns the value of the series of name whose labels include want.
+func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	mf, ok := mfs[name]
+	if !ok {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func mustValue(t *testing.T, mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	t.Helper()
+	v, ok := value(mfs, name, want)
+	if !ok {
+		t.Fatalf("no series %s%v", name, want)
+	}
+	return v
+}
+
+// session opens a connection as the application role with the given application_name.
+func session(t *testing.T, pg *pgtest.Postgres, appName string) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(pg.DSN(appRole, appPassword, "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = appName
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("session %s: %v", appName, err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// waitFor polls a superuser query returning one integer until it equals want.
+func waitFor(t *testing.T, pg *pgtest.Postgres, query string, want int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(pg.SuperuserDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Named like the exporter so that this helper's own backend is never counted.
+	cfg.RuntimeParams["application_name"] = ApplicationName + "_test"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var got int
+	for {
+		if err := conn.QueryRow(ctx, query).Scan(&got); err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		if got == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: got %d, want %d", query, got, want)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// background runs sql on conn in a goroutine until the test ends; the cleanup cancels it and
+// waits, so that the connection is never closed while a query runs on it.
+func background(t *testing.T, conn *pgx.Conn, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = conn.Exec(ctx, sql)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}

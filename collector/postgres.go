@@ -1,0 +1,349 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// ApplicationName marks the exporter's own sessions so that they are never counted.
+const ApplicationName = "dbpool_exporter"
+
+// PostgresOptions are the plain, validated settings of a PostgreSQL target.
+type PostgresOptions struct {
+	// MaxConnections caps the exporter's long-lived monitoring connections to this server.
+	MaxConnections int
+	// StatementTimeout bounds every monitoring query on the server side too, so that a
+	// query whose scrape was abandoned does not keep running.
+	StatementTimeout time.Duration
+	// MaxConnLifetime recycles the monitoring connections.
+	MaxConnLifetime time.Duration
+	// SettingsRefresh is how often max_connections and friends are re-read.
+	SettingsRefresh time.Duration
+	// Activity and Probe switch the two collectors of a PostgreSQL target.
+	Activity bool
+	Probe    bool
+	// MaxApplications caps the series of backends that match no configured pool.
+	MaxApplications int
+}
+
+// DefaultPostgresOptions are the flags' defaults.
+func DefaultPostgresOptions() PostgresOptions {
+	return PostgresOptions{
+		MaxConnections:   1,
+		StatementTimeout: 10 * time.Second,
+		MaxConnLifetime:  30 * time.Minute,
+		SettingsRefresh:  5 * time.Minute,
+		Activity:         true,
+		Probe:            true,
+		MaxApplications:  20,
+	}
+}
+
+// serverSettings are read on connect and refreshed rarely: they change only with a restart.
+type serverSettings struct {
+	maxConnections      int
+	reservedConnections int
+	version             string
+	canSeeAllSessions   bool
+	readAt              time.Time
+}
+
+const serverSettingsQuery = `SELECT
+  current_setting('max_connections')::int,
+  current_setting('superuser_reserved_connections')::int
+    + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),
+  current_setting('server_version'),
+  pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+    OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)`
+
+// PostgresTarget watches one PostgreSQL server through pg_stat_activity and a login probe.
+type PostgresTarget struct {
+	name    string
+	opts    PostgresOptions
+	pools   []poolcfg.Pool
+	db      *pgxpool.Pool
+	connCfg *pgx.ConnConfig
+	secret  string
+	logger  *slog.Logger
+	states  *stateLogger
+
+	health   *healthDescs
+	server   *serverDescs
+	probe    *probeDescs
+	poolDesc *poolDescs
+
+	mu               sync.Mutex
+	settings         *serverSettings
+	warnedRestricted bool
+
+	flight  singleflight.Group
+	ownPool *PgxpoolCollector
+}
+
+// NewPostgresTarget prepares a target; it does not connect until the first scrape, so that
+// the exporter starts (and answers dbpool_up 0) while the database is down.
+func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts PostgresOptions, logger *slog.Logger) (*PostgresTarget, error) {
+	cfg, err := pgxpool.ParseConfig(dsn.ConnString())
+	if err != nil {
+		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, err)
+	}
+	if opts.MaxConnections < 1 {
+		return nil, fmt.Errorf("target %q: max connections %d must be at least 1", name, opts.MaxConnections)
+	}
+	cfg.MaxConns = int32(opts.MaxConnections)
+	cfg.MinConns = 0
+	cfg.MaxConnLifetime = opts.MaxConnLifetime
+	cfg.MaxConnLifetimeJitter = opts.MaxConnLifetime / 10
+	cfg.MaxConnIdleTime = opts.MaxConnLifetime
+	cfg.HealthCheckPeriod = time.Minute
+	rp := cfg.ConnConfig.RuntimeParams
+	rp["application_name"] = ApplicationName
+	ms := strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
+	rp["statement_timeout"] = ms
+	rp["lock_timeout"] = ms
+	rp["idle_in_transaction_session_timeout"] = ms
+	// On a cancelled scrape, ask the server to cancel the query at once, and give up on the
+	// socket shortly after in case the server does not answer (a stopped postmaster).
+	cfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 200 * time.Millisecond}
+	}
+	probeCfg := cfg.ConnConfig.Copy()
+	probeCfg.RuntimeParams["application_name"] = ApplicationName + "_probe"
+	for _, p := range pools {
+		if p.Name == OwnPoolName {
+			return nil, fmt.Errorf("target %q: pool name %q is reserved for the exporter's own connections", name, OwnPoolName)
+		}
+	}
+	tracer := InstrumentConfig(cfg)
+
+	db, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %w", name, err)
+	}
+	return &PostgresTarget{
+		name:     name,
+		opts:     opts,
+		pools:    pools,
+		db:       db,
+		connCfg:  probeCfg,
+		secret:   cfg.ConnConfig.Password,
+		logger:   logger,
+		states:   newStateLogger(logger),
+		health:   newHealthDescs(),
+		server:   newServerDescs(),
+		probe:    newProbeDescs(),
+		poolDesc: newPoolDescs(),
+		ownPool:  NewPgxpoolCollector(db, tracer, PgxpoolOptions{Target: name, Pool: OwnPoolName}),
+	}, nil
+}
+
+// OwnPoolName is the pool label of the exporter's own monitoring connections, exported like
+// any pgxpool so that the exporter's footprint on the server is visible too.
+const OwnPoolName = ApplicationName
+
+// Name is the value of the target label.
+func (t *PostgresTarget) Name() string { return t.name }
+
+// Close closes the monitoring connections.
+func (t *PostgresTarget) Close() { t.db.Close() }
+
+// Pool is the exporter's own monitoring pool, exported like any other pgxpool.
+func (t *PostgresTarget) Pool() *pgxpool.Pool { return t.db }
+
+// Describe sends every descriptor a PostgreSQL target can emit.
+func (t *PostgresTarget) Describe(ch chan<- *prometheus.Desc) {
+	t.health.describe(ch)
+	t.server.describe(ch)
+	t.probe.describe(ch)
+	t.poolDesc.describe(ch)
+}
+
+// redact removes the password from text that may echo connection details.
+func (t *PostgresTarget) redact(s string) string {
+	if len(t.secret) < 1 {
+		return s
+	}
+	return strings.ReplaceAll(s, t.secret, "xxxxx")
+}
+
+// Scrape collects the target once. Concurrent scrapes share one collection so that scrapes
+// never stack up on the server.
+func (t *PostgresTarget) Scrape(ctx context.Context) Result {
+	ch := t.flight.DoChan("scrape", func() (any, error) {
+		// The shared collection must not die with the first caller's connection, but it
+		// keeps that caller's deadline.
+		c, cancel := withDeadlineOf(context.WithoutCancel(ctx), ctx)
+		defer cancel()
+		return t.scrape(c), nil
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(Result)
+	case <-ctx.Done():
+		// Joined a collection that will outlive this caller's deadline.
+		return t.failedResult(ctx.Err())
+	}
+}
+
+// withDeadlineOf gives parent the deadline of `of`, slightly earlier, so that the shared
+// collection is done before the caller who started it stops waiting.
+func withDeadlineOf(parent, of context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := of.Deadline(); ok {
+		margin := min(50*time.Millisecond, time.Until(d)/10)
+		return context.WithDeadline(parent, d.Add(-margin))
+	}
+	return context.WithCancel(parent)
+}
+
+func (t *PostgresTarget) jobs(reached *atomic.Bool) []job {
+	server := func(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
+		return t.collectServer(ctx, reached)
+	}
+	jobs := []job{{name: "activity", run: server}}
+	if !t.opts.Activity {
+		jobs[0].name = "connection"
+	}
+	if t.opts.Probe {
+		jobs = append(jobs, job{name: "probe", run: t.collectProbe, timedOut: t.probeTimedOut})
+	}
+	return jobs
+}
+
+func (t *PostgresTarget) scrape(ctx context.Context) Result {
+	var res Result
+	// Set by the server job once the monitoring connection answered a ping: the server is up
+	// even if a query then fails or times out (that shows in dbpool_scrape_success).
+	var reached atomic.Bool
+	for _, r := range runJobs(ctx, t.jobs(&reached)) {
+		t.states.observe(t.name, r.name, r.err, t.redact)
+		res.Metrics = append(res.Metrics, r.metrics...)
+		res.Pools = append(res.Pools, r.pools...)
+		res.Metrics = append(res.Metrics,
+			prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, boolToFloat(r.err == nil), t.name, r.name),
+			prometheus.MustNewConstMetric(t.health.scrapeDuration, prometheus.GaugeValue, r.duration.Seconds(), t.name, r.name))
+	}
+	res.Metrics = append(res.Metrics, prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, boolToFloat(reached.Load()), t.name))
+	// The exporter's own pool goes out as metrics only: it is not an application pool to advise on.
+	for _, own := range t.ownPool.Samples() {
+		res.Metrics = t.poolDesc.appendMetrics(res.Metrics, &own)
+	}
+	t.mu.Lock()
+	if s := t.settings; s != nil {
+		res.Servers = []ServerStats{{Target: t.name, MaxConnections: s.maxConnections, ReservedConnections: s.reservedConnections}}
+	}
+	t.mu.Unlock()
+	return res
+}
+
+// failedResult is what a caller gets when it could not wait for the shared collection.
+func (t *PostgresTarget) failedResult(err error) Result {
+	ms := []prometheus.Metric{prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, 0, t.name)}
+	for _, j := range t.jobs(nil) {
+		ms = append(ms, prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, 0, t.name, j.name))
+	}
+	t.logger.Debug("scrape gave up waiting for the shared collection", "target", t.name, "err", err)
+	return Result{Metrics: ms}
+}
+
+// acquire checks out a monitoring connection and pings it (the exporter's own pre-ping).
+// A connection broken by a server restart is thrown away and one fresh one is tried, so
+// that the first scrape after a restart already succeeds.
+func (t *PostgresTarget) acquire(ctx context.Context) (*pgxpool.Conn, time.Duration, error) {
+	start := time.Now()
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		conn, err := t.db.Acquire(ctx)
+		if err != nil {
+			return nil, time.Since(start), err
+		}
+		if err = conn.Ping(ctx); err == nil {
+			return conn, time.Since(start), nil
+		}
+		lastErr = err
+		// Close the underlying connection so that the pool drops it on release.
+		_ = conn.Conn().Close(context.Background())
+		conn.Release()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, time.Since(start), lastErr
+}
+
+// collectServer is the job that uses the monitoring connection: server settings, the
+// checkout probe and, when enabled, the activity sample.
+func (t *PostgresTarget) collectServer(ctx context.Context, reached *atomic.Bool) ([]prometheus.Metric, []PoolStats, error) {
+	conn, checkout, err := t.acquire(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("monitoring connection: %w", err)
+	}
+	defer conn.Release()
+	reached.Store(true)
+	ms := []prometheus.Metric{prometheus.MustNewConstMetric(t.probe.checkoutSeconds, prometheus.GaugeValue, checkout.Seconds(), t.name)}
+
+	settings, err := t.serverSettings(ctx, conn)
+	if err != nil {
+		return ms, nil, err
+	}
+	ms = append(ms, t.server.settingsMetrics(t.name, settings)...)
+	if !t.opts.Activity {
+		return ms, nil, nil
+	}
+	rows, err := queryActivity(ctx, conn)
+	if err != nil {
+		return ms, nil, err
+	}
+	sample := groupActivity(t.name, t.pools, rows, t.opts.MaxApplications)
+	if sample.restricted && !settings.canSeeAllSessions {
+		t.warnRestrictedOnce()
+	}
+	ms = append(ms, t.server.activityMetrics(t.name, sample)...)
+	for i := range sample.pools {
+		ms = t.poolDesc.appendMetrics(ms, &sample.pools[i])
+	}
+	return ms, sample.pools, nil
+}
+
+func (t *PostgresTarget) serverSettings(ctx context.Context, conn *pgxpool.Conn) (*serverSettings, error) {
+	t.mu.Lock()
+	cached := t.settings
+	t.mu.Unlock()
+	if cached != nil && time.Since(cached.readAt) < t.opts.SettingsRefresh {
+		return cached, nil
+	}
+	s := &serverSettings{readAt: time.Now()}
+	err := conn.QueryRow(ctx, serverSettingsQuery).Scan(&s.maxConnections, &s.reservedConnections, &s.version, &s.canSeeAllSessions)
+	if err != nil {
+		return nil, fmt.Errorf("reading server settings: %w", err)
+	}
+	t.mu.Lock()
+	t.settings = s
+	t.mu.Unlock()
+	return s, nil
+}
+
+func (t *PostgresTarget) warnRestrictedOnce() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.warnedRestricted {
+		return
+	}
+	t.warnedRestricted = true
+	t.logger.Warn("the monitoring role cannot see the state of other roles' sessions; they are counted as state \"unknown\" and pool in-use counts are too low",
+		"target", t.name, "fix", "GRANT pg_monitor TO <monitoring role>")
+}

@@ -1,0 +1,73 @@
+// Package testbin builds the project's binaries for tests that run them as a user would.
+package testbin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// Version is stamped into binaries built for tests.
+const Version = "9.9.9-test"
+
+var (
+	mu    sync.Mutex
+	built = map[string]string{}
+	dir   string
+)
+
+// RepoRoot is the module root (the directory holding go.mod).
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Build builds the main package at pkg (relative to the module root, e.g. "." or
+// "./cmd/poolsim") once per test process and returns the binary's path.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if bin, ok := built[pkg]; ok {
+		return bin
+	}
+	if dir == "" {
+		d, err := os.MkdirTemp("", "dbpool-testbin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = d
+	}
+	name := filepath.Base(filepath.Clean(pkg))
+	if name == "." || name == string(filepath.Separator) {
+		name = "dbpool_exporter"
+	}
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-ldflags", "-X github.com/prometheus/common/version.Version="+Version, "-o", bin, pkg)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	built[pkg] = bin
+	return bin
+}
+
+// Exporter builds dbpool_exporter.
+func Exporter(t testing.TB) string { return Build(t, ".") }
+
+// Poolsim builds the simulated pooled application.
+func Poolsim(t testing.TB) string { return Build(t, "./cmd/poolsim") }
+
+// Cleanup removes the built binaries; call it from TestMain after m.Run.
+func Cleanup() {
+	mu.Lock()
+	defer mu.Unlock()
+	if dir != "" {
+		_ = os.RemoveAll(dir)
+	}
+	dir, built = "", map[string]string{}
+}
