@@ -146,18 +146,13 @@ type where struct {
 	failed map[string]bool   // key paths already reported while converting
 }
 
-// record notes the line of every key and list item under path.
+// record notes the line of every key and list item under path. It does not follow
+// aliases: they can form cycles (&x [*x]).
 func (w *where) record(path string, n *yaml.Node) {
-	for n.Kind == yaml.DocumentNode && len(n.Content) == 1 || n.Kind == yaml.AliasNode {
-		if n.Kind == yaml.AliasNode {
-			n = n.Alias
-		} else {
-			n = n.Content[0]
-		}
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
 	}
-	if n.Kind != yaml.DocumentNode {
-		w.lines[path] = n.Line
-	}
+	w.lines[path] = n.Line
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -199,6 +194,15 @@ func (w *where) ref(path string) string {
 		return fmt.Sprintf("%s (line %d)", path, line)
 	}
 	return path
+}
+
+func (w *where) failedUnder(prefix string) bool {
+	for path := range w.failed {
+		if strings.HasPrefix(path, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *where) raw(path, fallback string) string {
@@ -280,49 +284,49 @@ func (p *parser) name(n *yaml.Node, path string) string {
 // dsn reads the one of dsn, dsn_file and dsn_env that is set. Errors name the key and, for
 // dsn_file and dsn_env, the file or variable, never the connection string.
 func (p *parser) dsn(r *rawTarget, path string) DSN {
-	dsnPath := path + ".dsn"
 	var set []string
-	var text string
-	if v, ok := p.scalar(&r.DSN, dsnPath, true); ok {
-		set, text = append(set, "dsn"), v
-	}
-	if v, ok := p.scalar(&r.DSNFile, path+".dsn_file", false); ok {
-		set = append(set, "dsn_file")
-		file := v
-		if !filepath.IsAbs(file) {
-			file = filepath.Join(filepath.Dir(p.w.file), file)
-		}
-		var err error
-		if text, err = readSmallFile(file); err != nil {
-			p.fail(dsnPath, valueError(p.w.at(path+".dsn_file"), path+".dsn_file", v, err.Error()))
-			return DSN{}
-		}
-		dsnPath = path + ".dsn_file"
-	}
-	if v, ok := p.scalar(&r.DSNEnv, path+".dsn_env", false); ok {
-		set, dsnPath = append(set, "dsn_env"), path+".dsn_env"
-		var found bool
-		if text, found = os.LookupEnv(v); !found || strings.TrimSpace(text) == "" {
-			p.fail(path+".dsn", valueError(p.w.at(dsnPath), dsnPath, v, "environment variable is not set or empty"))
-			return DSN{}
+	var key, val string
+	for _, k := range []struct {
+		key  string
+		node *yaml.Node
+	}{{"dsn", &r.DSN}, {"dsn_file", &r.DSNFile}, {"dsn_env", &r.DSNEnv}} {
+		if v, ok := p.scalar(k.node, path+"."+k.key, k.key == "dsn"); ok {
+			set, key, val = append(set, k.key), k.key, v
 		}
 	}
+	fail := func(err error) DSN { p.fail(path+".dsn", err); return DSN{} }
 	switch len(set) {
 	case 0:
 		return DSN{} // validate reports the missing DSN
 	case 1:
 	default:
-		p.fail(path+".dsn", fmt.Errorf("%s%s: set only one of dsn, dsn_file and dsn_env, not %s",
-			p.w.at(path), path, strings.Join(set, " and ")))
-		return DSN{}
+		return fail(fmt.Errorf("%s%s: set only one of dsn, dsn_file and dsn_env, not %s", p.w.at(path), path, strings.Join(set, " and ")))
+	}
+	keyPath, text := path+"."+key, val
+	switch key {
+	case "dsn_file":
+		file := val
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(filepath.Dir(p.w.file), file)
+		}
+		var err error
+		if text, err = readSmallFile(file); err != nil {
+			return fail(valueError(p.w.at(keyPath), keyPath, val, err.Error()))
+		}
+	case "dsn_env":
+		if v, ok := os.LookupEnv(val); ok && strings.TrimSpace(v) != "" {
+			text = v
+		} else {
+			return fail(valueError(p.w.at(keyPath), keyPath, val, "environment variable is not set or empty"))
+		}
 	}
 	d, err := ParseDSN(text)
 	if err != nil {
-		msg := fmt.Errorf("%s%s: %w", p.w.at(dsnPath), dsnPath, err)
-		if raw, ok := p.w.raws[dsnPath]; ok { // the file or variable name, not the DSN
-			msg = fmt.Errorf("%s%s=%q: %w", p.w.at(dsnPath), dsnPath, raw, err)
+		where := p.w.at(keyPath) + keyPath
+		if key != "dsn" { // name the file or variable; the DSN itself is never shown
+			where += fmt.Sprintf("=%q", val)
 		}
-		p.fail(path+".dsn", msg)
+		return fail(fmt.Errorf("%s: %w", where, err))
 	}
 	return d
 }
@@ -332,8 +336,8 @@ func readSmallFile(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxDSNFile+1))
+	_ = f.Close() // read-only: nothing to lose
 	switch {
 	case err != nil:
 		return "", err
@@ -438,12 +442,12 @@ func (c *Config) validate(w *where) []error {
 	dsnFailed := func(path string) bool {
 		return w.failed[path+".dsn"] || w.failed[path+".dsn_file"] || w.failed[path+".dsn_env"]
 	}
-	checkConns := func(kind string, names []string, dsns []DSN) map[string]string {
+	checkConns := func(kind string, conns []Target) map[string]string {
 		seen := map[string]string{}
-		for i, name := range names {
-			path := fmt.Sprintf("%s[%d]", kind, i)
+		for i, conn := range conns {
+			path, name := fmt.Sprintf("%s[%d]", kind, i), conn.Name
 			switch {
-			case name == "" && dsnFailed(path): // its name may default to the DSN; the DSN is reported
+			case name == "" && (dsnFailed(path) || w.failed[path+".name"]): // reported already
 			case name == "":
 				say(path+".name", "required (only a lone entry of %s may leave it out)", kind)
 			case seen[name] != "":
@@ -454,23 +458,18 @@ func (c *Config) validate(w *where) []error {
 			default:
 				seen[name] = path + ".name"
 			}
-			if dsns[i].IsZero() && !dsnFailed(path) {
+			if conn.DSN.IsZero() && !dsnFailed(path) {
 				say(path+".dsn", "missing: set one of dsn, dsn_file or dsn_env")
 			}
 		}
 		return seen
 	}
-	var names []string
-	var dsns []DSN
-	for _, t := range c.Targets {
-		names, dsns = append(names, t.Name), append(dsns, t.DSN)
+	targets := checkConns("targets", c.Targets)
+	bouncers := make([]Target, len(c.PgBouncers))
+	for i, b := range c.PgBouncers {
+		bouncers[i] = Target(b)
 	}
-	targets := checkConns("targets", names, dsns)
-	names, dsns = nil, nil
-	for _, b := range c.PgBouncers {
-		names, dsns = append(names, b.Name), append(dsns, b.DSN)
-	}
-	checkConns("pgbouncers", names, dsns)
+	checkConns("pgbouncers", bouncers)
 
 	var targetNames []string
 	for _, t := range c.Targets {
@@ -515,6 +514,7 @@ func (c *Config) validate(w *where) []error {
 			}
 		}
 		switch other, dup := matchers[p.Target+"\x00"+m.key()]; {
+		case w.failedUnder(path + ".match."): // a part of it is missing; it was reported
 		case m.IsEmpty() && perTarget[p.Target] > 1:
 			say(path+".match", "empty: it would match every client backend, which is allowed only for the only pool "+
 				"on its target, and target %q has %d pools", p.Target, perTarget[p.Target])

@@ -132,6 +132,7 @@ func TestParseDSNSources(t *testing.T) {
 	}
 	t.Setenv("REPLICA_DSN", "host=db2 password=EnvSecretPw dbname=appdb")
 	t.Setenv("EMPTY_DSN", "")
+	t.Setenv("BAD_DSN", "postgres://u:EnvSecretPw@db/x?sslmode=bogus")
 	c, err := Parse([]byte(`targets:
   - name: main
     dsn_file: main.dsn
@@ -162,6 +163,8 @@ func TestParseDSNSources(t *testing.T) {
     dsn_env: REPLICA_DSN
   - name: f
     dsn_file: /dev/zero
+  - name: g
+    dsn_env: BAD_DSN
 `), filepath.Join(dir, "config.yml"))
 	want := []string{
 		fmt.Sprintf(`config.yml:3: targets[0].dsn_file="missing.dsn": open %s: no such file or directory`, filepath.Join(dir, "missing.dsn")),
@@ -170,6 +173,7 @@ func TestParseDSNSources(t *testing.T) {
 		`config.yml:9: targets[3].dsn_env="EMPTY_DSN": environment variable is not set or empty`,
 		`config.yml:10: targets[4]: set only one of dsn, dsn_file and dsn_env, not dsn and dsn_env`,
 		`config.yml:14: targets[5].dsn_file="/dev/zero": larger than 65536 bytes: not a DSN`,
+		`config.yml:16: targets[6].dsn_env="BAD_DSN": invalid DSN (URL form): failed to configure TLS (sslmode is invalid)`,
 	}
 	checkErrorLines(t, err, filepath.Join(dir, "config.yml"), want)
 }
@@ -198,8 +202,8 @@ func TestParseErrors(t *testing.T) {
 			`c.yml:4: unknown key "pool" in the top level (known keys: targets, pgbouncers, pools)`},
 		{"unknown pool key", target + "pools:\n  - name: api\n    size: 3\n",
 			`c.yml:6: unknown key "size" in a pool (known keys: name, target, match, pool_size, max_overflow, timeout, recycle, pre_ping, echo, instances)`},
-		{"unknown match key", target + "pools:\n  - name: api\n    match:\n      aplication_name: api\n",
-			`c.yml:7: unknown key "aplication_name" in match (known keys: application_name, application_name_regex, user, database, client_cidr)`},
+		{"unknown match key", target + "pools:\n  - name: api\n    match:\n      app_name: api\n",
+			`c.yml:7: unknown key "app_name" in match (known keys: application_name, application_name_regex, user, database, client_cidr)`},
 		{"unknown target key", "targets:\n  - name: main\n    url: postgres://db1/x\n",
 			"c.yml:2: targets[0].dsn: missing: set one of dsn, dsn_file or dsn_env\n" +
 				"c.yml:3: unknown key \"url\" in a target (known keys: name, dsn, dsn_file, dsn_env)"},
@@ -210,6 +214,10 @@ func TestParseErrors(t *testing.T) {
 		{"list for a value", target + "pools:\n  - name: api\n    pool_size: [1, 2]\n",
 			"c.yml:6: pools[0].pool_size: expected a single value, got a list"},
 		{"syntax error", "targets: [\n", "c.yml:1: did not find expected node content"},
+		{"alias cycle", "targets:\n  - name: &x [*x]\n    dsn: postgres://db1/appdb\n",
+			"c.yml:2: targets[0].name: expected a single value, got a list"},
+		{"alias cycle in a second target", target + "  - name: &x [*x]\n    dsn: postgres://db1/appdb\n",
+			"c.yml:4: targets[1].name: expected a single value, got a list"},
 		{"two documents", target + "---\npools: []\n", "c.yml: only one YAML document is allowed"},
 		{"empty file", "", "c.yml: nothing to watch: there are no targets and no pgbouncers"},
 		{"pool_size not a number", target + "pools:\n  - name: api\n    pool_size: ten\n", `c.yml:6: pools[0].pool_size="ten": not an integer`},
@@ -224,7 +232,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad boolean", target + "pools:\n  - name: api\n    pre_ping: 2\n", `c.yml:6: pools[0].pre_ping="2": not a boolean (use true/false, 1/0, yes/no or on/off)`},
 		{"zero instances", target + "pools:\n  - name: api\n    instances: 0\n", `c.yml:6: pools[0].instances="0": must be between 1 and 1000000`},
 		{"instances not a number", target + "pools:\n  - name: api\n    instances: many\n", `c.yml:6: pools[0].instances="many": not an integer`},
-		{"bad regex", target + "pools:\n  - name: api\n    match: {application_name_regex: 'api-('}\n",
+		{"bad regex", target + "pools:\n  - name: api\n    match: {application_name_regex: 'api-('}\n  - name: b\n    match: {user: b}\n",
 			`c.yml:6: pools[0].match.application_name_regex="api-(": not a valid RE2 regular expression: missing closing )`},
 		{"other named group", target + "pools:\n  - name: api\n    match: {application_name_regex: '(?P<pod>.*)'}\n",
 			`c.yml:6: pools[0].match.application_name_regex="(?P<pod>.*)": named group "pod" is not allowed: the only named group is (?P<instance>...)`},

@@ -42,12 +42,13 @@ func ParseDSN(s string) (DSN, error) {
 	if err != nil {
 		return DSN{}, dsnError(s, err, spans, structured)
 	}
-	d := DSN{redacted: redact(s, spans), conn: &s}
+	d := DSN{redacted: redact(s, spans, true), conn: &s}
 	d.name = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))) + "/" + cfg.Database
 	// Fail closed if pgconn and the span finder ever disagree (a future pgx may parse
 	// differently): the redacted string must describe the same connection, with the mask
-	// exactly where the password was.
-	if !structured || !sameConnection(cfg, d.redacted, final) {
+	// exactly where the password was. sslpassword stays for this check, because pgconn
+	// decrypts the client key with it while parsing.
+	if !structured || !sameConnection(cfg, redact(s, spans, false), final) {
 		return DSN{}, errors.New("invalid DSN: its password cannot be located for redaction " +
 			"(percent-encode @ / ? & and spaces in the user name, password and other values)")
 	}
@@ -76,9 +77,9 @@ func (d DSN) DefaultName() string { return d.name }
 func (d DSN) Format(f fmt.State, verb rune) {
 	switch {
 	case verb == 'q':
-		fmt.Fprintf(f, "%q", d.redacted)
+		_, _ = fmt.Fprintf(f, "%q", d.redacted)
 	case verb == 'v' && f.Flag('#'):
-		fmt.Fprintf(f, "poolcfg.DSN(%q)", d.redacted)
+		_, _ = fmt.Fprintf(f, "poolcfg.DSN(%q)", d.redacted)
 	default:
 		_, _ = io.WriteString(f, d.redacted)
 	}
@@ -94,6 +95,7 @@ func (d DSN) LogValue() slog.Value { return slog.StringValue(d.redacted) }
 type span struct {
 	start, end int
 	value      string
+	ssl        bool // sslpassword, the client key's passphrase
 }
 
 // secretSpans finds the password and sslpassword values in s by following pgconn's
@@ -132,7 +134,9 @@ func urlSpans(s string) (spans []span, final *string, ok bool) {
 			if err != nil {
 				return nil, nil, false
 			}
-			spans = append(spans, span{i + len(user) + 1, i + at, v})
+			if v != "" {
+				spans = append(spans, span{i + len(user) + 1, i + at, v, false})
+			}
 			final = &v
 		}
 		i += at + 1
@@ -194,7 +198,7 @@ func urlSpans(s string) (spans []span, final *string, ok bool) {
 		if key == "password" || key == "sslpassword" {
 			start := pos + len(rawKey) + 1
 			if val != "" {
-				spans = append(spans, span{start, start + len(rawVal), val})
+				spans = append(spans, span{start, start + len(rawVal), val, key == "sslpassword"})
 			}
 			if key == "password" {
 				final = &val
@@ -284,7 +288,7 @@ func keyValueSpans(s string) (spans []span, final *string, ok bool) {
 		if key == "password" || key == "sslpassword" {
 			v := unescapeKeywordValue(s[start:end])
 			if v != "" {
-				spans = append(spans, span{start, end, v})
+				spans = append(spans, span{start, end, v, key == "sslpassword"})
 			}
 			if key == "password" {
 				final = &v
@@ -308,10 +312,14 @@ func unescapeKeywordValue(s string) string {
 	return b.String()
 }
 
-func redact(s string, spans []span) string {
+// redact masks the spans of s, the sslpassword ones only if ssl is set.
+func redact(s string, spans []span, ssl bool) string {
 	var b strings.Builder
 	last := 0
 	for _, sp := range spans {
+		if sp.ssl && !ssl {
+			continue
+		}
 		b.WriteString(s[last:sp.start])
 		b.WriteString(redactMask)
 		last = sp.end

@@ -2,12 +2,21 @@ package poolcfg
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
+	"math/big"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // isolatePGEnv keeps libpq environment variables and ~/.pgpass of the machine running the
@@ -32,6 +41,7 @@ func TestDSNRedaction(t *testing.T) {
 			"postgresql://app:xxxxx@db/appdb", []string{"s3cretpw"}},
 		{"url without password", "postgres://app@db:5432/appdb", "postgres://app@db:5432/appdb", nil},
 		{"url with empty password", "postgres://app:@db/appdb", "postgres://app:@db/appdb", nil},
+		{"url with blank password", "postgres://app:   @db/appdb?password=%20%20", "postgres://app:   @db/appdb?password=xxxxx", nil},
 		{"url without user", "postgres://db/appdb?sslmode=disable", "postgres://db/appdb?sslmode=disable", nil},
 		{"password in query", "postgres://db/appdb?user=app&password=s3cretpw&sslmode=disable",
 			"postgres://db/appdb?user=app&password=xxxxx&sslmode=disable", []string{"s3cretpw"}},
@@ -196,5 +206,51 @@ func TestParseDSNErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDSNEncryptedClientKey: pgconn decrypts the client key with sslpassword while parsing,
+// so the redaction self-check must not feed it the mask.
+func TestDSNEncryptedClientKey(t *testing.T) {
+	isolatePGEnv(t)
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "app"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	certDER, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pgconn reads only the legacy PEM encryption (RFC 1423).
+	block, err := x509.EncryptPEMBlock(rand.Reader, "EC PRIVATE KEY", keyDER, []byte("KeyPassphrase1"), x509.PEMCipherAES256) //nolint:staticcheck // see above
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := fmt.Sprintf("host=db sslmode=require sslcert='%s' sslkey='%s' sslpassword=KeyPassphrase1 password=S3cretPw", certFile, keyFile)
+	d, err := ParseDSN(in)
+	if err != nil {
+		t.Fatalf("ParseDSN: %v", err)
+	}
+	want := fmt.Sprintf("host=db sslmode=require sslcert='%s' sslkey='%s' sslpassword=xxxxx password=xxxxx", certFile, keyFile)
+	if d.String() != want {
+		t.Errorf("String() = %q, want %q", d.String(), want)
+	}
+	if _, err := ParseDSN(strings.Replace(in, "KeyPassphrase1", "WrongPassphrase", 1)); err == nil ||
+		!strings.Contains(err.Error(), "unable to decrypt key") || strings.Contains(err.Error(), "Passphrase") {
+		t.Errorf("wrong passphrase: %v", err)
 	}
 }

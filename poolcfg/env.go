@@ -1,6 +1,7 @@
 package poolcfg
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -18,15 +19,16 @@ type EnvValue struct {
 
 // ParseEnvFile reads a .env file the way python-dotenv does, without ${VAR} expansion:
 //
-//	# comment lines and blank lines
-//	export DB_POOL_SIZE=10       # "export " is optional; " #" after a value starts a comment
-//	DB_ECHO=                     (empty value; "DB_ECHO= # x" is "# x", as in python-dotenv)
-//	APP_NAME='single quoted'     # taken literally, except \' and \\
-//	GREETING="line\nbreak \"x\"" # escapes \n \r \t \" \' \\ (and \a \b \f \v)
+//	# comment lines and blank lines are skipped
+//	export DB_POOL_SIZE=10   # "export " is optional; " #" after a value starts a comment
+//	APP_NAME='as written'    # single quotes: literal, except \' and \\
+//	GREETING="a\nb \"c\""    # double quotes: escapes \n \r \t \" \' \\ \a \b \f \v
+//	DB_ECHO=
 //
-// Quoted values may span lines. CRLF line endings are accepted. A later assignment of the
-// same name wins. Every malformed line is reported, as name:line; messages never quote a
-// value, which may be a secret.
+// The last line sets an empty value. As in python-dotenv, the spaces after '=' belong to
+// no value, so "A= # x" sets A to "# x". Quoted values may span lines. CRLF line endings
+// are accepted. A later assignment of the same name wins. Every malformed line is
+// reported, as name:line; messages never quote a value, which may be a secret.
 func ParseEnvFile(r io.Reader, name string) (map[string]EnvValue, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -54,12 +56,11 @@ func ParseEnvFile(r io.Reader, name string) (map[string]EnvValue, error) {
 
 // LoadEnvFile reads the .env file at path (see ParseEnvFile).
 func LoadEnvFile(path string) (map[string]EnvValue, error) {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return ParseEnvFile(f, path)
+	return ParseEnvFile(bytes.NewReader(data), path)
 }
 
 // envEntry parses the entry at the start of text: an assignment, a comment or a blank line.
