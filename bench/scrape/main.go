@@ -643,8 +643,6 @@ func mixFor(n int) mix {
 	return m
 }
 
-func (m mix) total() int { return m[idle] + m[idleInTx] + m[active] + m[lockWaiter] }
-
 func (m mix) String() string {
 	return fmt.Sprintf("%d idle, %d idle in transaction (one holds a lock), %d running pg_sleep, %d waiting on that lock",
 		m[idle], m[idleInTx], m[active], m[lockWaiter])

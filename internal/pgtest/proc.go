@@ -63,19 +63,6 @@ func (a *runAs) chown(path string) error {
 	return os.Lchown(path, a.uid, a.gid)
 }
 
-// chownTree hands a whole tree to the server account.
-func (a *runAs) chownTree(root string) error {
-	if a == nil {
-		return nil
-	}
-	return filepath.WalkDir(root, func(path string, _ os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(path, a.uid, a.gid)
-	})
-}
-
 // checkReachable fails early, with a clear message, when the server account
 // cannot reach dir (e.g. TMPDIR under root's 0700 home); otherwise initdb
 // fails later with a confusing "permission denied".

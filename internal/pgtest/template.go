@@ -69,7 +69,7 @@ func templateDir(bindir string, owner *runAs) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer removeTempDir(work, workLock)
+	defer func() { _ = removeTempDir(work, workLock) }()
 	if err := owner.chown(work); err != nil {
 		return "", err
 	}
@@ -88,7 +88,7 @@ func templateDir(bindir string, owner *runAs) (string, error) {
 		return "", nil // as above
 	}
 	// Removes nothing once renamed; the lock file stays beside data/.
-	defer removeTempDir(staging, stagingLock)
+	defer func() { _ = removeTempDir(staging, stagingLock) }()
 	if err := copyTree(built, filepath.Join(staging, "data"), nil); err != nil {
 		return "", err
 	}
