@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
@@ -102,17 +101,11 @@ var pgbServerStates = []struct{ column, state string }{
 //     dbpool_checkout_timeouts_total is absent rather than a made-up zero.
 //   - longest checkout wait: maxwait + maxwait_us, with microsecond resolution.
 type PgBouncerTarget struct {
-	name     string
+	targetBase
 	opts     PgBouncerOptions
 	connCfg  *pgx.ConnConfig
-	secret   string
-	logger   *slog.Logger
-	states   *stateLogger
-	health   *healthDescs
 	poolDesc *poolDescs
 	info     *prometheus.Desc
-
-	flight singleflight.Group
 
 	// slot guards the console connection: whoever holds the slot owns conn, connectedAt
 	// and closed. It is a channel rather than a mutex so that waiting for it obeys the
@@ -145,22 +138,15 @@ func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, log
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
 	return &PgBouncerTarget{
-		name:     name,
-		opts:     opts,
-		connCfg:  cfg,
-		secret:   cfg.Password,
-		logger:   logger,
-		states:   newStateLogger(logger),
-		health:   newHealthDescs(),
-		poolDesc: newPoolDescs(),
+		targetBase: newTargetBase(name, cfg.Password, logger),
+		opts:       opts,
+		connCfg:    cfg,
+		poolDesc:   newPoolDescs(),
 		info: prometheus.NewDesc(prometheus.BuildFQName(namespace, "pgbouncer", "info"),
 			"Always 1; the version of the PgBouncer behind the target, from SHOW VERSION.", []string{"target", "version"}, nil),
 		slot: make(chan struct{}, 1),
 	}, nil
 }
-
-// Name is the value of the target label.
-func (t *PgBouncerTarget) Name() string { return t.name }
 
 // Describe sends every descriptor a PgBouncer target can emit.
 func (t *PgBouncerTarget) Describe(ch chan<- *prometheus.Desc) {
@@ -178,59 +164,18 @@ func (t *PgBouncerTarget) Close() {
 	t.dropConn()
 }
 
-// redact removes the password from text that may echo connection details.
-func (t *PgBouncerTarget) redact(s string) string {
-	if t.secret == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, t.secret, "xxxxx")
-}
-
 // Scrape collects the target once. Concurrent scrapes share one collection, so the console
 // never sees more than one exporter session.
 func (t *PgBouncerTarget) Scrape(ctx context.Context) Result {
-	ch := t.flight.DoChan("scrape", func() (any, error) {
-		// The shared collection must not die with the first caller's connection, but it
-		// keeps that caller's deadline.
-		c, cancel := withDeadlineOf(context.WithoutCancel(ctx), ctx)
-		defer cancel()
-		return t.scrape(c), nil
-	})
-	select {
-	case r := <-ch:
-		return r.Val.(Result)
-	case <-ctx.Done():
-		return t.failedResult(ctx.Err())
-	}
+	return t.scrapeShared(ctx, t.jobs, nil)
 }
 
-func (t *PgBouncerTarget) scrape(ctx context.Context) Result {
-	var res Result
-	// Set once the console answered SHOW VERSION: PgBouncer is up even if a later
-	// statement fails (that shows in dbpool_scrape_success).
-	var reached atomic.Bool
-	jobs := []job{{name: pgbouncerCollector, run: func(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
-		return t.collect(ctx, &reached)
+// jobs is the target's one job; reached is set once the console answered SHOW VERSION:
+// PgBouncer is up even if a later statement fails (that shows in dbpool_scrape_success).
+func (t *PgBouncerTarget) jobs(reached *atomic.Bool) []job {
+	return []job{{name: pgbouncerCollector, run: func(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
+		return t.collect(ctx, reached)
 	}}}
-	for _, r := range runJobs(ctx, jobs) {
-		t.states.observe(t.name, r.name, r.err, t.redact)
-		res.Metrics = append(res.Metrics, r.metrics...)
-		res.Pools = append(res.Pools, r.pools...)
-		res.Metrics = append(res.Metrics,
-			prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, boolToFloat(r.err == nil), t.name, r.name),
-			prometheus.MustNewConstMetric(t.health.scrapeDuration, prometheus.GaugeValue, r.duration.Seconds(), t.name, r.name))
-	}
-	res.Metrics = append(res.Metrics, prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, boolToFloat(reached.Load()), t.name))
-	return res
-}
-
-// failedResult is what a caller gets when it could not wait for the shared collection.
-func (t *PgBouncerTarget) failedResult(err error) Result {
-	t.logger.Debug("scrape gave up waiting for the shared collection", "target", t.name, "err", err)
-	return Result{Metrics: []prometheus.Metric{
-		prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, 0, t.name),
-		prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, 0, t.name, pgbouncerCollector),
-	}}
 }
 
 // pgbSample is everything one scrape read from the console.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
@@ -73,16 +71,12 @@ const serverSettingsQuery = `SELECT
 
 // PostgresTarget watches one PostgreSQL server through pg_stat_activity and a login probe.
 type PostgresTarget struct {
-	name    string
+	targetBase
 	opts    PostgresOptions
 	pools   []poolcfg.Pool
 	db      *pgxpool.Pool
 	connCfg *pgx.ConnConfig
-	secret  string
-	logger  *slog.Logger
-	states  *stateLogger
 
-	health   *healthDescs
 	server   *serverDescs
 	probe    *probeDescs
 	poolDesc *poolDescs
@@ -91,7 +85,6 @@ type PostgresTarget struct {
 	settings         *serverSettings
 	warnedRestricted bool
 
-	flight  singleflight.Group
 	ownPool *PgxpoolCollector
 }
 
@@ -136,28 +129,21 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts 
 		return nil, fmt.Errorf("target %q: %w", name, err)
 	}
 	return &PostgresTarget{
-		name:     name,
-		opts:     opts,
-		pools:    pools,
-		db:       db,
-		connCfg:  probeCfg,
-		secret:   cfg.ConnConfig.Password,
-		logger:   logger,
-		states:   newStateLogger(logger),
-		health:   newHealthDescs(),
-		server:   newServerDescs(),
-		probe:    newProbeDescs(),
-		poolDesc: newPoolDescs(),
-		ownPool:  NewPgxpoolCollector(db, tracer, PgxpoolOptions{Target: name, Pool: OwnPoolName}),
+		targetBase: newTargetBase(name, cfg.ConnConfig.Password, logger),
+		opts:       opts,
+		pools:      pools,
+		db:         db,
+		connCfg:    probeCfg,
+		server:     newServerDescs(),
+		probe:      newProbeDescs(),
+		poolDesc:   newPoolDescs(),
+		ownPool:    NewPgxpoolCollector(db, tracer, PgxpoolOptions{Target: name, Pool: OwnPoolName}),
 	}, nil
 }
 
 // OwnPoolName is the pool label of the exporter's own monitoring connections, exported like
 // any pgxpool so that the exporter's footprint on the server is visible too.
 const OwnPoolName = ApplicationName
-
-// Name is the value of the target label.
-func (t *PostgresTarget) Name() string { return t.name }
 
 // Close closes the monitoring connections.
 func (t *PostgresTarget) Close() { t.db.Close() }
@@ -173,41 +159,9 @@ func (t *PostgresTarget) Describe(ch chan<- *prometheus.Desc) {
 	t.poolDesc.describe(ch)
 }
 
-// redact removes the password from text that may echo connection details.
-func (t *PostgresTarget) redact(s string) string {
-	if len(t.secret) < 1 {
-		return s
-	}
-	return strings.ReplaceAll(s, t.secret, "xxxxx")
-}
-
-// Scrape collects the target once. Concurrent scrapes share one collection so that scrapes
-// never stack up on the server.
+// Scrape collects the target once; concurrent scrapes share one collection.
 func (t *PostgresTarget) Scrape(ctx context.Context) Result {
-	ch := t.flight.DoChan("scrape", func() (any, error) {
-		// The shared collection must not die with the first caller's connection, but it
-		// keeps that caller's deadline.
-		c, cancel := withDeadlineOf(context.WithoutCancel(ctx), ctx)
-		defer cancel()
-		return t.scrape(c), nil
-	})
-	select {
-	case r := <-ch:
-		return r.Val.(Result)
-	case <-ctx.Done():
-		// Joined a collection that will outlive this caller's deadline.
-		return t.failedResult(ctx.Err())
-	}
-}
-
-// withDeadlineOf gives parent the deadline of `of`, slightly earlier, so that the shared
-// collection is done before the caller who started it stops waiting.
-func withDeadlineOf(parent, of context.Context) (context.Context, context.CancelFunc) {
-	if d, ok := of.Deadline(); ok {
-		margin := min(50*time.Millisecond, time.Until(d)/10)
-		return context.WithDeadline(parent, d.Add(-margin))
-	}
-	return context.WithCancel(parent)
+	return t.scrapeShared(ctx, t.jobs, t.finish)
 }
 
 func (t *PostgresTarget) jobs(reached *atomic.Bool) []job {
@@ -224,21 +178,9 @@ func (t *PostgresTarget) jobs(reached *atomic.Bool) []job {
 	return jobs
 }
 
-func (t *PostgresTarget) scrape(ctx context.Context) Result {
-	var res Result
-	// Set by the server job once the monitoring connection answered a ping: the server is up
-	// even if a query then fails or times out (that shows in dbpool_scrape_success).
-	var reached atomic.Bool
-	for _, r := range runJobs(ctx, t.jobs(&reached)) {
-		t.states.observe(t.name, r.name, r.err, t.redact)
-		res.Metrics = append(res.Metrics, r.metrics...)
-		res.Pools = append(res.Pools, r.pools...)
-		res.Metrics = append(res.Metrics,
-			prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, boolToFloat(r.err == nil), t.name, r.name),
-			prometheus.MustNewConstMetric(t.health.scrapeDuration, prometheus.GaugeValue, r.duration.Seconds(), t.name, r.name))
-	}
-	res.Metrics = append(res.Metrics, prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, boolToFloat(reached.Load()), t.name))
-	// The exporter's own pool goes out as metrics only: it is not an application pool to advise on.
+// finish adds what does not need the server: the exporter's own pool (as metrics only: it
+// is not an application pool to advise on) and the limits last read from the server.
+func (t *PostgresTarget) finish(res *Result) {
 	for _, own := range t.ownPool.Samples() {
 		res.Metrics = t.poolDesc.appendMetrics(res.Metrics, &own)
 	}
@@ -247,17 +189,6 @@ func (t *PostgresTarget) scrape(ctx context.Context) Result {
 		res.Servers = []ServerStats{{Target: t.name, MaxConnections: s.maxConnections, ReservedConnections: s.reservedConnections}}
 	}
 	t.mu.Unlock()
-	return res
-}
-
-// failedResult is what a caller gets when it could not wait for the shared collection.
-func (t *PostgresTarget) failedResult(err error) Result {
-	ms := []prometheus.Metric{prometheus.MustNewConstMetric(t.health.up, prometheus.GaugeValue, 0, t.name)}
-	for _, j := range t.jobs(nil) {
-		ms = append(ms, prometheus.MustNewConstMetric(t.health.scrapeSuccess, prometheus.GaugeValue, 0, t.name, j.name))
-	}
-	t.logger.Debug("scrape gave up waiting for the shared collection", "target", t.name, "err", err)
-	return Result{Metrics: ms}
 }
 
 // acquire checks out a monitoring connection and pings it (the exporter's own pre-ping).
