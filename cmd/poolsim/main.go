@@ -2,7 +2,9 @@
 // SQLAlchemy-style QueuePools, one per instance, configured by the seed's
 // DB_* variables. It gives the exporter something real to watch, and prints
 // and serves the pool's true numbers so they can be compared with what the
-// exporter reports.
+// exporter reports. With --pool.impl=pgxpool the instances use real pgxpools
+// instrumented with dbpool_exporter's pgxpool source, whose exact dbpool_*
+// series it serves at /metrics.
 package main
 
 import (
@@ -22,6 +24,8 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
@@ -129,7 +133,9 @@ func run() int {
 	app := kingpin.New("poolsim", "A simulated application that holds PostgreSQL connections through SQLAlchemy-style QueuePools "+
 		"(one independent pool per instance, application_name <app-name>-<index>), for demos and end-to-end tests of dbpool_exporter. "+
 		"Pool settings default to the seed's DB_* environment variables. "+
-		"Prints the true pool numbers every --report-interval and serves them as JSON at /status.")
+		"Prints the true pool numbers every --report-interval and serves them as JSON at /status. "+
+		"With --pool.impl=pgxpool each instance uses a real pgxpool instead, and its exact dbpool_* series (checkout times, "+
+		"pending checkouts, timeouts) are served at --metrics.listen, next to what the exporter's activity source estimates for the same backends.")
 	app.HelpFlag.Short('h')
 	app.Version(version.Print("poolsim"))
 
@@ -140,12 +146,19 @@ func run() int {
 	app.Flag("instances", "Number of simulated processes, each with its own independent pool.").
 		Default(strconv.Itoa(cfg.Instances)).IntVar(&cfg.Instances)
 
+	impl := app.Flag("pool.impl", "Pool implementation of every instance: queuepool (SQLAlchemy's QueuePool rebuilt on raw pgx connections) "+
+		"or pgxpool (a real github.com/jackc/pgx/v5/pgxpool pool, instrumented with dbpool_exporter's pgxpool source). "+
+		"pgxpool has no overflow concept: MaxConns is pool.size + pool.max-overflow, and every connection it opens stays open "+
+		"until idle for 30 minutes or older than pool.recycle; connections open on demand (MinConns 0), as QueuePool's do. "+
+		"pool.timeout is the deadline of each Acquire (must be more than 0); pool.max-overflow -1 (unlimited) is refused; "+
+		"pool.pre-ping keeps pgxpool's own ping of connections idle for more than a second.").
+		Default(string(poolsim.ImplQueuePool)).Enum(string(poolsim.ImplQueuePool), string(poolsim.ImplPgxpool))
 	poolFlag(app, "pool.size", "DB_POOL_SIZE", "10",
 		"pool_size: permanent connections per instance, opened on demand.", intSetting(&cfg.Pool.Size))
 	poolFlag(app, "pool.max-overflow", "DB_MAX_OVERFLOW", "20",
-		"max_overflow: extra connections per instance, closed on return; -1 is unlimited.", intSetting(&cfg.Pool.MaxOverflow))
+		"max_overflow: extra connections per instance, closed on return; -1 is unlimited (queuepool only; pgxpool adds it to MaxConns).", intSetting(&cfg.Pool.MaxOverflow))
 	poolFlag(app, "pool.timeout", "DB_POOL_TIMEOUT", "30",
-		"pool_timeout: how long a checkout waits for a connection before failing with a QueuePool timeout (seconds, or a duration such as 500ms).", secondsSetting(&cfg.Pool.Timeout))
+		"pool_timeout: how long a checkout waits for a connection before failing with a pool timeout (seconds, or a duration such as 500ms).", secondsSetting(&cfg.Pool.Timeout))
 	poolFlag(app, "pool.recycle", "DB_POOL_RECYCLE", "3600",
 		"pool_recycle: a connection older than this is replaced at checkout (seconds, or a duration); 0 or -1 disables.", secondsSetting(&cfg.Pool.Recycle))
 	poolFlag(app, "pool.pre-ping", "DB_POOL_PRE_PING", "true",
@@ -175,6 +188,12 @@ func run() int {
 
 	statusListen := app.Flag("status.listen", "Address to serve the true pool numbers as JSON at /status, e.g. :9188; empty disables.").
 		Default("").String()
+	metricsListen := app.Flag("metrics.listen", "Address to serve the pgxpool pools' dbpool_* series (source pgxpool) at /metrics, e.g. :9189; "+
+		"empty disables. The pool label is <app-name> with one instance and <app-name>-<i> with several (the exporter's activity source "+
+		"reports all instances as one pool). With --pool.impl=queuepool there are no such series. May equal --status.listen.").
+		Default("").String()
+	app.Flag("metrics.target", "Value of the target label of those series: the target name of the dbpool_exporter that watches the same server, so that both views line up.").
+		Default(cfg.MetricsTarget).StringVar(&cfg.MetricsTarget)
 	reportInterval := app.Flag("report-interval", "Print one line of pool numbers this often (avg_checkout_ms covers the interval); 0 disables.").
 		Default("10s").Duration()
 
@@ -182,6 +201,9 @@ func run() int {
 	promslogflag.AddFlags(app, logCfg)
 	kingpin.MustParse(app.Parse(os.Args[1:]))
 	cfg.Arrival = poolsim.Arrival(*arrival)
+	cfg.PoolImpl = poolsim.PoolImpl(*impl)
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 
 	logger := promslog.New(logCfg)
 	cfg.Logger = logger
@@ -203,18 +225,21 @@ func run() int {
 	}()
 	sim := poolsim.New(cfg)
 
-	if *statusListen != "" {
-		srv, err := serveStatus(*statusListen, sim, logger)
-		if err != nil {
-			logger.Error("cannot listen for /status", "address", *statusListen, "err", err)
-			return 1
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx) // exiting anyway; a slow client only loses its answer
-		}()
+	if *metricsListen != "" && cfg.PoolImpl != poolsim.ImplPgxpool {
+		logger.Warn("--metrics.listen serves no dbpool_* series with --pool.impl=queuepool; use --pool.impl=pgxpool", "address", *metricsListen)
 	}
+	srvs, err := serve(*statusListen, *metricsListen, sim, reg, logger)
+	if err != nil {
+		logger.Error("cannot listen", "err", err)
+		return 1
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, srv := range srvs {
+			_ = srv.Shutdown(sctx) // exiting anyway; a slow client only loses its answer
+		}
+	}()
 
 	reportDone := make(chan struct{})
 	reportStop := make(chan struct{})
@@ -222,7 +247,7 @@ func run() int {
 		defer close(reportDone)
 		report(os.Stdout, sim, *reportInterval, reportStop)
 	}()
-	err := sim.Run(ctx)
+	err = sim.Run(ctx)
 	close(reportStop)
 	<-reportDone
 	if err != nil {
@@ -270,24 +295,55 @@ func formatLine(cur, prev poolsim.Stats) string {
 	return line
 }
 
-func serveStatus(addr string, sim *poolsim.Sim, logger *slog.Logger) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
+// serve starts the HTTP servers: /status at statusAddr and /metrics at
+// metricsAddr, one server when both are the same; an empty address disables
+// its path. On error no server is left running.
+func serve(statusAddr, metricsAddr string, sim *poolsim.Sim, reg *prometheus.Registry, logger *slog.Logger) ([]*http.Server, error) {
+	type route struct {
+		addr, path, what string
+		h                http.Handler
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(sim.Stats()) // the client went away; nothing to do
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	logger.Info("serving pool status", "address", ln.Addr().String(), "path", "/status")
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("status server failed", "err", err)
+	var routes []route
+	if statusAddr != "" {
+		routes = append(routes, route{statusAddr, "/status", "pool status", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(sim.Stats()) // the client went away; nothing to do
+		})})
+	}
+	if metricsAddr != "" {
+		routes = append(routes, route{metricsAddr, "/metrics", "pool metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})})
+	}
+	var (
+		srvs  []*http.Server
+		muxes = map[string]*http.ServeMux{}
+		lns   = map[string]net.Listener{}
+		order []string
+	)
+	for _, r := range routes {
+		if muxes[r.addr] == nil {
+			ln, err := net.Listen("tcp", r.addr)
+			if err != nil {
+				for _, ln := range lns {
+					_ = ln.Close() // nothing served yet
+				}
+				return nil, fmt.Errorf("%s at %s: %w", r.path, r.addr, err)
+			}
+			muxes[r.addr], lns[r.addr] = http.NewServeMux(), ln
+			order = append(order, r.addr)
 		}
-	}()
-	return srv, nil
+		muxes[r.addr].Handle("GET "+r.path, r.h)
+		logger.Info("serving "+r.what, "address", lns[r.addr].Addr().String(), "path", r.path)
+	}
+	for _, addr := range order {
+		srv := &http.Server{Handler: muxes[addr], ReadHeaderTimeout: 10 * time.Second}
+		srvs = append(srvs, srv)
+		go func() {
+			if err := srv.Serve(lns[addr]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("HTTP server failed", "address", addr, "err", err)
+			}
+		}()
+	}
+	return srvs, nil
 }

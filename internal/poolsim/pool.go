@@ -5,6 +5,11 @@
 // application: because the pool is ours, its true numbers (checked out,
 // overflow, waiters, checkout time, timeouts) are known exactly and can be
 // compared with what the exporter infers from the server side.
+//
+// With ImplPgxpool each instance uses a real *pgxpool.Pool instead (PgxPool),
+// instrumented with the project's pgxpool source, so that the exporter's
+// exact pool-side series of that pool can be shown next to the activity
+// source's estimate of the same backends.
 package poolsim
 
 import (

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dbpool/dbpool_exporter/collector"
 )
 
 // Arrival is how request start times are spaced.
@@ -35,6 +38,22 @@ type Config struct {
 	// Instances is the number of independent pools (processes or workers).
 	Instances int
 	Pool      PoolSettings
+	// PoolImpl is the pool every instance uses; "" means ImplQueuePool. With
+	// ImplPgxpool, Pool.MaxOverflow must not be -1 and Pool.Timeout must be
+	// more than 0 (see PgxPool for how the settings map onto pgxpool).
+	PoolImpl PoolImpl
+	// Registerer, when set and PoolImpl is ImplPgxpool, receives one
+	// collector.PgxpoolCollector that exports every instance's pool as the
+	// dbpool_* series of source "pgxpool". Run registers it once the pools
+	// exist and leaves it registered after returning, so that the final
+	// numbers can still be read. The QueuePool implementation registers
+	// nothing.
+	Registerer prometheus.Registerer
+	// MetricsTarget is the target label of those series: the name under
+	// which the exporter watching the same server reports it, so that exact
+	// and estimated series of one pool line up. "" means the collector's
+	// default, the database name.
+	MetricsTarget string
 
 	// Rate is the number of requests per second per instance; 0 sends none.
 	Rate    float64
@@ -69,6 +88,8 @@ func DefaultConfig() Config {
 		AppName:       "api",
 		Instances:     1,
 		Pool:          DefaultPoolSettings(),
+		PoolImpl:      ImplQueuePool,
+		MetricsTarget: "postgres",
 		Rate:          10,
 		Arrival:       ArrivalPoisson,
 		QueryTime:     50 * time.Millisecond,
@@ -91,6 +112,15 @@ func (c Config) Validate() error {
 	}
 	if err := c.Pool.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	switch c.PoolImpl {
+	case "", ImplQueuePool:
+	case ImplPgxpool:
+		if err := c.Pool.validatePgxpool(); err != nil {
+			errs = append(errs, err)
+		}
+	default:
+		errs = append(errs, fmt.Errorf("pool implementation must be %q or %q, got %q", ImplQueuePool, ImplPgxpool, c.PoolImpl))
 	}
 	if c.Rate < 0 {
 		errs = append(errs, fmt.Errorf("rate must not be negative, got %g", c.Rate))
@@ -125,6 +155,26 @@ func (c Config) Validate() error {
 
 // ApplicationName returns the application_name of instance i.
 func (c Config) ApplicationName(i int) string { return c.AppName + "-" + strconv.Itoa(i) }
+
+// MetricsPool returns the pool label of instance i in the pgxpool series:
+// AppName when there is one instance, so that it is the pool the exporter's
+// activity source reports for the same backends, and otherwise
+// ApplicationName(i), one series per instance (the activity source groups
+// all instances into one pool; the collector has no instance label).
+func (c Config) MetricsPool(i int) string {
+	if c.Instances == 1 {
+		return c.AppName
+	}
+	return c.ApplicationName(i)
+}
+
+// impl returns the pool implementation, "" read as ImplQueuePool.
+func (c Config) impl() PoolImpl {
+	if c.PoolImpl == "" {
+		return ImplQueuePool
+	}
+	return c.PoolImpl
+}
 
 // WorkloadStats are one instance's pool numbers plus its request counters.
 type WorkloadStats struct {
@@ -171,7 +221,9 @@ type SettingsStats struct {
 
 // Stats is a snapshot of a Sim: every instance and their sum.
 type Stats struct {
-	Instances   int             `json:"instances"`
+	Instances int `json:"instances"`
+	// PoolImpl is "queuepool" or "pgxpool".
+	PoolImpl    PoolImpl        `json:"pool_impl"`
 	Settings    SettingsStats   `json:"settings"`
 	Inflight    int             `json:"inflight"`
 	MaxInflight int             `json:"max_inflight"`
@@ -182,9 +234,35 @@ type Stats struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
+// simPool is what a request needs from an instance's pool, whichever the
+// implementation.
+type simPool interface {
+	// acquireConn checks out a connection; release returns it. A pool
+	// timeout matches ErrPoolTimeout.
+	acquireConn(ctx context.Context) (conn *pgx.Conn, release func(), err error)
+	Stats() PoolStats
+	Close()
+}
+
+func (p *QueuePool) acquireConn(ctx context.Context) (*pgx.Conn, func(), error) {
+	pc, err := p.Checkout(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pc.Conn(), pc.Release, nil
+}
+
+func (p *PgxPool) acquireConn(ctx context.Context) (*pgx.Conn, func(), error) {
+	c, err := p.Checkout(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.Conn(), c.Release, nil
+}
+
 type instance struct {
 	idx      int
-	pool     *QueuePool
+	pool     simPool
 	requests atomic.Uint64
 	errors   atomic.Uint64
 	dropped  atomic.Uint64
@@ -228,13 +306,9 @@ func (s *Sim) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("poolsim: Run called twice")
 	}
-	insts := make([]*instance, s.cfg.Instances)
-	for i := range insts {
-		p, err := NewQueuePool(PoolConfig{DSN: s.cfg.DSN, ApplicationName: s.cfg.ApplicationName(i), PoolSettings: s.cfg.Pool})
-		if err != nil {
-			return err
-		}
-		insts[i] = &instance{idx: i, pool: p}
+	insts, err := s.newPools()
+	if err != nil {
+		return err
 	}
 	s.sem = make(chan struct{}, s.cfg.MaxInflight)
 	s.mu.Lock()
@@ -246,7 +320,7 @@ func (s *Sim) Run(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.Duration)
 		defer cancel()
 	}
-	s.log.Info("poolsim started", "instances", s.cfg.Instances, "application_names", s.cfg.AppName+"-0.."+strconv.Itoa(s.cfg.Instances-1),
+	s.log.Info("poolsim started", "pool_impl", s.cfg.impl(), "instances", s.cfg.Instances, "application_names", s.cfg.AppName+"-0.."+strconv.Itoa(s.cfg.Instances-1),
 		"pool_size", s.cfg.Pool.Size, "max_overflow", s.cfg.Pool.MaxOverflow, "rate_per_instance", s.cfg.Rate)
 
 	var gens, reqs sync.WaitGroup
@@ -261,6 +335,49 @@ func (s *Sim) Run(ctx context.Context) error {
 	}
 	s.log.Info("poolsim stopped, all connections closed")
 	return nil
+}
+
+// newPools creates every instance's pool (no connection is opened yet) and,
+// for pgxpool, registers their collector. On error nothing is left open.
+func (s *Sim) newPools() (insts []*instance, err error) {
+	defer func() {
+		if err != nil {
+			for _, in := range insts {
+				in.pool.Close()
+			}
+			insts = nil
+		}
+	}()
+	var pc *collector.PgxpoolCollector
+	for i := range s.cfg.Instances {
+		cfg := PoolConfig{DSN: s.cfg.DSN, ApplicationName: s.cfg.ApplicationName(i), PoolSettings: s.cfg.Pool}
+		if s.cfg.impl() == ImplQueuePool {
+			p, err := NewQueuePool(cfg)
+			if err != nil {
+				return insts, err
+			}
+			insts = append(insts, &instance{idx: i, pool: p})
+			continue
+		}
+		p, err := NewPgxPool(cfg)
+		if err != nil {
+			return insts, err
+		}
+		insts = append(insts, &instance{idx: i, pool: p})
+		set := p.CollectorSettings()
+		opts := collector.PgxpoolOptions{Target: s.cfg.MetricsTarget, Pool: s.cfg.MetricsPool(i), Settings: &set}
+		if pc == nil {
+			pc = collector.NewPgxpoolCollector(p.Pool(), p.Tracer(), opts)
+		} else if err := pc.Add(p.Pool(), p.Tracer(), opts); err != nil {
+			return insts, err
+		}
+	}
+	if pc != nil && s.cfg.Registerer != nil {
+		if err := s.cfg.Registerer.Register(pc); err != nil {
+			return insts, fmt.Errorf("registering the pgxpool collector: %w", err)
+		}
+	}
+	return insts, nil
 }
 
 // generate starts requests for one instance at the configured rate. It is
@@ -317,15 +434,14 @@ func (s *Sim) generate(ctx context.Context, in *instance, reqs *sync.WaitGroup) 
 // request is one simulated web request: check out, run statements, hold,
 // return.
 func (s *Sim) request(ctx context.Context, in *instance) {
-	pc, err := in.pool.Checkout(ctx)
+	conn, release, err := in.pool.acquireConn(ctx)
 	if err != nil {
 		if !errors.Is(err, ErrPoolTimeout) && ctx.Err() == nil {
 			s.fail(in, err)
 		}
 		return
 	}
-	defer pc.Release()
-	conn := pc.Conn()
+	defer release()
 	u := rand.Float64()
 	switch {
 	case u < s.cfg.LongQueryShare:
@@ -396,6 +512,7 @@ func (s *Sim) Stats() Stats {
 	s.mu.Unlock()
 	st := Stats{
 		Instances: s.cfg.Instances,
+		PoolImpl:  s.cfg.impl(),
 		Settings: SettingsStats{
 			PoolSize:       s.cfg.Pool.Size,
 			MaxOverflow:    s.cfg.Pool.MaxOverflow,

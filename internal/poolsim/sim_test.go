@@ -187,6 +187,13 @@ func TestConfigValidate(t *testing.T) {
 		{"defaults with a DSN", func(*poolsim.Config) {}, nil},
 		{"no DSN", func(c *poolsim.Config) { c.DSN = "" }, []string{"DSN is required"}},
 		{"shares above 1 together", func(c *poolsim.Config) { c.LongQueryShare, c.IdleInTxShare = 0.6, 0.6 }, []string{"must not exceed 1"}},
+		{"unknown pool implementation", func(c *poolsim.Config) { c.PoolImpl = "hikari" }, []string{`pool implementation must be "queuepool" or "pgxpool", got "hikari"`}},
+		{"empty pool implementation is queuepool", func(c *poolsim.Config) { c.PoolImpl = "" }, nil},
+		{"queuepool allows unlimited overflow and no wait", func(c *poolsim.Config) { c.Pool.MaxOverflow, c.Pool.Timeout = -1, 0 }, nil},
+		{"pgxpool needs a finite overflow and a timeout", func(c *poolsim.Config) {
+			c.PoolImpl, c.Pool.MaxOverflow, c.Pool.Timeout = poolsim.ImplPgxpool, -1, 0
+		}, []string{"no unlimited pool", "pool timeout must be more than 0"}},
+		{"pgxpool with the seed's defaults", func(c *poolsim.Config) { c.PoolImpl = poolsim.ImplPgxpool }, nil},
 		{"every problem at once", func(c *poolsim.Config) {
 			c.Instances, c.Rate, c.Arrival, c.QueryTime, c.LongQueryShare, c.MaxInflight, c.Pool.Size = 0, -1, "burst", -time.Second, 2, 0, 0
 		}, []string{"instances", "rate", "arrival", "query time", "long query share", "max inflight", "pool size"}},
