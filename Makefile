@@ -8,7 +8,7 @@ BRANCH   ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 VPKG     := github.com/prometheus/common/version
 LDFLAGS  := -s -w -X $(VPKG).Version=$(VERSION) -X $(VPKG).Revision=$(REVISION) -X $(VPKG).Branch=$(BRANCH) \
             -X $(VPKG).BuildUser=$(shell id -un)@$(shell hostname) -X $(VPKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
-GOLANGCI_LINT_VERSION ?= v2.6.2
+GOLANGCI_LINT_VERSION ?= v2.15.0
 
 export CGO_ENABLED ?= 0
 
@@ -19,9 +19,11 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
-# Installs PostgreSQL, PgBouncer, Prometheus (promtool) and Alertmanager from Debian when missing.
+# Installs PostgreSQL, PgBouncer, Prometheus (promtool) and Alertmanager from Debian when missing;
+# for `make test` also Chromium (the status page's browser test).
+DEPS_FLAGS ?=
 deps:
-	./scripts/install-deps.sh
+	./scripts/install-deps.sh $(DEPS_FLAGS)
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -45,6 +47,7 @@ alerts:
 unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 12m ./...
 
+test: DEPS_FLAGS += --with-chromium
 test: deps fmt vet alerts unit
 
 demo: deps build

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
+)
+
+// adviseJSON is the part of `advise --output=json` the tests read.
+type adviseJSON struct {
+	Samples  int  `json:"samples"`
+	Healthy  bool `json:"healthy"`
+	ExitCode int  `json:"exit_code"`
+	Targets  []struct {
+		Target  string `json:"target"`
+		Reached bool   `json:"reached"`
+	} `json:"targets"`
+	Pools []struct {
+		Target string `json:"target"`
+		Pool   string `json:"pool"`
+		State  string `json:"state"`
+		Health struct {
+			Warnings []struct {
+				Rule    string `json:"rule"`
+				Message string `json:"message"`
+			} `json:"warnings"`
+		} `json:"health"`
+		Connections struct {
+			IdleInTransaction *int `json:"idle_in_transaction"`
+		} `json:"active_connections"`
+		Optimization struct {
+			RecommendedPoolSize    int    `json:"recommended_pool_size"`
+			RecommendedMaxOverflow int    `json:"recommended_max_overflow"`
+			PoolSizeRule           string `json:"pool_size_rule"`
+			Env                    string `json:"env"`
+		} `json:"optimization"`
+	} `json:"pools"`
+}
+
+func TestAdviseCommand(t *testing.T) {
+	bin := testbin.Exporter(t)
+	pg := pgtest.StartT(t, pgtest.Options{})
+	const password = "Advise-Secret-31337"
+	if err := pg.CreateRole("monitor", password, false, "pg_monitor"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.CreateRole("app", "App-Pw-1", false); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pg.DSN("monitor", password, "postgres")
+	short := []string{"advise", "--advise.duration=3s", "--advise.interval=250ms", "--no-collector.probe"}
+	pool := []string{"--pool.name=leaky", "--pool.application-name=leaky"}
+	env := []string{"DATA_SOURCE_NAME=" + dsn, "DB_POOL_SIZE=10", "DB_MAX_OVERFLOW=20"}
+	noPassword := func(t *testing.T, texts ...string) {
+		t.Helper()
+		for _, s := range texts {
+			if strings.Contains(s, password) {
+				t.Errorf("password in output:\n%s", s)
+			}
+		}
+	}
+
+	t.Run("healthy pool: exit 0 and .env lines", func(t *testing.T) {
+		code, out, errOut := runBinary(t, bin, env, append(short, pool...)...)
+		t.Logf("advise output:\n%s", out)
+		if code != adviseHealthy {
+			t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, adviseHealthy, out, errOut)
+		}
+		// No backend was in use over a whole window: the oversized 10/20 pool shrinks.
+		for _, want := range []string{"== pool leaky on 127.0.0.1:", ": OK\n", "[shrink_oversized]",
+			"recommended settings for .env (by shrink_oversized):\nDB_POOL_SIZE=1\nDB_MAX_OVERFLOW=2\n",
+			"summary: 1 pool(s): 1 ok, 0 warning, 0 saturated; exit code 0"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		noPassword(t, out, errOut)
+	})
+
+	// Six sessions of the application that began a transaction and left it open.
+	for i := range 6 {
+		cfg, err := pgx.ParseConfig(pg.DSN("app", "App-Pw-1", "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["application_name"] = "leaky"
+		conn, err := pgx.ConnectConfig(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), fmt.Sprintf("BEGIN; SELECT %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("leak: exit 3, text", func(t *testing.T) {
+		code, out, errOut := runBinary(t, bin, env, append(short, pool...)...)
+		t.Logf("advise output:\n%s", out)
+		if code != adviseUnhealthy {
+			t.Errorf("exit code %d, want %d\nstderr:\n%s", code, adviseUnhealthy, errOut)
+		}
+		for _, want := range []string{": WARNING\n", "connections:  active 0, idle 0, idle in transaction 6",
+			"  - [idle_in_transaction] 6 connections are idle in transaction, above the alert level of 5: a transaction leak",
+			"recommended settings for .env (by ", "DB_POOL_SIZE=", "DB_MAX_OVERFLOW=", "exit code 3"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+	})
+
+	t.Run("leak: exit 3, json", func(t *testing.T) {
+		code, out, errOut := runBinary(t, bin, env, append(append(short, pool...), "--output=json")...)
+		if code != adviseUnhealthy {
+			t.Errorf("exit code %d, want %d\nstderr:\n%s", code, adviseUnhealthy, errOut)
+		}
+		var doc adviseJSON
+		if err := json.Unmarshal([]byte(out), &doc); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, out)
+		}
+		if doc.ExitCode != 3 || doc.Healthy || doc.Samples < 4 || len(doc.Targets) != 1 || !doc.Targets[0].Reached || len(doc.Pools) != 1 {
+			t.Fatalf("document: %+v", doc)
+		}
+		p := doc.Pools[0]
+		rules := []string{}
+		for _, w := range p.Health.Warnings {
+			rules = append(rules, w.Rule)
+		}
+		// 6 idle in transaction count as in use: 60% of pool_size 10, not above 70%.
+		if p.Pool != "leaky" || p.State != "warning" || strings.Join(rules, ",") != "idle_in_transaction" ||
+			p.Connections.IdleInTransaction == nil || *p.Connections.IdleInTransaction != 6 {
+			t.Errorf("pool: %+v, rules %v", p, rules)
+		}
+		// Peak 6 in use, +50% = 9: observed_peak raises nothing (10 covers it) and the pool is
+		// not oversized (6 is not below 30% of 10), so the current size stays.
+		if o := p.Optimization; o.RecommendedPoolSize != 10 || o.RecommendedMaxOverflow != 20 || o.PoolSizeRule != "keep_current" ||
+			o.Env != "DB_POOL_SIZE=10\nDB_MAX_OVERFLOW=20\n" {
+			t.Errorf("optimization: %+v", o)
+		}
+		noPassword(t, out, errOut)
+	})
+
+	t.Run("database unreachable: exit 1", func(t *testing.T) {
+		down := fmt.Sprintf("postgres://monitor:%s@127.0.0.1:%d/postgres?sslmode=disable", password, freePort(t))
+		code, out, errOut := runBinary(t, bin, []string{"DATA_SOURCE_NAME=" + down}, short...)
+		if code != adviseError || !strings.Contains(errOut, "unreachable for the whole run") {
+			t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, adviseError, out, errOut)
+		}
+		noPassword(t, out, errOut)
+	})
+
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		want string
+	}{
+		{"bad configuration", []string{"DATA_SOURCE_NAME=" + dsn, "DB_POOL_SIZE=abc"}, short, adviseError, "DB_POOL_SIZE"},
+		{"no target", nil, short, adviseError, "no target"},
+		{"bad interval", env, []string{"advise", "--advise.interval=0s"}, adviseError, "--advise.interval=0s"},
+		{"bad output", env, []string{"advise", "--output=xml"}, 2, "xml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runBinary(t, bin, tc.env, tc.args...)
+			if code != tc.code || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit code %d, want %d; stderr lacks %q?\nstdout:\n%s\nstderr:\n%s", code, tc.code, tc.want, out, errOut)
+			}
+		})
+	}
+
+	t.Run("help", func(t *testing.T) {
+		code, out, _ := runBinary(t, bin, nil, "--help")
+		for _, want := range []string{"serve*", "advise [<flags>]", "--health.window", "--health.sample-interval"} {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("--help (code %d) lacks %q", code, want)
+			}
+		}
+		code, out, _ = runBinary(t, bin, nil, "advise", "--help")
+		for _, want := range []string{"--advise.interval=5s", "--advise.duration=1m", "--output=text", "--pg.dsn"} {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("advise --help (code %d) lacks %q", code, want)
+			}
+		}
+	})
+}
+
+// TestDaemonServesAdvice: the daemon, started as before without a command, serves the API,
+// the status page (linked from the landing page) and the recommendation metrics.
+func TestDaemonServesAdvice(t *testing.T) {
+	bin := testbin.Exporter(t)
+	pg := pgtest.StartT(t, pgtest.Options{})
+	if err := pg.CreateRole("monitor", "Mon-Pw-2", false, "pg_monitor"); err != nil {
+		t.Fatal(err)
+	}
+	for _, command := range [][]string{nil, {"serve"}} {
+		t.Run(fmt.Sprintf("command %v", command), func(t *testing.T) {
+			addr := freeAddr(t)
+			args := append(command, "--web.listen-address="+addr, "--pg.dsn="+pg.DSN("monitor", "Mon-Pw-2", "postgres"),
+				"--pg.target-name=db", "--health.window=10s", "--health.sample-interval=200ms")
+			cmd := exec.Command(bin, args...)
+			cmd.Env = cleanEnv()
+			var logs bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &logs, &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+			base := "http://" + addr
+			// The sampler alone fills the history: after MinHistory (a tenth of the window)
+			// the recommendation is a metric.
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				if resp, err := http.Get(base + "/metrics"); err == nil {
+					var b bytes.Buffer
+					_, _ = b.ReadFrom(resp.Body)
+					resp.Body.Close()
+					if strings.Contains(b.String(), `dbpool_recommended_size_connections{pool="default",target="db"} `) &&
+						strings.Contains(b.String(), `dbpool_recommended_max_overflow_connections{pool="default",target="db"} `) {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no recommendation metrics; logs:\n%s", logs.String())
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			code, landing := httpGet(t, base+"/")
+			if code != 200 || !strings.Contains(landing, `href="/pools"`) || !strings.Contains(landing, `href="/api/v1/pools"`) {
+				t.Errorf("landing page (%d) does not link the pool pages:\n%s", code, landing)
+			}
+			code, page := httpGet(t, base+"/pools")
+			if code != 200 || !strings.Contains(page, `data-pool="default"`) {
+				t.Errorf("/pools: %d\n%s", code, page)
+			}
+			code, body := httpGet(t, base+"/api/v1/optimize?pool=default")
+			if code != 200 || !strings.Contains(body, `"target": "db"`) || !strings.Contains(body, `"recommended_pool_size"`) {
+				t.Errorf("/api/v1/optimize: %d\n%s", code, body)
+			}
+			code, body = httpGet(t, base+"/api/v1/status?pool=missing")
+			if code != 404 || !strings.Contains(body, `"error": "unknown pool \"missing\""`) {
+				t.Errorf("/api/v1/status?pool=missing: %d\n%s", code, body)
+			}
+		})
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	p, err := pgtest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

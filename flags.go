@@ -1,0 +1,196 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// flags are the daemon's settings; main turns them into plain values for the library packages.
+type flags struct {
+	metricsPath   string
+	configFile    string
+	configCheck   bool
+	envFile       string
+	dsn           string
+	targetName    string
+	maxConns      int
+	timeoutOffset time.Duration
+	maxTimeout    time.Duration
+
+	poolName     string
+	appName      string
+	appNameRegex string
+	user         string
+	database     string
+	instances    int
+
+	activity        bool
+	probe           bool
+	pgbouncer       bool
+	maxApplications int
+	pgbouncerDSN    string
+
+	healthWindow         time.Duration
+	healthSampleInterval time.Duration
+}
+
+func addFlags(app *kingpin.Application) *flags {
+	f := &flags{}
+	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.metricsPath)
+	app.Flag("config.file", "YAML file describing targets and pools (see README). Without it, one target comes from --pg.dsn and one pool from the DB_* settings.").PlaceHolder("FILE").StringVar(&f.configFile)
+	app.Flag("config.check", "Validate the configuration, print a summary and exit (0 valid, 1 invalid).").BoolVar(&f.configCheck)
+	app.Flag("pool.env-file", "The application's .env file with DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, DB_POOL_RECYCLE, DB_POOL_PRE_PING, DB_ECHO. Variables in the environment win over the file.").PlaceHolder("FILE").StringVar(&f.envFile)
+	app.Flag("pg.dsn", "PostgreSQL connection string of the watched server (URL or key=value).").Envar("DATA_SOURCE_NAME").PlaceHolder("DSN").StringVar(&f.dsn)
+	app.Flag("pg.target-name", "Value of the target label for --pg.dsn (default: host:port/database).").PlaceHolder("NAME").StringVar(&f.targetName)
+	app.Flag("pg.max-connections", "Most long-lived monitoring connections per PostgreSQL target (the login probe opens one more, briefly).").Default("1").IntVar(&f.maxConns)
+	app.Flag("scrape.timeout-offset", "Subtracted from Prometheus' X-Prometheus-Scrape-Timeout-Seconds to leave time to answer.").Default("500ms").DurationVar(&f.timeoutOffset)
+	app.Flag("scrape.max-timeout", "Longest a scrape may take, and the timeout when Prometheus sends none; also the server-side statement_timeout of monitoring queries.").Default("10s").DurationVar(&f.maxTimeout)
+	app.Flag("pool.name", "Pool label of the pool described by the DB_* settings (without --config.file).").Default("default").StringVar(&f.poolName)
+	app.Flag("pool.application-name", "The application's backends have exactly this application_name.").PlaceHolder("NAME").StringVar(&f.appName)
+	app.Flag("pool.application-name-regex", "The application's backends' application_name matches this RE2 (fully anchored); a named group (?P<instance>...) tells instances apart.").PlaceHolder("REGEX").StringVar(&f.appNameRegex)
+	app.Flag("pool.user", "The application's backends log in as this role.").PlaceHolder("ROLE").StringVar(&f.user)
+	app.Flag("pool.database", "The application's backends use this database.").PlaceHolder("DB").StringVar(&f.database)
+	app.Flag("pool.instances", "Processes (replicas x workers) that each hold one such pool.").Default("1").IntVar(&f.instances)
+	app.Flag("collector.activity", "Sample pg_stat_activity and group backends into pools.").Default("true").BoolVar(&f.activity)
+	app.Flag("collector.probe", "Time a fresh login on every scrape.").Default("true").BoolVar(&f.probe)
+	app.Flag("collector.pgbouncer", "Read PgBouncer admin consoles (--pgbouncer.dsn or pgbouncers: in --config.file).").Default("true").BoolVar(&f.pgbouncer)
+	app.Flag("pgbouncer.dsn", "Connection string of a PgBouncer admin console (database pgbouncer, a user in stats_users or admin_users).").Envar("PGBOUNCER_DSN").PlaceHolder("DSN").StringVar(&f.pgbouncerDSN)
+	app.Flag("collector.activity.max-applications", "Most application_name groups for backends that match no pool; the rest are reported as pool \"app:other\".").Default("20").IntVar(&f.maxApplications)
+	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
+	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
+	return f
+}
+
+// loadConfig assembles the configuration from the DB_* settings, the .env file, the flags
+// and the config file, and validates it.
+func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Config, error) {
+	if f.maxConns < 1 {
+		return nil, fmt.Errorf("--pg.max-connections=%d: must be at least 1", f.maxConns)
+	}
+	if f.maxTimeout <= 0 {
+		return nil, fmt.Errorf("--scrape.max-timeout=%s: must be positive", f.maxTimeout)
+	}
+	if f.maxApplications < 1 {
+		return nil, fmt.Errorf("--collector.activity.max-applications=%d: must be at least 1", f.maxApplications)
+	}
+	if f.healthWindow <= 0 {
+		return nil, fmt.Errorf("--health.window=%s: must be positive", f.healthWindow)
+	}
+	if f.healthSampleInterval < 0 {
+		return nil, fmt.Errorf("--health.sample-interval=%s: must not be negative", f.healthSampleInterval)
+	}
+	lookup := lookupEnv
+	if f.envFile != "" {
+		file, err := poolcfg.LoadEnvFile(f.envFile)
+		if err != nil {
+			return nil, err
+		}
+		lookup = poolcfg.EnvLookup(file, lookupEnv)
+	}
+	settings, err := poolcfg.SettingsFromEnv(lookup, poolcfg.DefaultSettings())
+	if err != nil {
+		return nil, err
+	}
+	if f.configFile != "" {
+		data, err := os.ReadFile(f.configFile)
+		if err != nil {
+			return nil, fmt.Errorf("--config.file: %w", err)
+		}
+		return poolcfg.ParseWithDefaults(data, f.configFile, settings)
+	}
+	if f.dsn == "" && f.pgbouncerDSN == "" {
+		return nil, fmt.Errorf("no target: set --pg.dsn (or DATA_SOURCE_NAME), --pgbouncer.dsn, or --config.file")
+	}
+	cfg := &poolcfg.Config{}
+	if f.pgbouncerDSN != "" {
+		dsn, err := poolcfg.ParseDSN(f.pgbouncerDSN)
+		if err != nil {
+			return nil, fmt.Errorf("--pgbouncer.dsn: %w", err)
+		}
+		cfg.PgBouncers = []poolcfg.PgBouncer{{Name: "pgbouncer:" + dsn.DefaultName(), DSN: dsn}}
+	}
+	if f.dsn == "" {
+		return cfg, cfg.Validate()
+	}
+	dsn, err := poolcfg.ParseDSN(f.dsn)
+	if err != nil {
+		return nil, fmt.Errorf("--pg.dsn: %w", err)
+	}
+	name := f.targetName
+	if name == "" {
+		name = dsn.DefaultName()
+	}
+	match := poolcfg.Matcher{ApplicationName: f.appName, User: f.user, Database: f.database}
+	if f.appNameRegex != "" {
+		re, err := regexp.Compile("^(?:" + f.appNameRegex + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("--pool.application-name-regex=%q: %w", f.appNameRegex, err)
+		}
+		match.ApplicationNameRegex = re
+	}
+	cfg.Targets = []poolcfg.Target{{Name: name, DSN: dsn}}
+	cfg.Pools = []poolcfg.Pool{{Name: f.poolName, Target: name, Match: match, Settings: settings, Instances: f.instances}}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (f *flags) postgresOptions() collector.PostgresOptions {
+	o := collector.DefaultPostgresOptions()
+	o.MaxConnections = f.maxConns
+	o.StatementTimeout = f.maxTimeout
+	o.Activity = f.activity
+	o.Probe = f.probe
+	o.MaxApplications = f.maxApplications
+	return o
+}
+
+// buildExporter creates one collector target per configured server. observer, if not nil,
+// receives every scrape's result (the pool history of internal/health).
+func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, observer func(collector.Result)) (*collector.Exporter, error) {
+	var targets []collector.Target
+	fail := func(err error) (*collector.Exporter, error) {
+		for _, done := range targets {
+			done.Close()
+		}
+		return nil, err
+	}
+	for _, t := range cfg.Targets {
+		pt, err := collector.NewPostgresTarget(t.Name, t.DSN, cfg.PoolsForTarget(t.Name), f.postgresOptions(), logger)
+		if err != nil {
+			return fail(err)
+		}
+		targets = append(targets, pt)
+	}
+	if f.pgbouncer {
+		for _, b := range cfg.PgBouncers {
+			bt, err := collector.NewPgBouncerTarget(b.Name, b.DSN, collector.DefaultPgBouncerOptions(), logger)
+			if err != nil {
+				return fail(err)
+			}
+			targets = append(targets, bt)
+		}
+	}
+	return collector.NewExporter(targets, observer), nil
+}
+
+// cfgTargets lists the targets for the landing page, passwords redacted.
+func cfgTargets(cfg *poolcfg.Config) []string {
+	var out []string
+	for _, t := range cfg.Targets {
+		out = append(out, t.Name+" ("+t.DSN.String()+")")
+	}
+	for _, b := range cfg.PgBouncers {
+		out = append(out, b.Name+" (pgbouncer "+b.DSN.String()+")")
+	}
+	return out
+}

@@ -1,0 +1,490 @@
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// clock is a manual clock for Manager.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func settings(size, overflow int) poolcfg.Settings {
+	s := poolcfg.DefaultSettings()
+	s.PoolSize, s.MaxOverflow = size, overflow
+	return s
+}
+
+// activityPool is a configured pool as the activity source reports it.
+func activityPool(target, name string, size, overflow, instances, inUse int) collector.PoolStats {
+	return collector.PoolStats{
+		Target: target, Pool: name, Source: collector.SourceActivity,
+		Configured: true, Settings: settings(size, overflow), Instances: instances,
+		Open: inUse + 1, InUse: inUse, Overflow: max(0, inUse+1-instances*size),
+		States:   map[string]int{collector.StateActive: inUse, collector.StateIdle: 1},
+		Sessions: &collector.SessionStats{LongestQuerySeconds: 0.5},
+	}
+}
+
+func TestSampleFromStats(t *testing.T) {
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	timeouts := uint64(3)
+	pending := 2
+	tests := []struct {
+		name string
+		in   collector.PoolStats
+		want advice.Sample
+	}{
+		{
+			name: "activity: session states, idle in transaction (aborted too) and longest query",
+			in: collector.PoolStats{Source: collector.SourceActivity, Open: 9, InUse: 6, Overflow: 1,
+				States: map[string]int{collector.StateActive: 3, collector.StateIdle: 3,
+					collector.StateIdleInTransaction: 2, collector.StateIdleInTransactionAborted: 1},
+				Sessions: &collector.SessionStats{LongestQuerySeconds: 7.5}},
+			want: advice.Sample{Time: at, Open: 9, InUse: 6, Overflow: 1, Active: 3, Idle: 3,
+				IdleInTransaction: new(3), LongestQuerySeconds: new(7.5)},
+		},
+		{
+			name: "pgbouncer: waiting clients and checkout counters, no session states",
+			in: collector.PoolStats{Source: collector.SourcePgBouncer, Open: 7, InUse: 4, Overflow: 2,
+				States: map[string]int{collector.PgBouncerStateActive: 4, collector.PgBouncerStateIdle: 1,
+					collector.PgBouncerStateUsed: 1, collector.PgBouncerStateTested: 0, collector.PgBouncerStateLogin: 1},
+				Pending:   &pending,
+				Checkouts: &collector.CheckoutStats{Count: 100, DurationSeconds: 2.5}},
+			want: advice.Sample{Time: at, Open: 7, InUse: 4, Overflow: 2, Active: 4, Idle: 2,
+				Pending: new(2), CheckoutsTotal: new(100.0), CheckoutSecondsTotal: new(2.5)},
+		},
+		{
+			name: "pgxpool: acquired and idle, timeouts",
+			in: collector.PoolStats{Source: collector.SourcePgxpool, Open: 3, InUse: 2,
+				States:    map[string]int{collector.StateAcquired: 2, collector.StateIdle: 1},
+				Pending:   &pending,
+				Checkouts: &collector.CheckoutStats{Count: 50, DurationSeconds: 1, Timeouts: &timeouts}},
+			want: advice.Sample{Time: at, Open: 3, InUse: 2, Active: 2, Idle: 1,
+				Pending: new(2), CheckoutsTotal: new(50.0), CheckoutSecondsTotal: new(1.0), TimeoutsTotal: new(3.0)},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := SampleFromStats(&tc.in, at)
+			if !reflect.DeepEqual(got, tc.want) {
+				a, _ := json.Marshal(got)
+				b, _ := json.Marshal(tc.want)
+				t.Errorf("got  %s\nwant %s", a, b)
+			}
+		})
+	}
+}
+
+func TestHistoryBoundedWhateverTheScrapeRate(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Hour, Now: c.now})
+	// Two hours of scrapes every 50 ms: 144,000 observations.
+	for range 144_000 {
+		m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 10, 20, 1, 3)}})
+		c.add(50 * time.Millisecond)
+	}
+	st := m.pools[key{"db", "api"}]
+	if n, limit := st.hist.Len(), historyPoints+1; n > limit {
+		t.Errorf("history holds %d points, want at most %d", n, limit)
+	}
+	rep, err := m.Find("", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Window.Samples < 71_000 || !rep.Window.Full {
+		t.Errorf("window: %d samples, full %v; want the last hour's ~72000, full", rep.Window.Samples, rep.Window.Full)
+	}
+}
+
+func TestPoolsBoundedAndForgotten(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, MaxPools: 10, Now: c.now})
+	configured := activityPool("db", "api", 5, 5, 1, 1)
+	// A client inventing application names: three new ones per scrape.
+	for i := range 100 {
+		pools := []collector.PoolStats{configured}
+		for j := range 3 {
+			pools = append(pools, collector.PoolStats{Target: "db", Pool: fmt.Sprintf("app:x%d", 3*i+j), Source: collector.SourceActivity, Open: 1})
+		}
+		m.Observe(collector.Result{Pools: pools})
+		c.add(time.Second)
+		if len(m.pools) > 10 {
+			t.Fatalf("scrape %d: %d pools tracked, want at most 10", i, len(m.pools))
+		}
+	}
+	if _, err := m.Find("db", "api"); err != nil {
+		t.Errorf("the configured pool was evicted for churning application names: %v", err)
+	}
+	if _, err := m.Find("db", "app:x299"); err != nil {
+		t.Errorf("the newest application is not tracked: %v", err)
+	}
+
+	// A pool not seen for a whole window is forgotten; one seen within it is kept.
+	c.add(30 * time.Second)
+	m.Observe(collector.Result{Pools: []collector.PoolStats{configured}})
+	c.add(31 * time.Second)
+	m.Observe(collector.Result{Pools: []collector.PoolStats{configured}})
+	names := []string{}
+	for _, r := range m.Reports() {
+		names = append(names, r.Pool)
+	}
+	if !slices.Equal(names, []string{"api"}) {
+		t.Errorf("after a window without them, pools %v are tracked, want only api", names)
+	}
+}
+
+func TestServerBudget(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	for range 10 {
+		m.Observe(collector.Result{
+			// The seed's "Too Many Database Connections": 5 instances of 10/20 on a
+			// 100-connection server, plus a 3-instance worker pool sharing it.
+			Pools: []collector.PoolStats{
+				activityPool("db", "api", 10, 20, 5, 10),
+				activityPool("db", "worker", 2, 4, 3, 1),
+				{Target: "db", Pool: "app:psql", Source: collector.SourceActivity, Open: 1, InUse: 1},
+			},
+			Servers: []collector.ServerStats{{Target: "db", MaxConnections: 100, ReservedConnections: 3}},
+		})
+		c.add(time.Second)
+	}
+	api, err := m.Find("db", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := api.Optimization
+	// (100 - 20 kept back) / 8 instances = 10 per instance, split 5/5.
+	if o.PerInstanceBudget == nil || *o.PerInstanceBudget != 10 || o.RecommendedPoolSize != 5 ||
+		o.RecommendedMaxOverflow != 5 || o.PoolSizeRule != advice.RuleServerBudget {
+		t.Errorf("api: budget %v, recommended %d/%d by %s; want 10, 5/5 by server_budget",
+			deref(o.PerInstanceBudget), o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule)
+	}
+	if o.Env != "DB_POOL_SIZE=5\nDB_MAX_OVERFLOW=5\n" {
+		t.Errorf("env %q", o.Env)
+	}
+	fleetWarning := "may open 168 connections together, more than the 80 available"
+	if !hasFinding(api.Health.Warnings, advice.RuleServerBudget, fleetWarning) {
+		t.Errorf("api warnings lack the fleet budget: %v", api.Health.Warnings)
+	}
+	if n := strings.Count(strings.Join(rulesOf(api.Health.Recommendations), ","), advice.RuleServerBudget); n != 1 ||
+		!slices.Equal(api.StateReasons, []string{advice.RuleServerBudget}) {
+		t.Errorf("the budget's fix is said %d times; state reasons %v", n, api.StateReasons)
+	}
+	worker, _ := m.Find("db", "worker")
+	if !hasFinding(worker.Health.Warnings, advice.RuleServerBudget, fleetWarning) {
+		t.Errorf("worker warnings lack the fleet budget: %v", worker.Health.Warnings)
+	}
+	psql, _ := m.Find("db", "app:psql")
+	if psql.Configured || psql.Optimization.PerInstanceBudget != nil || psql.Optimization.Env != "" ||
+		psql.Optimization.Recommendations[0].Rule != RuleUnconfigured {
+		t.Errorf("unconfigured pool: configured %v, budget %v, env %q, recommendations %v",
+			psql.Configured, psql.Optimization.PerInstanceBudget, psql.Optimization.Env, psql.Optimization.Recommendations)
+	}
+}
+
+func TestUtilizationSemantics(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	// 2 instances of 5/10: 12 in use is 120% of the 10 permanent connections and 40% of the
+	// capacity of 30, which is what dbpool_utilization_ratio says.
+	p := activityPool("db", "api", 5, 10, 2, 12)
+	m.Observe(collector.Result{Pools: []collector.PoolStats{p}})
+	r, _ := m.Find("", "api")
+	ratio, _ := p.Utilization()
+	if r.Health.UtilizationPct != 120 || r.Health.CapacityUtilizationPct == nil ||
+		*r.Health.CapacityUtilizationPct != 100*ratio || *r.Health.CapacityUtilizationPct != 40 {
+		t.Errorf("utilization_pct %v, capacity_utilization_pct %v; want 120 and 40 (= dbpool_utilization_ratio %v x 100)",
+			r.Health.UtilizationPct, deref(r.Health.CapacityUtilizationPct), ratio)
+	}
+	if r.Status.Capacity == nil || *r.Status.Capacity != 30 || r.Status.MaxOverflow != 20 || r.Status.PoolSize != 10 {
+		t.Errorf("status %+v", r.Status)
+	}
+}
+
+func TestStates(t *testing.T) {
+	pending := func(n int) *int { return &n }
+	timeouts := func(n uint64) *collector.CheckoutStats {
+		return &collector.CheckoutStats{Count: 10, Timeouts: &n}
+	}
+	tests := []struct {
+		name   string
+		first  collector.PoolStats
+		second collector.PoolStats
+		want   State
+	}{
+		{"quiet", activityPool("db", "p", 10, 10, 1, 1), activityPool("db", "p", 10, 10, 1, 1), StateOK},
+		{"busy: warning", activityPool("db", "p", 10, 10, 1, 9), activityPool("db", "p", 10, 10, 1, 9), StateWarning},
+		{"all of the capacity in use", activityPool("db", "p", 4, 2, 1, 6), activityPool("db", "p", 4, 2, 1, 6), StateSaturated},
+		{"callers waiting",
+			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(0)},
+			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(3)},
+			StateSaturated},
+		{"timeouts in the window",
+			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(0)},
+			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(2)},
+			StateSaturated},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClock()
+			m := NewManager(Options{Window: time.Minute, Now: c.now})
+			m.Observe(collector.Result{Pools: []collector.PoolStats{tc.first}})
+			c.add(5 * time.Second)
+			m.Observe(collector.Result{Pools: []collector.PoolStats{tc.second}})
+			r, _ := m.Find("db", "p")
+			if r.State != tc.want {
+				t.Errorf("state %s (%v), want %s", r.State, r.StateReasons, tc.want)
+			}
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: 10 * time.Minute, Now: c.now}) // MinHistory: 1m
+	observe := func(pools ...collector.PoolStats) {
+		m.Observe(collector.Result{Pools: pools})
+		c.add(15 * time.Second)
+	}
+	unconfigured := collector.PoolStats{Target: "db", Pool: "app:psql", Source: collector.SourceActivity, Open: 1, InUse: 1}
+	for range 5 {
+		observe(activityPool("db", "api", 10, 20, 1, 9), unconfigured)
+	}
+	observe(activityPool("db", "api", 10, 20, 1, 9), unconfigured, activityPool("db", "new", 10, 20, 1, 1))
+
+	if problems, err := testutil.CollectAndLint(m); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+	// api: 75 s of 9 in use of 10 -> the seed's scale-up to 15/30. new: one sample, too short.
+	// app:psql: not configured.
+	want := `
+# HELP dbpool_recommended_max_overflow_connections Recommended extra connections per instance beyond the pool size (DB_MAX_OVERFLOW) from the pool's history; the rules behind it are at /api/v1/optimize.
+# TYPE dbpool_recommended_max_overflow_connections gauge
+dbpool_recommended_max_overflow_connections{pool="api",target="db"} 30
+# HELP dbpool_recommended_size_connections Recommended permanent connections per instance (DB_POOL_SIZE) from the pool's history; the rules behind it are at /api/v1/optimize.
+# TYPE dbpool_recommended_size_connections gauge
+dbpool_recommended_size_connections{pool="api",target="db"} 15
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestAPI(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	for range 3 {
+		m.Observe(collector.Result{Pools: []collector.PoolStats{
+			activityPool("db1", "api", 5, 10, 1, 2),
+			activityPool("db2", "api", 5, 10, 1, 3),
+			activityPool("db1", "worker", 2, 4, 1, 1),
+		}})
+		c.add(time.Second)
+	}
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+
+	tests := []struct {
+		method, path string
+		code         int
+		want         []string // substrings of the body
+	}{
+		{"GET", "/api/v1/pools", 200, []string{`"pool": "api"`, `"target": "db2"`, `"pool": "worker"`, `"window_seconds": 60`}},
+		{"GET", "/api/v1/status?pool=worker", 200, []string{`"target": "db1"`, `"pool_size": 2`, `"checked_out": 1`, `"overflow": 0`, `"total_connections": 2`}},
+		{"GET", "/api/v1/health?pool=api&target=db2", 200, []string{`"utilization_pct": 60`, `"capacity_utilization_pct": 20`, `"warnings": []`, `"recommendations": []`, `"state": "ok"`}},
+		{"GET", "/api/v1/connections?pool=worker", 200, []string{`"total_connections": 2`, `"active_count": 1`, `"idle_count": 1`, `"idle_in_transaction": 0`, `"longest_query_seconds": 0.5`}},
+		{"GET", "/api/v1/optimize?pool=worker&target=db1", 200, []string{`"current_settings"`, `"recommended_pool_size": 2`, `"recommended_max_overflow": 4`, `"recommendations"`, `"env": "DB_POOL_SIZE=2\nDB_MAX_OVERFLOW=4\n"`}},
+		{"HEAD", "/api/v1/status?pool=worker", 200, nil},
+		{"GET", "/api/v1/status?pool=nope", 404, []string{`"error": "unknown pool \"nope\""`}},
+		{"GET", "/api/v1/health?pool=worker&target=db2", 404, []string{`"error": "unknown pool \"worker\" on target \"db2\""`}},
+		{"GET", "/api/v1/optimize?pool=api", 400, []string{`several targets (db1, db2)`, `"targets": [`, `"db1"`, `"db2"`}},
+		{"GET", "/api/v1/status", 400, []string{`missing query parameter pool`}},
+		{"GET", "/api/v1/nope", 404, []string{`unknown endpoint /api/v1/nope`}},
+		{"POST", "/api/v1/pools", 405, []string{`"error": "method POST not allowed: use GET"`}},
+		{"DELETE", "/api/v1/status?pool=api", 405, []string{`not allowed`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code {
+				t.Errorf("status %d, want %d\n%s", resp.StatusCode, tc.code, body)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			if tc.code == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
+				t.Errorf("Allow %q", resp.Header.Get("Allow"))
+			}
+			if tc.method != "HEAD" && !json.Valid(body) {
+				t.Errorf("not JSON: %s", body)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(body), w) {
+					t.Errorf("body lacks %s:\n%s", w, body)
+				}
+			}
+		})
+	}
+}
+
+func TestPageEscapes(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	evil := `app:<script>alert(1)</script>`
+	m.Observe(collector.Result{Pools: []collector.PoolStats{
+		activityPool(`db"><b>x`, "api", 5, 10, 1, 2),
+		{Target: "db", Pool: evil, Source: collector.SourceActivity, Open: 1, InUse: 1,
+			States: map[string]int{collector.StateActive: 1}},
+	}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/pools", nil))
+	body := rec.Body.String()
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "text/html; charset=utf-8" {
+		t.Fatalf("status %d, type %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	for _, bad := range []string{"<script", `"><b>`, "ZgotmplZ"} {
+		if strings.Contains(body, bad) {
+			t.Errorf("page contains %q", bad)
+		}
+	}
+	for _, want := range []string{"app:&lt;script&gt;alert(1)&lt;/script&gt;", `style="width: 13.3%"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	rec = httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/pools", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /pools: %d", rec.Code)
+	}
+}
+
+func TestRunSampler(t *testing.T) {
+	m := NewManager(Options{Window: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	var running, most, calls atomic.Int32
+	scrape := func(ctx context.Context) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			old := most.Load()
+			if n <= old || most.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		if calls.Add(1) == 5 {
+			cancel()
+		}
+		// Slower than the interval: ticks come while a scrape runs.
+		select {
+		case <-ctx.Done():
+		case <-time.After(30 * time.Millisecond):
+		}
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("scrape without a deadline")
+		}
+	}
+	done := make(chan struct{})
+	go func() { m.RunSampler(ctx, 5*time.Millisecond, time.Second, scrape); close(done) }()
+	// A second sampler on the same manager returns at once.
+	second := make(chan struct{})
+	go func() { m.RunSampler(ctx, 5*time.Millisecond, time.Second, scrape); close(second) }()
+	for _, ch := range []chan struct{}{done, second} {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("sampler did not stop")
+		}
+	}
+	if most.Load() != 1 {
+		t.Errorf("%d scrapes ran at once", most.Load())
+	}
+	if calls.Load() != 5 {
+		t.Errorf("%d scrapes, want 5 (it stops when its context ends)", calls.Load())
+	}
+
+	// Observations from Prometheus' scrapes make the sampler skip its ticks.
+	c := newClock()
+	m = NewManager(Options{Window: time.Minute, Now: c.now})
+	m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 5, 10, 1, 1)}})
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	calls.Store(0)
+	m.RunSampler(ctx, 10*time.Millisecond, time.Second, func(context.Context) { calls.Add(1) })
+	if calls.Load() != 0 {
+		t.Errorf("sampler scraped %d times right after an observation", calls.Load())
+	}
+}
+
+func hasFinding(fs []advice.Finding, rule, text string) bool {
+	for _, f := range fs {
+		if f.Rule == rule && strings.Contains(f.Message, text) {
+			return true
+		}
+	}
+	return false
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+func TestPageShortensEstimateNote(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 5, 10, 1, 9)}})
+	r, _ := m.Find("db", "api")
+	// The note must be the text internal/advice appends, or the page would repeat it.
+	if len(r.Health.Warnings) == 0 || !strings.Contains(r.Health.Warnings[0].Message, estimateNote) {
+		t.Fatalf("advice's messages do not carry the estimate note any more: %v", r.Health.Warnings)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/pools", nil))
+	if strings.Contains(rec.Body.String(), estimateNote) || !strings.Contains(rec.Body.String(), "utilization_peak") {
+		t.Errorf("the page repeats the estimate note or lacks the warning:\n%s", rec.Body.String())
+	}
+}

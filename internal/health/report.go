@@ -1,0 +1,178 @@
+package health
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/advice"
+)
+
+// State sums a pool up in one word, for the status page and the CLI's exit code.
+type State string
+
+// The states, worst last.
+const (
+	// StateUnknown: no sample in the window.
+	StateUnknown State = "unknown"
+	// StateOK: no warning.
+	StateOK State = "ok"
+	// StateWarning: at least one health rule fired.
+	StateWarning State = "warning"
+	// StateSaturated: the pool is at its limit: every connection of its capacity is in use
+	// at the latest sample, callers are waiting for a connection at the latest sample, or
+	// checkouts timed out in the window.
+	StateSaturated State = "saturated"
+)
+
+// RuleUnconfigured names the note on pools that matched no configured pool.
+const RuleUnconfigured = "unconfigured_pool"
+
+// Report is the seed's four answers for one pool, as the JSON API serves them. Status,
+// Health, Connections and Optimization carry the seed's keys (check_pool_status,
+// get_pool_health, get_active_connections, optimize_pool_settings) plus, in each, the
+// source and whether its numbers are exact or which of them are estimated.
+type Report struct {
+	Target string        `json:"target"`
+	Pool   string        `json:"pool"`
+	Source advice.Source `json:"source"`
+	Exact  bool          `json:"exact"`
+	// Configured is false for backends that matched no configured pool (pool "app:<name>"):
+	// their DB_* settings, capacity and server budget are unknown.
+	Configured   bool      `json:"configured"`
+	State        State     `json:"state"`
+	StateReasons []string  `json:"state_reasons"`
+	LastSeen     time.Time `json:"last_seen"`
+
+	Window       advice.Summary     `json:"window"`
+	Status       Status             `json:"status"`
+	Health       Health             `json:"health"`
+	Connections  advice.Connections `json:"active_connections"`
+	Optimization Optimization       `json:"optimization"`
+}
+
+// Status is the seed's check_pool_status plus the group's limits and waiters.
+type Status struct {
+	advice.Status
+	MaxOverflow int  `json:"max_overflow"` // instances x DB_MAX_OVERFLOW
+	Capacity    *int `json:"capacity"`     // instances x (DB_POOL_SIZE + DB_MAX_OVERFLOW); null when unknown
+	Pending     *int `json:"pending"`      // callers waiting now; null when the source cannot see them
+}
+
+// Health is the seed's get_pool_health. utilization_pct keeps the seed's meaning, in use
+// over the permanent connections (instances x pool_size): above 100 when overflow
+// connections are in use, and what the sizing rules judge. capacity_utilization_pct is in use
+// over the whole capacity (instances x (pool_size + max_overflow)): exactly
+// dbpool_utilization_ratio x 100, which the alert compares with 80.
+type Health struct {
+	advice.Health
+	CapacityUtilizationPct *float64 `json:"capacity_utilization_pct"`
+}
+
+// Optimization is the seed's optimize_pool_settings plus the .env lines.
+type Optimization struct {
+	advice.Optimization
+	// Env holds DB_POOL_SIZE= and DB_MAX_OVERFLOW= lines ready to paste into .env; empty for
+	// a pool whose settings are unknown.
+	Env string `json:"env"`
+}
+
+// HasHistory reports whether the pool's history spans at least min: enough to publish its
+// recommendation as a metric.
+func (r *Report) HasHistory(min time.Duration) bool {
+	return r.Window.Samples >= 2 && r.Window.To.Sub(r.Window.From) >= min
+}
+
+func (m *Manager) analyze(s *snapshot, now time.Time) Report {
+	in := advice.Input{Pool: s.pool, Summary: s.hist.Summary(now, s.pool), Server: s.server}
+	a := advice.Analyze(in, m.th)
+	r := Report{
+		Target:       s.key.target,
+		Pool:         s.key.pool,
+		Source:       a.Source,
+		Exact:        a.Exact,
+		Configured:   s.configured,
+		LastSeen:     s.lastSeen,
+		Window:       a.Window,
+		Status:       Status{Status: a.Status, Pending: a.Window.Latest.Pending},
+		Health:       Health{Health: a.Health},
+		Connections:  a.Connections,
+		Optimization: Optimization{Optimization: a.Optimization},
+		StateReasons: []string{},
+	}
+	h := &r.Health
+	// Two server_budget warnings (per instance, whole fleet) come with the same fix: say it once.
+	h.Recommendations = dedupe(h.Recommendations)
+	h.UtilizationPct = round2(h.UtilizationPct)
+	h.AvgUtilizationPct = round2(h.AvgUtilizationPct)
+	h.PeakUtilizationPct = round2(h.PeakUtilizationPct)
+	inst := max(s.pool.Instances, 1)
+	if s.configured {
+		r.Status.MaxOverflow = inst * s.pool.Settings.MaxOverflow
+		if s.capacity > 0 {
+			r.Status.Capacity = ptr(s.capacity)
+			h.CapacityUtilizationPct = ptr(round2(100 * float64(a.Window.Latest.InUse) / float64(s.capacity)))
+		}
+		r.Optimization.Env = advice.EnvLines(a.Optimization)
+	} else {
+		// The sizing rules compare with the current settings, which are unknown here (zero):
+		// their messages would be about a pool_size of 0. Say what can be said instead.
+		o := &r.Optimization
+		msg := "these backends matched no configured pool, so the application's DB_* settings are unknown"
+		if o.RecommendedPoolSize > 0 {
+			msg += fmt.Sprintf("; from what was observed alone (peak %d in use) DB_POOL_SIZE=%d and DB_MAX_OVERFLOW=%d would do",
+				a.Window.PeakInUse, o.RecommendedPoolSize, o.RecommendedMaxOverflow)
+		}
+		msg += ": add the pool to the configuration (--config.file or --pool.*) for advice that weighs its settings"
+		o.Recommendations = []advice.Finding{{Rule: RuleUnconfigured, Message: msg}}
+		o.PoolSizeRule = RuleUnconfigured
+	}
+	r.State, r.StateReasons = state(&r)
+	return r
+}
+
+// state classifies a report; the reasons say why in words.
+func state(r *Report) (State, []string) {
+	w := r.Window
+	if w.Samples == 0 {
+		return StateUnknown, []string{"no sample in the window"}
+	}
+	var reasons []string
+	if c := r.Status.Capacity; c != nil && w.Latest.InUse >= *c {
+		reasons = append(reasons, fmt.Sprintf("all %d connections of the pool's capacity are in use", *c))
+	}
+	if p := w.Latest.Pending; p != nil && *p > 0 {
+		reasons = append(reasons, fmt.Sprintf("%d callers are waiting for a connection", *p))
+	}
+	if t := w.Timeouts; t != nil && *t > 0 {
+		reasons = append(reasons, fmt.Sprintf("%s checkouts timed out in the window", fmtNum(*t)))
+	}
+	if len(reasons) > 0 {
+		return StateSaturated, reasons
+	}
+	if len(r.Health.Warnings) > 0 {
+		for _, f := range r.Health.Warnings {
+			if !slices.Contains(reasons, f.Rule) {
+				reasons = append(reasons, f.Rule)
+			}
+		}
+		return StateWarning, reasons
+	}
+	return StateOK, []string{}
+}
+
+// dedupe drops findings equal to an earlier one, keeping the order.
+func dedupe(fs []advice.Finding) []advice.Finding {
+	out := make([]advice.Finding, 0, len(fs))
+	for _, f := range fs {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func round2(x float64) float64 { return math.Round(x*100) / 100 }
+
+func fmtNum(x float64) string { return fmt.Sprint(round2(x)) }

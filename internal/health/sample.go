@@ -1,0 +1,66 @@
+package health
+
+import (
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/advice"
+)
+
+// SampleFromStats turns one collector sample into an advice sample taken at t.
+//
+// Active, idle and idle-in-transaction are the seed's get_active_connections counts. Only
+// pg_stat_activity knows the session states; the pool-side sources know which connections
+// are checked out, so for them active is the in-use count and idle the rest of the open
+// connections that are ready for use, and idle-in-transaction and the longest query stay
+// nil (not observable, which is not zero).
+func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
+	s := advice.Sample{
+		Time:     t,
+		Open:     p.Open,
+		InUse:    p.InUse,
+		Overflow: p.Overflow,
+	}
+	switch p.Source {
+	case collector.SourceActivity:
+		s.Active = p.States[collector.StateActive]
+		s.Idle = p.States[collector.StateIdle]
+		s.IdleInTransaction = ptr(p.IdleInTransaction())
+		if p.Sessions != nil {
+			s.LongestQuerySeconds = ptr(p.Sessions.LongestQuerySeconds)
+		}
+	case collector.SourcePgBouncer:
+		s.Active = p.InUse
+		// used and tested are server connections waiting for, or passing, their check
+		// before PgBouncer hands them out again: not serving a client, so idle.
+		s.Idle = p.States[collector.PgBouncerStateIdle] + p.States[collector.PgBouncerStateUsed] +
+			p.States[collector.PgBouncerStateTested]
+	default:
+		s.Active = p.InUse
+		s.Idle = p.States[collector.StateIdle]
+	}
+	if p.Pending != nil {
+		s.Pending = ptr(*p.Pending)
+	}
+	if c := p.Checkouts; c != nil {
+		s.CheckoutsTotal = ptr(float64(c.Count))
+		s.CheckoutSecondsTotal = ptr(c.DurationSeconds)
+		if c.Timeouts != nil {
+			s.TimeoutsTotal = ptr(float64(*c.Timeouts))
+		}
+	}
+	return s
+}
+
+// PoolFromStats describes the pool group behind a collector sample. A pool that matched no
+// configuration has no known settings (zero) and counts as one instance.
+func PoolFromStats(p *collector.PoolStats) advice.Pool {
+	ap := advice.Pool{Name: p.Pool, Source: advice.Source(p.Source), Instances: 1}
+	if p.Configured {
+		ap.Settings = p.Settings
+		ap.Instances = max(p.Instances, 1)
+	}
+	return ap
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,274 @@
+// Command dbpool_exporter exports the health of PostgreSQL connection pools to Prometheus.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/health"
+)
+
+const exporterName = "dbpool_exporter"
+
+// defaultListenAddress avoids 9187 (postgres_exporter) and 9127 (pgbouncer_exporter).
+const defaultListenAddress = ":9930"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without os.Exit, so that deferred cleanup runs and tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := kingpin.New(exporterName, "Prometheus exporter for PostgreSQL connection pools: utilization, overflow, checkout time, timeouts, connection states and long queries.")
+	app.UsageWriter(stdout)
+	app.ErrorWriter(stderr)
+	app.Terminate(nil)
+	webFlags := kingpinflag.AddFlags(app, defaultListenAddress)
+	f := addFlags(app)
+	logCfg := &promslog.Config{Writer: stderr}
+	promslogflag.AddFlags(app, logCfg)
+	app.Version(version.Print(exporterName))
+	app.HelpFlag.Short('h')
+	// The daemon is the default command, so that existing invocations keep working.
+	app.Command("serve", "Run the exporter daemon (the default command).").Default()
+	adviseCmd := app.Command("advise", "Sample the pools for a while with the same flags and configuration, print each pool's health, warnings and recommended DB_POOL_SIZE / DB_MAX_OVERFLOW, and exit: 0 all pools healthy, 3 a pool has warnings or is saturated, 1 error (bad configuration, database unreachable for the whole run).")
+	af := addAdviseFlags(adviseCmd)
+
+	exited := false
+	code := 0
+	app.Terminate(func(c int) { exited, code = true, c })
+	command, err := app.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: error: %s\n", exporterName, err)
+		return 2
+	}
+	if exited { // --help or --version
+		return code
+	}
+	logger := promslog.New(logCfg)
+
+	cfg, err := f.loadConfig(os.LookupEnv)
+	if err != nil {
+		logger.Error("invalid configuration", "err", err)
+		return 1
+	}
+	if f.configCheck {
+		fmt.Fprintf(stdout, "configuration OK: %d target(s), %d pool(s), %d pgbouncer(s)\n", len(cfg.Targets), len(cfg.Pools), len(cfg.PgBouncers))
+		return 0
+	}
+	if command == adviseCmd.FullCommand() {
+		return runAdvise(f, af, cfg, logger, stdout, stderr)
+	}
+	logger.Info("starting "+exporterName, "version", version.Info(), "build_context", version.BuildContext())
+
+	// The pool history outlives reloads: the new exporter feeds the same manager.
+	pools := health.NewManager(health.Options{Window: f.healthWindow})
+	exp, err := f.buildExporter(cfg, logger, pools.Observe)
+	if err != nil {
+		logger.Error("cannot start", "err", err)
+		return 1
+	}
+	holder := &exporterHolder{exp: exp}
+	defer holder.close()
+
+	static := prometheus.NewRegistry()
+	static.MustRegister(
+		versioncollector.NewCollector(exporterName),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		pools,
+	)
+
+	// The sampler keeps the pool history going when Prometheus scrapes rarely; it stops
+	// before the exporter's connections are closed.
+	samplerCtx, stopSampler := context.WithCancel(context.Background())
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		pools.RunSampler(samplerCtx, f.healthSampleInterval, f.maxTimeout, func(ctx context.Context) { holder.get().Scrape(ctx) })
+	})
+	defer func() { stopSampler(); sampler.Wait() }()
+
+	reload := func() error {
+		newCfg, err := f.loadConfig(os.LookupEnv)
+		if err != nil {
+			return err
+		}
+		newExp, err := f.buildExporter(newCfg, logger, pools.Observe)
+		if err != nil {
+			return err
+		}
+		holder.swap(newExp)
+		logger.Info("configuration reloaded", "targets", len(newCfg.Targets), "pools", len(newCfg.Pools))
+		return nil
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle(f.metricsPath, promhttp.InstrumentMetricHandler(static,
+		metricsHandler(holder.get, static, f.timeoutOffset, f.maxTimeout, logger)))
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			fmt.Fprintln(w, "This endpoint requires a POST request.")
+			return
+		}
+		if err := reload(); err != nil {
+			logger.Error("reload failed, keeping the running configuration", "err", err)
+			http.Error(w, "reload failed: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "configuration reloaded")
+	})
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	mux.Handle(health.APIPrefix, pools.Handler())
+	mux.Handle(health.PagePath, pools.Handler())
+	if f.metricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        exporterName,
+			Description: "Prometheus exporter for PostgreSQL connection pools",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: f.metricsPath, Text: "Metrics"},
+				{Address: health.PagePath, Text: "Pool health"},
+				{Address: health.PoolsPath, Text: "Pool health (JSON API)"},
+			},
+			ExtraHTML: targetsHTML(cfgTargets(cfg)),
+		})
+		if err != nil {
+			logger.Error("landing page", "err", err)
+			return 1
+		}
+		mux.Handle("/", landing)
+	}
+
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- web.ListenAndServe(srv, webFlags, logger) }()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-serveErr:
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("web server failed", "err", err)
+				return 1
+			}
+			return 0
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				if err := reload(); err != nil {
+					logger.Error("reload failed, keeping the running configuration", "err", err)
+				}
+				continue
+			}
+			logger.Info("shutting down", "signal", s.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				logger.Error("graceful shutdown failed", "err", err)
+				return 1
+			}
+			return 0
+		}
+	}
+}
+
+// exporterHolder lets a reload swap the exporter while scrapes run.
+type exporterHolder struct {
+	mu  sync.RWMutex
+	exp *collector.Exporter
+}
+
+func (h *exporterHolder) get() *collector.Exporter {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.exp
+}
+
+func (h *exporterHolder) swap(e *collector.Exporter) {
+	h.mu.Lock()
+	old := h.exp
+	h.exp = e
+	h.mu.Unlock()
+	// In-flight scrapes of the old exporter end by their deadline; closing waits for the
+	// connections they hold.
+	go old.Close()
+}
+
+func (h *exporterHolder) close() { h.get().Close() }
+
+// metricsHandler scrapes all targets within the deadline Prometheus announces, so that a slow
+// database yields dbpool_up 0 instead of a failed scrape.
+func metricsHandler(exp func() *collector.Exporter, static prometheus.Gatherer, offset, maxTimeout time.Duration, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		timeout := scrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(exp().ScrapeCollector(ctx)); err != nil {
+			logger.Error("registering scrape collector", "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		promhttp.HandlerFor(prometheus.Gatherers{static, reg}, promhttp.HandlerOpts{
+			ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),
+			ErrorHandling: promhttp.ContinueOnError,
+		}).ServeHTTP(w, r)
+	})
+}
+
+// scrapeTimeout is Prometheus' scrape timeout minus offset, capped by maxTimeout; without a
+// usable header it is maxTimeout. An offset larger than the timeout is ignored rather than
+// leaving no time at all.
+func scrapeTimeout(header string, offset, maxTimeout time.Duration) time.Duration {
+	if header == "" {
+		return maxTimeout
+	}
+	var seconds float64
+	if _, err := fmt.Sscanf(strings.TrimSpace(header), "%g", &seconds); err != nil || seconds <= 0 {
+		return maxTimeout
+	}
+	timeout := time.Duration(seconds * float64(time.Second))
+	if timeout-offset > 0 {
+		timeout -= offset
+	}
+	return min(timeout, maxTimeout)
+}
+
+func targetsHTML(targets []string) string {
+	if len(targets) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("<h2>Targets</h2><ul>")
+	for _, t := range targets {
+		b.WriteString("<li>" + html.EscapeString(t) + "</li>")
+	}
+	b.WriteString("</ul>")
+	return b.String()
+}

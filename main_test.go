@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
+)
+
+func TestScrapeTimeout(t *testing.T) {
+	const maxTimeout = 10 * time.Second
+	for _, tc := range []struct {
+		header string
+		offset time.Duration
+		want   time.Duration
+	}{
+		{"", 500 * time.Millisecond, maxTimeout},
+		{"garbage", 500 * time.Millisecond, maxTimeout},
+		{"-3", 500 * time.Millisecond, maxTimeout},
+		{"0", 500 * time.Millisecond, maxTimeout},
+		{"5", 500 * time.Millisecond, 4500 * time.Millisecond},
+		{"1.5", 500 * time.Millisecond, time.Second},
+		{"0.3", 500 * time.Millisecond, 300 * time.Millisecond}, // offset larger than the timeout is ignored
+		{"120", 500 * time.Millisecond, maxTimeout},             // capped
+		{" 2 ", 0, 2 * time.Second},
+	} {
+		if got := scrapeTimeout(tc.header, tc.offset, maxTimeout); got != tc.want {
+			t.Errorf("scrapeTimeout(%q, %v) = %v, want %v", tc.header, tc.offset, got, tc.want)
+		}
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// runBinary runs the exporter to completion with a clean DB_* environment.
+func runBinary(t *testing.T, bin string, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code < 0 {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DB_") && !strings.HasPrefix(kv, "DATA_SOURCE_NAME=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+func TestBinary(t *testing.T) {
+	bin := testbin.Exporter(t)
+	pg := pgtest.StartT(t, pgtest.Options{})
+	const password = "Bin-Secret-90210"
+	if err := pg.CreateRole("monitor", password, false, "pg_monitor"); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pg.DSN("monitor", password, "postgres")
+
+	t.Run("help", func(t *testing.T) {
+		code, out, _ := runBinary(t, bin, nil, "--help")
+		if code != 0 {
+			t.Errorf("--help exit code %d", code)
+		}
+		for _, flag := range []string{"web.listen-address", "web.telemetry-path", "web.config.file", "log.level",
+			"log.format", "config.file", "config.check", "pool.env-file", "pg.dsn", "pg.max-connections",
+			"scrape.timeout-offset", "collector.activity", "collector.probe", "collector.activity.max-applications"} {
+			if !strings.Contains(out, "--"+flag) && !strings.Contains(out, "--[no-]"+flag) {
+				t.Errorf("--help does not mention %s", flag)
+			}
+		}
+	})
+	t.Run("version", func(t *testing.T) {
+		code, out, errOut := runBinary(t, bin, nil, "--version")
+		if code != 0 || !strings.Contains(out+errOut, testbin.Version) {
+			t.Errorf("--version: code %d, output %q", code, out+errOut)
+		}
+	})
+	t.Run("bad flag", func(t *testing.T) {
+		code, _, errOut := runBinary(t, bin, nil, "--no-such-flag")
+		if code != 2 || !strings.Contains(errOut, "no-such-flag") {
+			t.Errorf("bad flag: code %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("bad env value", func(t *testing.T) {
+		code, _, errOut := runBinary(t, bin, []string{"DB_POOL_SIZE=abc", "DB_MAX_OVERFLOW=-1"}, "--pg.dsn", dsn)
+		if code != 1 {
+			t.Errorf("exit code %d, want 1", code)
+		}
+		for _, want := range []string{"DB_POOL_SIZE", "abc", "DB_MAX_OVERFLOW", "-1"} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("error does not name %q: %s", want, errOut)
+			}
+		}
+		if strings.Contains(errOut, password) {
+			t.Error("password in error output")
+		}
+	})
+	t.Run("bad env file", func(t *testing.T) {
+		envFile := filepath.Join(t.TempDir(), "app.env")
+		if err := os.WriteFile(envFile, []byte("# app\nDB_POOL_SIZE=5\nDB_POOL_TIMEOUT=soon\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, _, errOut := runBinary(t, bin, nil, "--pg.dsn", dsn, "--pool.env-file", envFile)
+		if code != 1 || !strings.Contains(errOut, "app.env:3") || !strings.Contains(errOut, "soon") {
+			t.Errorf("code %d, stderr %s", code, errOut)
+		}
+	})
+	t.Run("config check", func(t *testing.T) {
+		code, out, errOut := runBinary(t, bin, nil, "--pg.dsn", dsn, "--config.check")
+		if code != 0 || !strings.Contains(out, "configuration OK") {
+			t.Errorf("--config.check: code %d, out %q, err %q", code, out, errOut)
+		}
+		code, _, _ = runBinary(t, bin, []string{"DB_POOL_SIZE=0", "DB_MAX_OVERFLOW=5"}, "--pg.dsn", dsn, "--config.check")
+		if code != 1 {
+			t.Errorf("--config.check with DB_POOL_SIZE=0 and overflow: code %d, want 1", code)
+		}
+	})
+	t.Run("serve and shut down", func(t *testing.T) {
+		addr := freeAddr(t)
+		cmd := exec.Command(bin, "--web.listen-address", addr, "--pool.application-name-regex", `api-(?P<instance>\d+)`,
+			"--pool.instances", "2", "--log.level", "debug")
+		cmd.Env = append(cleanEnv(), "DATA_SOURCE_NAME="+dsn, "DB_POOL_SIZE=4", "DB_MAX_OVERFLOW=6")
+		var logs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		defer func() {
+			_ = cmd.Process.Kill()
+		}()
+		base := "http://" + addr
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if resp, err := http.Get(base + "/-/healthy"); err == nil {
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("exporter did not start; logs:\n%s", logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		code, body := httpGet(t, base+"/metrics")
+		if code != 200 {
+			t.Fatalf("/metrics status %d", code)
+		}
+		target := fmt.Sprintf("127.0.0.1:%d/postgres", pg.Port)
+		for _, want := range []string{
+			`dbpool_up{target="` + target + `"} 1`,
+			`dbpool_size_connections{pool="default",target="` + target + `"} 4`,
+			`dbpool_max_connections{pool="default",target="` + target + `"} 20`,
+			`dbpool_exporter_build_info{`, `version="` + testbin.Version + `"`,
+			`go_goroutines `, `process_resident_memory_bytes `, `promhttp_metric_handler_requests_total`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+		code, landing := httpGet(t, base+"/")
+		if code != 200 || !strings.Contains(landing, "dbpool_exporter") || !strings.Contains(landing, "/metrics") {
+			t.Errorf("landing page: status %d\n%s", code, landing)
+		}
+		if resp, err := http.Get(base + "/-/reload"); err == nil {
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("GET /-/reload: status %d", resp.StatusCode)
+			}
+			resp.Body.Close()
+		}
+		resp, err := http.Post(base+"/-/reload", "", nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("POST /-/reload: %v %v", resp, err)
+		} else {
+			resp.Body.Close()
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("no exit 15 s after SIGTERM")
+		}
+		for name, text := range map[string]string{"metrics": body, "landing page": landing, "logs": logs.String()} {
+			if strings.Contains(text, password) {
+				t.Errorf("password appears in %s", name)
+			}
+		}
+		if !strings.Contains(logs.String(), "shutting down") {
+			t.Errorf("no shutdown log line:\n%s", logs.String())
+		}
+	})
+}
