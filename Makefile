@@ -51,7 +51,7 @@ test: DEPS_FLAGS += --with-chromium
 test: deps fmt vet alerts unit
 
 demo: deps build
-	$(GO) run ./cmd/dbpool-demo --exporter ./$(BIN)
+	$(GO) run ./cmd/dbpool-demo --exporter ./$(BIN) $(ARGS)
 
 bench: deps build
 	./bench/run.sh

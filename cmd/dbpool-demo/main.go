@@ -30,6 +30,32 @@ import (
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
 )
 
+// exporterConfig watches the server and the PgBouncer in front of it. DSNs come from the
+// environment so that no password sits in a file; pool settings the file leaves out come from
+// the application's .env (--pool.env-file).
+const exporterConfig = `targets:
+  - name: demo
+    dsn_env: DEMO_PG_DSN
+pgbouncers:
+  - name: pgbouncer
+    dsn_env: DEMO_PGBOUNCER_DSN
+pools:
+  - name: %[1]s
+    target: demo
+    match:
+      application_name_regex: '%[1]s-(?P<instance>[0-9]+)'
+    instances: %[2]d
+  - name: %[3]s
+    target: demo
+    match:
+      application_name_regex: '%[3]s-(?P<instance>[0-9]+)'
+    pool_size: 8
+    max_overflow: 0
+    timeout: 2s
+`
+
+const workerName = "worker"
+
 const (
 	monitorRole = "dbpool_monitor"
 	appRole     = "app"
@@ -121,27 +147,40 @@ func demo(ctx context.Context, o options) error {
 			return err
 		}
 	}
+	say("starting PgBouncer in front of it (transaction pooling, pool size 3, reserve 2)")
+	bouncer, err := pgtest.StartPgBouncer(pg, pgtest.PgBouncerOptions{
+		PoolMode: "transaction", DefaultPoolSize: 3, ReservePoolSize: 2, ReservePoolTimeout: 200 * time.Millisecond,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = bouncer.Close() }()
+
 	envFile := filepath.Join(work, "app.env")
 	if err := os.WriteFile(envFile, []byte(appEnv), 0o600); err != nil {
 		return err
 	}
-	simStatus, err := freeAddr()
-	if err != nil {
+	configFile := filepath.Join(work, "dbpool.yml")
+	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(exporterConfig, appName, o.instances, workerName)), 0o600); err != nil {
 		return err
+	}
+	simStatus, workerMetrics := freeAddr(), freeAddr()
+	if simStatus == "" || workerMetrics == "" {
+		return errors.New("no free loopback port")
 	}
 
 	exporterLog := filepath.Join(work, "exporter.log")
-	exporter, err := start(exporterLog, nil, o.exporter,
+	exporter, err := start(exporterLog, []string{
+		"DEMO_PG_DSN=" + pg.DSN(monitorRole, monitorPW, "postgres"),
+		"DEMO_PGBOUNCER_DSN=" + bouncer.StatsDSN(),
+	}, o.exporter,
 		"--web.listen-address="+o.listen,
+		"--config.file="+configFile,
 		"--pool.env-file="+envFile,
-		"--pool.name="+poolName,
-		"--pool.application-name-regex="+appName+`-(?P<instance>[0-9]+)`,
-		"--pool.instances="+strconv.Itoa(o.instances),
-		"--pg.target-name=demo")
+		"--health.window=5m")
 	if err != nil {
 		return err
 	}
-	exporter.env("DATA_SOURCE_NAME=" + pg.DSN(monitorRole, monitorPW, "postgres"))
 	if err := exporter.run(); err != nil {
 		return err
 	}
@@ -167,6 +206,24 @@ func demo(ctx context.Context, o options) error {
 	}
 	defer sim.stop()
 
+	// A Go worker on a real pgxpool, through PgBouncer: its own exact checkout numbers, and
+	// PgBouncer's view of the same traffic. PgBouncer's transaction pooling needs pgx's
+	// simple protocol (no prepared statements across server connections).
+	workerDSN := bouncer.DSN(appRole, appPW, "app") + "&default_query_exec_mode=simple_protocol"
+	worker, err := start(filepath.Join(work, "worker.log"), []string{"DATABASE_URL=" + workerDSN}, o.poolsim,
+		"--app-name="+workerName, "--instances=1", "--pool.impl=pgxpool",
+		"--pool.size=8", "--pool.max-overflow=0", "--pool.timeout=2s",
+		"--rate=25", "--query-time=100ms",
+		"--metrics.listen="+workerMetrics, "--metrics.target=app",
+		"--report-interval=0")
+	if err != nil {
+		return err
+	}
+	if err := worker.run(); err != nil {
+		return err
+	}
+	defer worker.stop()
+
 	metricsURL := "http://" + o.listen + "/metrics"
 	if err := waitHTTP(ctx, metricsURL); err != nil {
 		return fmt.Errorf("exporter did not come up (log: %s): %w\n%s", exporterLog, err, tail(exporterLog))
@@ -176,11 +233,15 @@ dbpool_exporter is running.
   metrics:        %s
   landing page:   http://%s/
   pool health:    http://%s/pools (JSON: /api/v1/pools)
-  application:    %d instances of a simulated SQLAlchemy-style QueuePool (%s), true numbers at http://%s/status
-  try:            curl -s %s | grep -E '^dbpool_(utilization_ratio|in_use_connections|overflow_connections|longest_query_seconds)'
+  application:    pool "%s": %d instances of a simulated SQLAlchemy-style QueuePool (%s),
+                  straight to PostgreSQL; true numbers at http://%s/status
+  worker:         pool "%s": a Go service on pgxpool (8 connections) through PgBouncer (pool
+                  "app/app", size 3 + reserve 2); its own exact metrics at http://%s/metrics
+  try:            curl -s %s | grep -E '^dbpool_(utilization_ratio|in_use_connections|pending_checkouts|longest_query_seconds)'
 Ctrl-C stops everything.
 
-`, metricsURL, o.listen, o.listen, o.instances, strings.ReplaceAll(strings.TrimSpace(strings.Join(envLines(appEnv), " ")), "\n", " "), simStatus, metricsURL)
+`, metricsURL, o.listen, o.listen, appName, o.instances, strings.Join(envLines(appEnv), " "), simStatus,
+		workerName, workerMetrics, metricsURL)
 
 	ticker := time.NewTicker(o.interval)
 	defer ticker.Stop()
@@ -195,22 +256,26 @@ Ctrl-C stops everything.
 		case <-exporter.exited:
 			return fmt.Errorf("exporter exited:\n%s", tail(exporterLog))
 		case <-ticker.C:
-			printSummary(metricsURL, "http://"+simStatus+"/status")
+			printSummary(metricsURL, "http://"+simStatus+"/status", "http://"+workerMetrics+"/metrics")
 		}
 	}
 }
 
 // printSummary prints one line per pool of what the exporter sees, and the simulated
 // application's own numbers for the same moment.
-func printSummary(metricsURL, simURL string) {
+func printSummary(metricsURL, simURL, workerURL string) {
 	mfs, err := scrape(metricsURL)
 	if err != nil {
 		fmt.Println("scrape failed:", err)
 		return
 	}
-	up := get(mfs, "dbpool_up", nil)
-	fmt.Printf("%s  dbpool_up=%g  probe login %.1f ms\n", time.Now().Format("15:04:05"), up, 1000*get(mfs, "dbpool_probe_connect_seconds", nil))
+	fmt.Printf("%s  dbpool_up: postgres %g, pgbouncer %g  probe login %.1f ms\n", time.Now().Format("15:04:05"),
+		get(mfs, "dbpool_up", map[string]string{"target": "demo"}), get(mfs, "dbpool_up", map[string]string{"target": "pgbouncer"}),
+		1000*get(mfs, "dbpool_probe_connect_seconds", nil))
 	for _, pool := range poolNames(mfs) {
+		if pool == "dbpool_exporter" {
+			continue // the exporter's own connection
+		}
 		l := map[string]string{"pool": pool}
 		capacity := get(mfs, "dbpool_max_connections", l)
 		line := fmt.Sprintf("  pool %-14s in use %3.0f", pool, get(mfs, "dbpool_in_use_connections", l))
@@ -218,11 +283,23 @@ func printSummary(metricsURL, simURL string) {
 			line += fmt.Sprintf("/%-3.0f (%3.0f%%)  overflow %2.0f/%-3.0f", capacity, 100*get(mfs, "dbpool_utilization_ratio", l),
 				get(mfs, "dbpool_overflow_connections", l), get(mfs, "dbpool_max_overflow_connections", l)*get(mfs, "dbpool_instances", l))
 		}
-		line += fmt.Sprintf("  open %3.0f  idle in tx %2.0f  longest query %5.1fs",
-			get(mfs, "dbpool_open_connections", l),
-			get(mfs, "dbpool_connections", map[string]string{"pool": pool, "state": "idle in transaction"}),
-			get(mfs, "dbpool_longest_query_seconds", l))
-		fmt.Println(line)
+		line += fmt.Sprintf("  open %3.0f", get(mfs, "dbpool_open_connections", l))
+		if has(mfs, "dbpool_longest_query_seconds", l) {
+			line += fmt.Sprintf("  idle in tx %2.0f  longest query %5.1fs",
+				get(mfs, "dbpool_connections", map[string]string{"pool": pool, "state": "idle in transaction"}),
+				get(mfs, "dbpool_longest_query_seconds", l))
+		}
+		if has(mfs, "dbpool_pending_checkouts", l) {
+			line += fmt.Sprintf("  waiting %2.0f  longest wait %4.0f ms  avg wait %s", get(mfs, "dbpool_pending_checkouts", l),
+				1000*get(mfs, "dbpool_longest_checkout_wait_seconds", l), avgCheckout(mfs, l))
+		}
+		fmt.Printf("%s   [%s]\n", line, source(mfs, pool))
+	}
+	if wm, err := scrape(workerURL); err == nil {
+		l := map[string]string{"pool": workerName}
+		fmt.Printf("  worker's own pgxpool (exact): in use %.0f/%.0f  waiting %.0f  avg checkout %s  timeouts %.0f\n",
+			get(wm, "dbpool_in_use_connections", l), get(wm, "dbpool_max_connections", l), get(wm, "dbpool_pending_checkouts", l),
+			avgCheckout(wm, l), get(wm, "dbpool_checkout_timeouts_total", l))
 	}
 	var truth struct {
 		Total struct {
@@ -278,6 +355,34 @@ func printAdvice(url, pool string) {
 	fmt.Println("advice: the exporter has no report for pool", pool, "yet")
 }
 
+// avgCheckout is the mean checkout wait since start, from the histogram's sum and count.
+func avgCheckout(mfs map[string]*dto.MetricFamily, l map[string]string) string {
+	mf, ok := mfs["dbpool_checkout_duration_seconds"]
+	if !ok {
+		return "n/a"
+	}
+	for _, m := range mf.GetMetric() {
+		if labelsMatch(m, l) && m.GetHistogram().GetSampleCount() > 0 {
+			h := m.GetHistogram()
+			return fmt.Sprintf("%.1f ms", 1000*h.GetSampleSum()/float64(h.GetSampleCount()))
+		}
+	}
+	return "n/a"
+}
+
+// source names who observes the pool, from dbpool_pool_info.
+func source(mfs map[string]*dto.MetricFamily, pool string) string {
+	for _, src := range []string{"activity", "pgbouncer", "pgxpool"} {
+		if has(mfs, "dbpool_pool_info", map[string]string{"pool": pool, "source": src}) {
+			if src == "activity" {
+				return "activity: estimate"
+			}
+			return src + ": exact"
+		}
+	}
+	return "?"
+}
+
 func poolNames(mfs map[string]*dto.MetricFamily) []string {
 	var names []string
 	if mf, ok := mfs["dbpool_open_connections"]; ok {
@@ -302,22 +407,37 @@ func scrape(url string) (map[string]*dto.MetricFamily, error) {
 	return parser.TextToMetricFamilies(resp.Body)
 }
 
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	have := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		have[lp.GetName()] = lp.GetValue()
+	}
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func has(mfs map[string]*dto.MetricFamily, name string, want map[string]string) bool {
+	for _, m := range mfs[name].GetMetric() {
+		if labelsMatch(m, want) {
+			return true
+		}
+	}
+	return false
+}
+
 // get returns the first series of name whose labels include want (0 if none).
 func get(mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
 	mf, ok := mfs[name]
 	if !ok {
 		return 0
 	}
-next:
 	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
+		if !labelsMatch(m, want) {
+			continue
 		}
 		if g := m.GetGauge(); g != nil {
 			return g.GetValue()
@@ -429,13 +549,13 @@ func envLines(s string) []string {
 	return out
 }
 
-func freeAddr() (string, error) {
+func freeAddr() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return ""
 	}
 	defer l.Close()
-	return l.Addr().String(), nil
+	return l.Addr().String()
 }
 
 func randomPassword() string {
