@@ -506,8 +506,6 @@ func start(logPath string, env []string, bin string, args ...string) (*child, er
 	return &child{cmd: cmd, log: f, exited: make(chan struct{})}, nil
 }
 
-func (c *child) env(kv string) { c.cmd.Env = append(c.cmd.Env, kv) }
-
 func (c *child) run() error {
 	say("starting " + filepath.Base(c.cmd.Path) + " (log: " + c.log.Name() + ")")
 	if err := c.cmd.Start(); err != nil {
