@@ -104,6 +104,7 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts 
 	cfg.MaxConnLifetimeJitter = opts.MaxConnLifetime / 10
 	cfg.MaxConnIdleTime = opts.MaxConnLifetime
 	cfg.HealthCheckPeriod = time.Minute
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return true }
 	rp := cfg.ConnConfig.RuntimeParams
 	rp["application_name"] = ApplicationName
 	ms := strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
@@ -191,29 +192,14 @@ func (t *PostgresTarget) finish(res *Result) {
 	t.mu.Unlock()
 }
 
-// acquire checks out a monitoring connection and pings it (the exporter's own pre-ping).
-// A connection broken by a server restart is thrown away and one fresh one is tried, so
-// that the first scrape after a restart already succeeds.
+// acquire checks out a monitoring connection. pgxpool pings it first (ShouldPing is always
+// true) and replaces it if the ping fails: that is the exporter's pre-ping, why a checked-out
+// connection means the server answered, and why the first scrape after a server restart
+// already succeeds.
 func (t *PostgresTarget) acquire(ctx context.Context) (*pgxpool.Conn, time.Duration, error) {
 	start := time.Now()
-	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
-		conn, err := t.db.Acquire(ctx)
-		if err != nil {
-			return nil, time.Since(start), err
-		}
-		if err = conn.Ping(ctx); err == nil {
-			return conn, time.Since(start), nil
-		}
-		lastErr = err
-		// Close the underlying connection so that the pool drops it on release.
-		_ = conn.Conn().Close(context.Background())
-		conn.Release()
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, time.Since(start), lastErr
+	conn, err := t.db.Acquire(ctx)
+	return conn, time.Since(start), err
 }
 
 // collectServer is the job that uses the monitoring connection: server settings, the
