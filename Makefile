@@ -50,13 +50,14 @@ test: DEPS_FLAGS += --with-chromium
 test: deps lint tidy-check alerts unit
 
 demo: deps build
-	$(GO) run ./cmd/dbpool-demo --exporter ./$(BIN) $(ARGS)
+	$(GO) build -o .bin/dbpool-demo ./cmd/dbpool-demo
+	./.bin/dbpool-demo --exporter ./$(BIN) $(ARGS)
 
 bench: deps build
 	./bench/run.sh
 
 clean:
-	rm -f $(BIN)
+	rm -rf $(BIN) .bin
 
 dockerfile-lint:
 	cd /tmp && npx --yes dockerfilelint@1.8.0 $(CURDIR)/Dockerfile

@@ -503,6 +503,9 @@ func start(logPath string, env []string, bin string, args ...string) (*child, er
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(cleanEnv(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// Ctrl-C reaches only the demo, which stops the children in order after printing the
+	// exporter's advice; if the demo dies, so do they.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	return &child{cmd: cmd, log: f, exited: make(chan struct{})}, nil
 }
 

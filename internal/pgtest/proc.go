@@ -130,7 +130,9 @@ func (a *runAs) command(name string, args ...string) *exec.Cmd {
 		env = append(env, kv)
 	}
 	cmd.Env = append(env, "LC_ALL=C")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Own process group: a Ctrl-C in the terminal goes to the harness's user (a test, the
+	// demo), which stops the servers in order, not straight to the servers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if a != nil {
 		cmd.SysProcAttr.Credential = a.cred
 	}
