@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/health"
+	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 const exporterName = "dbpool_exporter"
@@ -111,6 +113,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 	})
 	defer func() { stopSampler(); sampler.Wait() }()
 
+	// The landing page lists the targets, so a reload builds a new one.
+	var landing atomic.Pointer[http.Handler]
+	setLanding := func(cfg *poolcfg.Config) error {
+		page, err := web.NewLandingPage(web.LandingConfig{
+			Name:        exporterName,
+			Description: "Prometheus exporter for PostgreSQL connection pools",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: f.metricsPath, Text: "Metrics"},
+				{Address: health.PagePath, Text: "Pool health"},
+				{Address: health.PoolsPath, Text: "Pool health (JSON API)"},
+			},
+			ExtraHTML: targetsHTML(cfgTargets(cfg)),
+		})
+		if err != nil {
+			return fmt.Errorf("landing page: %w", err)
+		}
+		var h http.Handler = page
+		landing.Store(&h)
+		return nil
+	}
+	if err := setLanding(cfg); err != nil {
+		logger.Error("cannot start", "err", err)
+		return 1
+	}
 	reload := func() error {
 		newCfg, err := f.loadConfig(os.LookupEnv)
 		if err != nil {
@@ -118,6 +145,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		newExp, err := f.buildExporter(newCfg, logger, pools.Observe)
 		if err != nil {
+			return err
+		}
+		if err := setLanding(newCfg); err != nil {
+			newExp.Close()
 			return err
 		}
 		holder.swap(newExp)
@@ -145,22 +176,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	mux.Handle(health.APIPrefix, pools.Handler())
 	mux.Handle(health.PagePath, pools.Handler())
 	if f.metricsPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        exporterName,
-			Description: "Prometheus exporter for PostgreSQL connection pools",
-			Version:     version.Info(),
-			Links: []web.LandingLinks{
-				{Address: f.metricsPath, Text: "Metrics"},
-				{Address: health.PagePath, Text: "Pool health"},
-				{Address: health.PoolsPath, Text: "Pool health (JSON API)"},
-			},
-			ExtraHTML: targetsHTML(cfgTargets(cfg)),
-		})
-		if err != nil {
-			logger.Error("landing page", "err", err)
-			return 1
-		}
-		mux.Handle("/", landing)
+		mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*landing.Load()).ServeHTTP(w, r) }))
 	}
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -167,6 +168,77 @@ func TestBinary(t *testing.T) {
 			t.Errorf("--config.check with DB_POOL_SIZE=0 and overflow: code %d, want 1", code)
 		}
 	})
+	t.Run("reload", func(t *testing.T) {
+		cfgFile := filepath.Join(t.TempDir(), "dbpool.yml")
+		writeConfig := func(target, extra string) {
+			t.Helper()
+			body := "targets:\n  - name: " + target + "\n    dsn_env: RELOAD_TEST_DSN\n" + extra
+			if err := os.WriteFile(cfgFile, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		writeConfig("first", "")
+		addr := freeAddr(t)
+		cmd := exec.Command(bin, "--web.listen-address", addr, "--config.file", cfgFile)
+		cmd.Env = append(cleanEnv(), "RELOAD_TEST_DSN="+dsn)
+		logs := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		base := "http://" + addr
+		waitUp(t, base, logs)
+		post := func() int {
+			t.Helper()
+			resp, err := http.Post(base+"/-/reload", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="first"} 1`) {
+			t.Fatalf("before reload: no dbpool_up for target first")
+		}
+		writeConfig("second", "")
+		if code := post(); code != 200 {
+			t.Fatalf("reload of a good config: status %d\n%s", code, logs.String())
+		}
+		_, body := httpGet(t, base+"/metrics")
+		if !strings.Contains(body, `dbpool_up{target="second"} 1`) || strings.Contains(body, `target="first"`) {
+			t.Errorf("after reload /metrics still shows the old target or lacks the new one")
+		}
+		if _, landing := httpGet(t, base+"/"); !strings.Contains(landing, "second") || strings.Contains(landing, "first") {
+			t.Errorf("landing page not rebuilt on reload:\n%s", landing)
+		}
+		// A broken configuration is refused and the running one kept.
+		writeConfig("third", "bogus_key: 1\n")
+		if code := post(); code != http.StatusInternalServerError {
+			t.Errorf("reload of a broken config: status %d, want 500", code)
+		}
+		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="second"} 1`) {
+			t.Errorf("after a failed reload the running configuration is gone")
+		}
+		if !strings.Contains(logs.String(), "bogus_key") {
+			t.Errorf("the failed reload's log does not name the bad key:\n%s", logs.String())
+		}
+		// SIGHUP reloads too.
+		writeConfig("fourth", "")
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, body := httpGet(t, base+"/metrics"); strings.Contains(body, `dbpool_up{target="fourth"} 1`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("SIGHUP did not reload:\n%s", logs.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	t.Run("serve and shut down", func(t *testing.T) {
 		addr := freeAddr(t)
 		cmd := exec.Command(bin, "--web.listen-address", addr, "--pool.application-name-regex", `api-(?P<instance>\d+)`,
@@ -183,17 +255,7 @@ func TestBinary(t *testing.T) {
 			_ = cmd.Process.Kill()
 		}()
 		base := "http://" + addr
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if resp, err := http.Get(base + "/-/healthy"); err == nil {
-				resp.Body.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("exporter did not start; logs:\n%s", logs.String())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitUp(t, base, &logs)
 		code, body := httpGet(t, base+"/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics status %d", code)
@@ -246,4 +308,38 @@ func TestBinary(t *testing.T) {
 			t.Errorf("no shutdown log line:\n%s", logs.String())
 		}
 	})
+}
+
+// waitUp waits until the exporter at base answers /-/healthy.
+func waitUp(t *testing.T, base string, logs fmt.Stringer) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if resp, err := http.Get(base + "/-/healthy"); err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exporter did not start; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
