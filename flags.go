@@ -87,15 +87,14 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	if f.healthSampleInterval < 0 {
 		return nil, fmt.Errorf("--health.sample-interval=%s: must not be negative", f.healthSampleInterval)
 	}
-	lookup := lookupEnv
+	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
-		file, err := poolcfg.LoadEnvFile(f.envFile)
-		if err != nil {
+		var err error
+		if file, err = poolcfg.LoadEnvFile(f.envFile); err != nil {
 			return nil, err
 		}
-		lookup = poolcfg.EnvLookup(file, lookupEnv)
 	}
-	settings, err := poolcfg.SettingsFromEnv(lookup, poolcfg.DefaultSettings())
+	settings, err := poolcfg.SettingsFromEnv(poolcfg.NewEnv(file, lookupEnv), poolcfg.DefaultSettings())
 	if err != nil {
 		return nil, err
 	}

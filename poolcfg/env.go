@@ -138,73 +138,64 @@ func envEscape(quote, c byte) (byte, bool) {
 	return "\\'\"\a\b\f\n\r\t\v"[i], true
 }
 
-// EnvLookup combines a .env file with the process environment for SettingsFromEnv. The
-// process environment wins over the file, as with python-dotenv's default (override=False):
-// a variable set by the orchestrator overrides the checked-in .env. osLookup may be nil.
-//
-// The returned function also answers EnvSource's queries, so that SettingsFromEnv can name
-// the file and line of a bad value taken from the file.
-func EnvLookup(file map[string]EnvValue, osLookup func(string) (string, bool)) func(string) (string, bool) {
-	return func(key string) (string, bool) {
-		if name, ok := strings.CutPrefix(key, sourceQuery); ok {
-			if osLookup != nil {
-				if _, ok := osLookup(name); ok {
-					return "", true
-				}
-			}
-			if v, ok := file[name]; ok {
-				return v.File + ":" + strconv.Itoa(v.Line), true
-			}
-			return "", false
+// Env is where SettingsFromEnv reads the DB_* variables: the process environment and,
+// optionally, the application's .env file. The zero Env is empty.
+type Env struct {
+	osLookup func(string) (string, bool)
+	file     map[string]EnvValue
+}
+
+// NewEnv combines the process environment, read with osLookup (os.LookupEnv outside tests),
+// with a .env file from ParseEnvFile or LoadEnvFile. Either may be nil. The process
+// environment wins over the file, as with python-dotenv's default (override=False): a
+// variable set by the orchestrator overrides the checked-in .env.
+func NewEnv(file map[string]EnvValue, osLookup func(string) (string, bool)) Env {
+	return Env{osLookup: osLookup, file: file}
+}
+
+// Lookup returns the value of key and where it was set: "file:line" when it came from the
+// .env file, "" when it came from the process environment or is unset.
+func (e Env) Lookup(key string) (value, where string, ok bool) {
+	if e.osLookup != nil {
+		if v, ok := e.osLookup(key); ok {
+			return v, "", true
 		}
-		if osLookup != nil {
-			if v, ok := osLookup(key); ok {
-				return v, true
-			}
-		}
-		v, ok := file[key]
-		return v.Value, ok
 	}
+	if v, ok := e.file[key]; ok {
+		return v.Value, v.File + ":" + strconv.Itoa(v.Line), true
+	}
+	return "", "", false
 }
 
-// sourceQuery prefixes the key of an EnvSource query. An environment variable name cannot
-// contain NUL, so no real lookup (os.LookupEnv, a map) ever answers it.
-const sourceQuery = "\x00source\x00"
-
-// EnvSource says where lookup found key: "file:line" if lookup came from EnvLookup and key
-// was taken from the .env file, "" otherwise (process environment, unset, other lookups).
-func EnvSource(lookup func(string) (string, bool), key string) string {
-	src, _ := lookup(sourceQuery + key)
-	return src
-}
-
-// SettingsFromEnv overrides base with the seed's DB_* variables found by lookup:
+// SettingsFromEnv overrides base with the seed's DB_* variables found in env:
 // DB_POOL_SIZE and DB_MAX_OVERFLOW (integers), DB_POOL_TIMEOUT and DB_POOL_RECYCLE (seconds,
 // integer or decimal, or Go durations such as 30s; DB_POOL_RECYCLE=-1 means never, stored
 // as Recycle 0), DB_POOL_PRE_PING and DB_ECHO (true/false, 1/0, yes/no, on/off). It returns
 // every problem at once, each as DB_POOL_SIZE="abc": not an integer, prefixed with
-// file:line when lookup is an EnvLookup and the value came from the .env file.
-func SettingsFromEnv(lookup func(string) (string, bool), base Settings) (Settings, error) {
-	if lookup == nil {
-		lookup = func(string) (string, bool) { return "", false }
-	}
+// file:line when the value came from the .env file.
+func SettingsFromEnv(env Env, base Settings) (Settings, error) {
+	type source struct{ at, raw string } // at is "file:line: " or ""
 	s := base
 	var errs []error
-	set := map[string]string{}
+	set := map[string]source{}
 	for _, key := range settingKeys {
-		raw, ok := lookup(envNames[key])
+		raw, where, ok := env.Lookup(envNames[key])
 		if !ok {
 			continue
 		}
+		at := ""
+		if where != "" {
+			at = where + ": "
+		}
 		if problem := setSetting(&s, key, raw); problem != "" {
-			errs = append(errs, valueError(envAt(lookup, envNames[key]), envNames[key], raw, problem))
+			errs = append(errs, valueError(at, envNames[key], raw, problem))
 			continue
 		}
-		set[key] = raw
+		set[key] = source{at, raw}
 	}
 	errs = append(errs, checkSettings(s, func(key string) (string, string, string) {
-		if raw, ok := set[key]; ok {
-			return envAt(lookup, envNames[key]), envNames[key], raw
+		if src, ok := set[key]; ok {
+			return src.at, envNames[key], src.raw
 		}
 		return "", envNames[key], formatSetting(s, key)
 	})...)
@@ -212,11 +203,4 @@ func SettingsFromEnv(lookup func(string) (string, bool), base Settings) (Setting
 		return base, errors.Join(errs...)
 	}
 	return s, nil
-}
-
-func envAt(lookup func(string) (string, bool), key string) string {
-	if src := EnvSource(lookup, key); src != "" {
-		return src + ": "
-	}
-	return ""
 }

@@ -108,31 +108,35 @@ func mapLookup(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
 
-func TestEnvLookup(t *testing.T) {
+func TestEnv(t *testing.T) {
 	file := map[string]EnvValue{
 		"DB_POOL_SIZE": {Value: "5", Line: 3, File: "app.env"},
 		"DB_ECHO":      {Value: "true", Line: 4, File: "app.env"},
 	}
-	lookup := EnvLookup(file, mapLookup(map[string]string{"DB_POOL_SIZE": "8", "DB_MAX_OVERFLOW": "9"}))
+	osEnv := mapLookup(map[string]string{"DB_POOL_SIZE": "8", "DB_MAX_OVERFLOW": "9"})
 	for _, tt := range []struct {
-		key, value, source string
-		ok                 bool
+		name, key, value, where string
+		env                     Env
+		ok                      bool
 	}{
-		{"DB_POOL_SIZE", "8", "", true}, // the process environment wins over the file
-		{"DB_ECHO", "true", "app.env:4", true},
-		{"DB_MAX_OVERFLOW", "9", "", true},
-		{"DB_POOL_TIMEOUT", "", "", false},
+		{"the process environment wins over the file", "DB_POOL_SIZE", "8", "", NewEnv(file, osEnv), true},
+		{"from the file", "DB_ECHO", "true", "app.env:4", NewEnv(file, osEnv), true},
+		{"from the process environment", "DB_MAX_OVERFLOW", "9", "", NewEnv(file, osEnv), true},
+		{"unset", "DB_POOL_TIMEOUT", "", "", NewEnv(file, osEnv), false},
+		{"nil osLookup", "DB_POOL_SIZE", "5", "app.env:3", NewEnv(file, nil), true},
+		{"nil file", "DB_ECHO", "", "", NewEnv(nil, osEnv), false},
+		{"zero Env", "DB_POOL_SIZE", "", "", Env{}, false},
 	} {
-		v, ok := lookup(tt.key)
-		if v != tt.value || ok != tt.ok || EnvSource(lookup, tt.key) != tt.source {
-			t.Errorf("%s: got %q %v source %q, want %q %v source %q", tt.key, v, ok, EnvSource(lookup, tt.key), tt.value, tt.ok, tt.source)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			v, where, ok := tt.env.Lookup(tt.key)
+			if v != tt.value || where != tt.where || ok != tt.ok {
+				t.Errorf("Lookup(%s) = %q, %q, %v; want %q, %q, %v", tt.key, v, where, ok, tt.value, tt.where, tt.ok)
+			}
+		})
 	}
-	if v, ok := EnvLookup(file, nil)("DB_POOL_SIZE"); v != "5" || !ok {
-		t.Errorf("nil osLookup: got %q %v", v, ok)
-	}
-	if src := EnvSource(os.LookupEnv, "PATH"); src != "" {
-		t.Errorf("EnvSource(os.LookupEnv) = %q, want empty", src)
+	t.Setenv("DB_ECHO", "off")
+	if v, where, ok := NewEnv(file, os.LookupEnv).Lookup("DB_ECHO"); v != "off" || where != "" || !ok {
+		t.Errorf("os.LookupEnv: DB_ECHO = %q, where %q, %v; want the process environment's", v, where, ok)
 	}
 }
 
@@ -164,14 +168,14 @@ func TestSettingsFromEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := SettingsFromEnv(mapLookup(tt.env), def)
+			got, err := SettingsFromEnv(NewEnv(nil, mapLookup(tt.env)), def)
 			if err != nil || got != tt.want {
 				t.Errorf("got %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
 	}
-	if got, err := SettingsFromEnv(nil, def); err != nil || got != def {
-		t.Errorf("nil lookup: %+v, %v", got, err)
+	if got, err := SettingsFromEnv(Env{}, def); err != nil || got != def {
+		t.Errorf("zero Env: %+v, %v", got, err)
 	}
 }
 
@@ -204,7 +208,7 @@ func TestSettingsFromEnvErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
-			got, err := SettingsFromEnv(mapLookup(tt.env), DefaultSettings())
+			got, err := SettingsFromEnv(NewEnv(nil, mapLookup(tt.env)), DefaultSettings())
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("error = %v\nwant    %s", err, tt.want)
 			}
@@ -223,7 +227,7 @@ func TestSettingsFromEnvFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	osEnv := mapLookup(map[string]string{"DB_POOL_RECYCLE": "-7", "DB_POOL_PRE_PING": "no"})
-	_, err = SettingsFromEnv(EnvLookup(file, osEnv), DefaultSettings())
+	_, err = SettingsFromEnv(NewEnv(file, osEnv), DefaultSettings())
 	want := []string{
 		`app.env:2: DB_POOL_SIZE="abc": not an integer`,
 		`app.env:3: DB_MAX_OVERFLOW="-1": must be >= 0 (SQLAlchemy's -1, unlimited overflow, is not supported: a pool without a limit has no capacity to measure utilization against)`,
@@ -238,7 +242,7 @@ func TestSettingsFromEnvFile(t *testing.T) {
 	file["DB_POOL_SIZE"] = EnvValue{Value: "4", Line: 2, File: "app.env"}
 	file["DB_MAX_OVERFLOW"] = EnvValue{Value: "8", Line: 3, File: "app.env"}
 	file["DB_POOL_TIMEOUT"] = EnvValue{Value: "10", Line: 4, File: "app.env"}
-	got, err := SettingsFromEnv(EnvLookup(maps.Clone(file), mapLookup(map[string]string{"DB_POOL_PRE_PING": "no"})), DefaultSettings())
+	got, err := SettingsFromEnv(NewEnv(maps.Clone(file), mapLookup(map[string]string{"DB_POOL_PRE_PING": "no"})), DefaultSettings())
 	want2 := Settings{PoolSize: 4, MaxOverflow: 8, Timeout: 10 * time.Second, Recycle: time.Hour, PrePing: false, Echo: true}
 	if err != nil || got != want2 {
 		t.Errorf("got %+v, %v; want %+v", got, err, want2)
