@@ -64,6 +64,18 @@ const maxDSNFile = 64 << 10
 
 var poolNameRe = regexp.MustCompile(`^[a-zA-Z0-9_.:/-]+$`)
 
+// Pool names the exporter itself uses as the pool label next to the configured pools, so a
+// configured pool of that name would duplicate their series.
+const (
+	// unmatchedPoolPrefix starts the pool label of backends that match no pool: the activity
+	// collector names them app:<application_name>, and app:other past its cardinality cap.
+	unmatchedPoolPrefix = "app:"
+	// ownPoolName is the pool label of the exporter's own monitoring connections on every
+	// PostgreSQL target (collector.OwnPoolName, which poolcfg cannot import: collector
+	// imports poolcfg).
+	ownPoolName = "dbpool_exporter"
+)
+
 // Load reads and parses the config file at path with the seed's DefaultSettings.
 func Load(path string) (*Config, error) { return LoadWithDefaults(path, DefaultSettings()) }
 
@@ -442,21 +454,28 @@ func (c *Config) validate(w *where) []error {
 	dsnFailed := func(path string) bool {
 		return w.failed[path+".dsn"] || w.failed[path+".dsn_file"] || w.failed[path+".dsn_env"]
 	}
+	// Target and pgbouncer names share one namespace: both become the target label, and two
+	// dbpool_up{target="main"} series would collide, one of them silently dropped.
+	allConns := map[string]string{}
 	checkConns := func(kind string, conns []Target) map[string]string {
 		seen := map[string]string{}
 		for i, conn := range conns {
 			path, name := fmt.Sprintf("%s[%d]", kind, i), conn.Name
-			switch {
+			switch other := allConns[name]; {
 			case name == "" && (dsnFailed(path) || w.failed[path+".name"]): // reported already
 			case name == "":
 				say(path+".name", "required (only a lone entry of %s may leave it out)", kind)
 			case seen[name] != "":
 				bad(path+".name", name, "duplicate name, also used by "+w.ref(seen[name]))
+			case other != "":
+				bad(path+".name", name, "duplicate name, also used by "+w.ref(other)+
+					": targets and pgbouncers share the target label")
 			case !printable(name):
 				bad(path+".name", name, "must be printable text")
 				fallthrough // still a name pools can refer to: do not report them too
 			default:
 				seen[name] = path + ".name"
+				allConns[name] = path + ".name"
 			}
 			if conn.DSN.IsZero() && !dsnFailed(path) {
 				say(path+".dsn", "missing: set one of dsn, dsn_file or dsn_env")
@@ -489,6 +508,11 @@ func (c *Config) validate(w *where) []error {
 			say(path+".name", "required")
 		case !poolNameRe.MatchString(p.Name):
 			bad(path+".name", p.Name, "must match [a-zA-Z0-9_.:/-]+")
+		case strings.HasPrefix(p.Name, unmatchedPoolPrefix):
+			bad(path+".name", p.Name, `the prefix "app:" is reserved: backends that match no pool are reported as `+
+				`pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`)
+		case p.Name == ownPoolName:
+			bad(path+".name", p.Name, "reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target")
 		case poolNames[p.Name] != "":
 			bad(path+".name", p.Name, "duplicate pool name, also used by "+w.ref(poolNames[p.Name]))
 		default:

@@ -228,7 +228,11 @@ func TestParseErrors(t *testing.T) {
 			`c.yml:6: pools[0].pool_size="0": pool_size 0 with max_overflow 20 is not supported: SQLAlchemy's QueuePool treats pool_size 0 as no limit and then ignores max_overflow, so the pool has no capacity; set pool_size >= 1`},
 		{"bad timeout", target + "pools:\n  - name: api\n    timeout: soon\n", `c.yml:6: pools[0].timeout="soon": not a number of seconds or a duration such as 30s`},
 		{"zero timeout", target + "pools:\n  - name: api\n    timeout: 0s\n", `c.yml:6: pools[0].timeout="0s": must be > 0`},
-		{"bad recycle", target + "pools:\n  - name: api\n    recycle: -5\n", `c.yml:6: pools[0].recycle="-5": must be >= 0, or -1 to never recycle`},
+		{"bad recycle", target + "pools:\n  - name: api\n    recycle: -5\n", `c.yml:6: pools[0].recycle="-5": must be a positive number of seconds, or -1 to never recycle`},
+		{"recycle 0 is not never", target + "pools:\n  - name: api\n    recycle: 0\n",
+			`c.yml:6: pools[0].recycle="0": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
+		{"recycle 0s is not never", target + "pools:\n  - name: api\n    recycle: 0s\n",
+			`c.yml:6: pools[0].recycle="0s": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
 		{"bad boolean", target + "pools:\n  - name: api\n    pre_ping: 2\n", `c.yml:6: pools[0].pre_ping="2": not a boolean (use true/false, 1/0, yes/no or on/off)`},
 		{"zero instances", target + "pools:\n  - name: api\n    instances: 0\n", `c.yml:6: pools[0].instances="0": must be between 1 and 1000000`},
 		{"instances not a number", target + "pools:\n  - name: api\n    instances: many\n", `c.yml:6: pools[0].instances="many": not an integer`},
@@ -243,6 +247,12 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate pool name", target + "pools:\n  - name: api\n    match: {user: a}\n  - name: api\n    match: {user: b}\n",
 			`c.yml:7: pools[1].name="api": duplicate pool name, also used by pools[0].name (line 5)`},
 		{"bad pool name", target + "pools:\n  - name: my api\n", `c.yml:5: pools[0].name="my api": must match [a-zA-Z0-9_.:/-]+`},
+		{"pool name in the unmatched applications' namespace", target + "pools:\n  - name: app:api-0\n",
+			`c.yml:5: pools[0].name="app:api-0": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`},
+		{"pool named app:other", target + "pools:\n  - name: app:other\n",
+			`c.yml:5: pools[0].name="app:other": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`},
+		{"pool named like the exporter's own pool", target + "pools:\n  - name: dbpool_exporter\n",
+			`c.yml:5: pools[0].name="dbpool_exporter": reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target`},
 		{"missing pool name", target + "pools:\n  - match: {user: a}\n", `c.yml:5: pools[0].name: required`},
 		{"unknown target", target + "pools:\n  - name: api\n    target: mian\n", `c.yml:6: pools[0].target="mian": unknown target (targets: "main")`},
 		{"target needed with several targets", target + "  - name: replica\n    dsn: postgres://db2/appdb\npools:\n  - name: api\n",
@@ -251,6 +261,12 @@ func TestParseErrors(t *testing.T) {
 			`c.yml:4: pools[0].target: a pool needs a PostgreSQL target, and there are no targets`},
 		{"duplicate target name", target + "  - name: main\n    dsn: postgres://db2/appdb\n",
 			`c.yml:4: targets[1].name="main": duplicate name, also used by targets[0].name (line 2)`},
+		{"pgbouncer named like a target", target + "pgbouncers:\n  - name: main\n    dsn: postgres://pgbouncer@h:6432/pgbouncer\n",
+			`c.yml:5: pgbouncers[0].name="main": duplicate name, also used by targets[0].name (line 2): targets and pgbouncers share the target label`},
+		{"pgbouncer before the target it collides with", "pgbouncers:\n  - name: main\n    dsn: postgres://pgbouncer@h:6432/pgbouncer\n" + target,
+			`c.yml:2: pgbouncers[0].name="main": duplicate name, also used by targets[0].name (line 5): targets and pgbouncers share the target label`},
+		{"duplicate pgbouncer name", "pgbouncers:\n  - name: edge\n    dsn: postgres://pgbouncer@h1:6432/pgbouncer\n  - name: edge\n    dsn: postgres://pgbouncer@h2:6432/pgbouncer\n",
+			`c.yml:4: pgbouncers[1].name="edge": duplicate name, also used by pgbouncers[0].name (line 2)`},
 		{"target name needed with several targets", target + "  - dsn: postgres://db2/appdb\n",
 			`c.yml:4: targets[1].name: required (only a lone entry of targets may leave it out)`},
 		{"missing dsn", "targets:\n  - name: main\n", `c.yml:2: targets[0].dsn: missing: set one of dsn, dsn_file or dsn_env`},
@@ -299,6 +315,12 @@ pools:
     target: nowhere
     timeout: -1
     instances: 0
+  - name: dbpool_exporter
+    match: {user: x}
+    recycle: 0
+pgbouncers:
+  - name: main
+    dsn: postgres://pgbouncer@h:6432/pgbouncer
 `), "c.yml")
 	checkErrorLines(t, err, "c.yml", []string{
 		`c.yml:6: unknown key "bogus" in a pool (known keys: name, target, match, pool_size, max_overflow, timeout, recycle, pre_ping, echo, instances)`,
@@ -309,6 +331,9 @@ pools:
 		`c.yml:12: pools[1].target="nowhere": unknown target (targets: "main")`,
 		`c.yml:13: pools[1].timeout="-1": must be > 0`,
 		`c.yml:14: pools[1].instances="0": must be between 1 and 1000000`,
+		`c.yml:15: pools[2].name="dbpool_exporter": reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target`,
+		`c.yml:17: pools[2].recycle="0": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`,
+		`c.yml:19: pgbouncers[0].name="main": duplicate name, also used by targets[0].name (line 2): targets and pgbouncers share the target label`,
 	})
 }
 
@@ -362,6 +387,21 @@ func TestValidate(t *testing.T) {
 		{"regex with foreign group", func(c *Config) {
 			c.Pools[0].Match = Matcher{ApplicationNameRegex: regexpMust(`(?P<pod>.*)`)}
 		}, `pools[0].match.application_name_regex="(?P<pod>.*)": named group "pod" is not allowed: the only named group is (?P<instance>...)`},
+		{"reserved pool names", func(c *Config) {
+			p := c.Pools[0]
+			p.Name, p.Match = "dbpool_exporter", Matcher{User: "x"}
+			c.Pools[0].Name = "app:api"
+			c.Pools = append(c.Pools, p)
+		}, `pools[0].name="app:api": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs` + "\n" +
+			`pools[1].name="dbpool_exporter": reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target`},
+		{"pool names that merely look reserved", func(c *Config) {
+			p := c.Pools[0]
+			p.Name, p.Match = "dbpool_exporter_api", Matcher{User: "x"}
+			c.Pools[0].Name = "api:app:x"
+			c.Pools = append(c.Pools, p)
+		}, ""},
+		{"pgbouncer named like a target", func(c *Config) { c.PgBouncers = []PgBouncer{{Name: "main", DSN: dsn}} },
+			`pgbouncers[0].name="main": duplicate name, also used by targets[0].name: targets and pgbouncers share the target label`},
 		{"target name with a newline", func(c *Config) { c.Targets[0].Name = "a\nb"; c.Pools[0].Target = "a\nb" },
 			`targets[0].name="a\nb": must be printable text`},
 	}

@@ -170,7 +170,8 @@ func (e Env) Lookup(key string) (value, where string, ok bool) {
 // SettingsFromEnv overrides base with the seed's DB_* variables found in env:
 // DB_POOL_SIZE and DB_MAX_OVERFLOW (integers), DB_POOL_TIMEOUT and DB_POOL_RECYCLE (seconds,
 // integer or decimal, or Go durations such as 30s; DB_POOL_RECYCLE=-1 means never, stored
-// as Recycle 0), DB_POOL_PRE_PING and DB_ECHO (true/false, 1/0, yes/no, on/off). It returns
+// as Recycle 0, and an explicit 0 is refused because SQLAlchemy reads it as "at every
+// checkout"), DB_POOL_PRE_PING and DB_ECHO (true/false, 1/0, yes/no, on/off). It returns
 // every problem at once, each as DB_POOL_SIZE="abc": not an integer, prefixed with
 // file:line when the value came from the .env file.
 func SettingsFromEnv(env Env, base Settings) (Settings, error) {

@@ -160,7 +160,7 @@ func TestSettingsFromEnv(t *testing.T) {
 		{"durations", map[string]string{"DB_POOL_TIMEOUT": "1m30s", "DB_POOL_RECYCLE": "2h"},
 			with(func(s *Settings) { s.Timeout, s.Recycle = 90*time.Second, 2*time.Hour })},
 		{"recycle -1 means never", map[string]string{"DB_POOL_RECYCLE": "-1"}, with(func(s *Settings) { s.Recycle = 0 })},
-		{"recycle 0", map[string]string{"DB_POOL_RECYCLE": "0"}, with(func(s *Settings) { s.Recycle = 0 })},
+		{"recycle -1.0 means never too", map[string]string{"DB_POOL_RECYCLE": " -1.0 "}, with(func(s *Settings) { s.Recycle = 0 })},
 		{"surrounding spaces", map[string]string{"DB_POOL_SIZE": " 7 ", "DB_ECHO": " 1"},
 			with(func(s *Settings) { s.PoolSize, s.Echo = 7, true })},
 		{"no overflow", map[string]string{"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "0"},
@@ -201,7 +201,11 @@ func TestSettingsFromEnvErrors(t *testing.T) {
 		{map[string]string{"DB_POOL_TIMEOUT": "NaN"}, `DB_POOL_TIMEOUT="NaN": not a number of seconds or a duration such as 30s`},
 		{map[string]string{"DB_POOL_TIMEOUT": "1e300"}, `DB_POOL_TIMEOUT="1e300": out of range`},
 		{map[string]string{"DB_POOL_TIMEOUT": "1e400"}, `DB_POOL_TIMEOUT="1e400": out of range`},
-		{map[string]string{"DB_POOL_RECYCLE": "-2"}, `DB_POOL_RECYCLE="-2": must be >= 0, or -1 to never recycle`},
+		{map[string]string{"DB_POOL_RECYCLE": "-2"}, `DB_POOL_RECYCLE="-2": must be a positive number of seconds, or -1 to never recycle`},
+		{map[string]string{"DB_POOL_RECYCLE": "0"}, `DB_POOL_RECYCLE="0": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
+		{map[string]string{"DB_POOL_RECYCLE": "0s"}, `DB_POOL_RECYCLE="0s": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
+		{map[string]string{"DB_POOL_RECYCLE": "-0"}, `DB_POOL_RECYCLE="-0": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
+		{map[string]string{"DB_POOL_RECYCLE": "1e-12"}, `DB_POOL_RECYCLE="1e-12": SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds`},
 		{map[string]string{"DB_POOL_RECYCLE": "1 hour"}, `DB_POOL_RECYCLE="1 hour": not a number of seconds or a duration such as 30s`},
 		{map[string]string{"DB_POOL_PRE_PING": "maybe"}, `DB_POOL_PRE_PING="maybe": not a boolean (use true/false, 1/0, yes/no or on/off)`},
 		{map[string]string{"DB_ECHO": ""}, `DB_ECHO="": not a boolean (use true/false, 1/0, yes/no or on/off)`},
@@ -232,7 +236,7 @@ func TestSettingsFromEnvFile(t *testing.T) {
 		`app.env:2: DB_POOL_SIZE="abc": not an integer`,
 		`app.env:3: DB_MAX_OVERFLOW="-1": must be >= 0 (SQLAlchemy's -1, unlimited overflow, is not supported: a pool without a limit has no capacity to measure utilization against)`,
 		`app.env:4: DB_POOL_TIMEOUT="0": must be > 0`,
-		`DB_POOL_RECYCLE="-7": must be >= 0, or -1 to never recycle`,
+		`DB_POOL_RECYCLE="-7": must be a positive number of seconds, or -1 to never recycle`,
 	}
 	if err == nil || !reflect.DeepEqual(strings.Split(err.Error(), "\n"), want) {
 		t.Errorf("error:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))

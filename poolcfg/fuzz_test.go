@@ -115,7 +115,8 @@ func FuzzParse(f *testing.F) {
 			targets[tg.Name] = true
 		}
 		for _, p := range c.Pools {
-			if !targets[p.Target] || p.Instances < 1 || p.Settings.Capacity() < 1 || p.Name == "" {
+			if !targets[p.Target] || p.Instances < 1 || p.Settings.Capacity() < 1 || p.Name == "" ||
+				strings.HasPrefix(p.Name, "app:") || p.Name == "dbpool_exporter" {
 				t.Errorf("invalid pool accepted: %+v", p)
 			}
 		}
@@ -123,7 +124,12 @@ func FuzzParse(f *testing.F) {
 		for _, b := range c.PgBouncers {
 			conns = append(conns, Target(b))
 		}
+		labels := map[string]bool{} // targets and pgbouncers share the target label
 		for _, conn := range conns {
+			if labels[conn.Name] {
+				t.Errorf("target label %q accepted twice", conn.Name)
+			}
+			labels[conn.Name] = true
 			cfg, err := pgconn.ParseConfig(conn.DSN.ConnString())
 			if err != nil {
 				t.Fatalf("accepted DSN does not parse: %v", err)

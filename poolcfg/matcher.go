@@ -105,3 +105,9 @@ func (m Matcher) key() string {
 	}
 	return fmt.Sprintf("%q %q %q %q %s", m.ApplicationName, re, m.User, m.Database, m.ClientCIDR)
 }
+
+// HasInstance reports whether the application_name regex has an `instance` capture, so that
+// per-instance numbers (overflow) can be computed however many instances are seen.
+func (m Matcher) HasInstance() bool {
+	return m.ApplicationNameRegex != nil && m.ApplicationNameRegex.SubexpIndex("instance") > 0
+}

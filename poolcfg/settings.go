@@ -61,7 +61,13 @@ func setSetting(s *Settings, key, raw string) string {
 			s.Recycle = 0
 			return ""
 		}
-		s.Recycle, problem = parseSeconds(raw, s.Recycle)
+		var d time.Duration
+		if d, problem = parseSeconds(raw, s.Recycle); problem == "" && d == 0 {
+			// SQLAlchemy's pool_recycle=0 replaces the connection at every checkout, but
+			// Recycle 0 here means never: refuse it rather than misread it.
+			return "SQLAlchemy would replace the connection at every checkout; use -1 for never or a number of seconds"
+		}
+		s.Recycle = d
 	case keyPrePing:
 		s.PrePing, problem = parseBool(raw, s.PrePing)
 	case keyEcho:
@@ -166,7 +172,7 @@ func checkSettings(s Settings, ref func(key string) (at, name, raw string)) []er
 		bad(keyTimeout, "must be > 0")
 	}
 	if s.Recycle < 0 {
-		bad(keyRecycle, "must be >= 0, or -1 to never recycle")
+		bad(keyRecycle, "must be a positive number of seconds, or -1 to never recycle")
 	}
 	return errs
 }

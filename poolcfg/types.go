@@ -15,7 +15,7 @@ type Settings struct {
 	PoolSize    int           // DB_POOL_SIZE: permanent connections per instance.
 	MaxOverflow int           // DB_MAX_OVERFLOW: extra connections per instance, closed on return.
 	Timeout     time.Duration // DB_POOL_TIMEOUT: how long a checkout may wait.
-	Recycle     time.Duration // DB_POOL_RECYCLE: connection age after which the pool replaces it; 0 = never (DB_POOL_RECYCLE=-1).
+	Recycle     time.Duration // DB_POOL_RECYCLE: connection age after which the pool replaces it; 0 = never (DB_POOL_RECYCLE=-1; a written 0 is refused).
 	PrePing     bool          // DB_POOL_PRE_PING.
 	Echo        bool          // DB_ECHO.
 }
