@@ -147,7 +147,9 @@ done <"$tmp/links"
 	tr ' ' '\n' <<<"$CONTRACT_METRICS"
 	sed -n 's/^ *- record: *\([^ ]*\).*/\1/p' "$RULES"
 } | sed '/^$/d' | sort -u >"$tmp/known"
+# Quoted label values (pool!="dbpool_exporter") are not metric names: drop them first.
 cat "$tmp/rule_exprs" "$tmp/doc_exprs" |
+	sed -E 's/"([^"\\]|\\.)*"//g' |
 	grep -oE '[a-zA-Z_:][a-zA-Z0-9_:]*' |
 	grep -E '^([a-z_]+:)?dbpool_' | sort -u >"$tmp/used"
 while read -r m; do

@@ -135,18 +135,36 @@ func (a *poolAggregate) add(r activityRow, instance string) {
 	ss.OldestConnectionSeconds = max(ss.OldestConnectionSeconds, r.oldestConnection)
 }
 
-// finishOverflow computes overflow per instance when instances can be told apart, and for
-// the whole group otherwise (a lower bound then).
-func (a *poolAggregate) finishOverflow() {
-	s := &a.stats
-	size := s.Settings.PoolSize
-	if len(a.perInstance) >= s.Instances {
-		for _, n := range a.perInstance {
-			s.Overflow += max(0, n-size)
+// finish completes the sample. Overflow is per instance when instances can be told apart (an
+// `instance` capture, or at least as many distinct application_names as instances), and for
+// the whole group otherwise (a lower bound then). Where the monitoring role could not see some
+// sessions' state, the ages and the zero-filled states would be made up: they are left out.
+func (a *poolAggregate) finish(byInstance bool) PoolStats {
+	s := a.stats
+	if s.Configured {
+		size := s.Settings.PoolSize
+		if byInstance || len(a.perInstance) >= s.Instances {
+			for _, n := range a.perInstance {
+				s.Overflow += max(0, n-size)
+			}
+		} else {
+			s.Overflow = max(0, s.Open-s.Instances*size)
 		}
-		return
 	}
-	s.Overflow = max(0, s.Open-s.Instances*size)
+	if s.States[StateUnknown] > 0 {
+		s.Sessions = nil
+		dropZeroStates(s.States)
+	}
+	return s
+}
+
+// dropZeroStates removes the states that are only there as zeros.
+func dropZeroStates(states map[string]int) {
+	for _, st := range alwaysReportedStates {
+		if states[st] == 0 {
+			delete(states, st)
+		}
+	}
 }
 
 // groupActivity assigns each row to the first configured pool whose matcher accepts it; the
@@ -188,11 +206,13 @@ func groupActivity(target string, pools []poolcfg.Pool, rows []activityRow, maxA
 		}
 		a.add(r, r.applicationName)
 	}
-	for _, a := range configured {
-		a.finishOverflow()
-		sample.pools = append(sample.pools, a.stats)
+	for i, a := range configured {
+		sample.pools = append(sample.pools, a.finish(pools[i].Match.HasInstance()))
 	}
 	sample.pools = append(sample.pools, capApplications(target, unmatched, maxApps)...)
+	if sample.restricted {
+		dropZeroStates(sample.serverStates)
+	}
 	return sample
 }
 
@@ -217,7 +237,7 @@ func capApplications(target string, apps map[string]*poolAggregate, maxApps int)
 	var other *poolAggregate
 	for i, a := range list {
 		if i < keep && a.stats.Pool != OtherApplications {
-			out = append(out, a.stats)
+			out = append(out, a.finish(false))
 			continue
 		}
 		if other == nil {
@@ -226,7 +246,7 @@ func capApplications(target string, apps map[string]*poolAggregate, maxApps int)
 		mergeInto(other, a)
 	}
 	if other != nil {
-		out = append(out, other.stats)
+		out = append(out, other.finish(false))
 	}
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -180,7 +181,7 @@ func TestActivityRestrictedRole(t *testing.T) {
 	}
 	session(t, pg, "api-0")
 	session(t, pg, "api-1")
-	logs := &syncBuffer{}
+	logs := &testbin.Buffer{}
 	tgt := newTestTarget(t, pg.DSN("nobody", "nobody-Secret-1", "postgres"), []poolcfg.Pool{apiPool()}, logs, nil)
 	for range 2 {
 		mfs := gather(t, tgt, 10*time.Second)
@@ -192,6 +193,21 @@ func TestActivityRestrictedRole(t *testing.T) {
 		}
 		if v := mustValue(t, mfs, "dbpool_open_connections", map[string]string{"pool": "api"}); v != 2 {
 			t.Errorf("open = %v, want 2 (counts stay right, states are hidden)", v)
+		}
+		// Ages and per-state zeros cannot be known for hidden sessions: absent, not 0.
+		for _, name := range []string{"dbpool_longest_query_seconds", "dbpool_longest_transaction_seconds",
+			"dbpool_longest_idle_in_transaction_seconds", "dbpool_oldest_connection_seconds", "dbpool_lock_waiting_connections"} {
+			if v, ok := value(mfs, name, map[string]string{"pool": "api"}); ok {
+				t.Errorf("%s = %v for a pool whose sessions are hidden, want absent", name, v)
+			}
+		}
+		for _, st := range []string{StateActive, StateIdle, StateIdleInTransaction} {
+			if v, ok := value(mfs, "dbpool_connections", map[string]string{"pool": "api", "state": st}); ok {
+				t.Errorf("dbpool_connections{state=%q} = %v with states hidden, want absent", st, v)
+			}
+			if v, ok := value(mfs, "dbpool_server_connections", map[string]string{"state": st}); ok {
+				t.Errorf("dbpool_server_connections{state=%q} = %v with states hidden, want absent", st, v)
+			}
 		}
 	}
 	if n := strings.Count(logs.String(), "GRANT pg_monitor"); n != 1 {

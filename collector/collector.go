@@ -5,6 +5,7 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -102,7 +103,7 @@ func runJobs(ctx context.Context, jobs []job) []jobResult {
 		go func() {
 			defer running.Done()
 			t0 := time.Now()
-			ms, pools, err := j.run(jobCtx)
+			ms, pools, err := runRecovered(jobCtx, j.run)
 			done <- jobResult{name: j.name, metrics: ms, pools: pools, err: err, duration: time.Since(t0)}
 		}()
 	}
@@ -164,4 +165,16 @@ func (s *stateLogger) observe(target, collector string, err error, redact func(s
 		s.logger.Info("collector recovered", "target", target, "collector", collector)
 	}
 	s.failed[collector] = err != nil
+}
+
+// runRecovered runs a job and turns a panic into the job's error: a bug or a surprising value
+// from a target must fail one collector, not kill the daemon (the job runs in its own
+// goroutine, where net/http's recovery does not reach).
+func runRecovered(ctx context.Context, run func(context.Context) ([]prometheus.Metric, []PoolStats, error)) (ms []prometheus.Metric, pools []PoolStats, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ms, pools, err = nil, nil, fmt.Errorf("collector panicked: %v", r)
+		}
+	}()
+	return run(ctx)
 }

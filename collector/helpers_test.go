@@ -1,11 +1,9 @@
 package collector
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,23 +43,6 @@ func mustDSN(t *testing.T, s string) poolcfg.DSN {
 		t.Fatal(err)
 	}
 	return d
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Writer, mutate func(*PostgresOptions)) *PostgresTarget {

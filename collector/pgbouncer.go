@@ -327,7 +327,9 @@ func queryConsole(ctx context.Context, conn *pgx.Conn, sql string) ([]consoleRow
 		vals := make([]*string, len(raw))
 		for i, b := range raw {
 			if b != nil {
-				s := string(b)
+				// Names come from the server's encoding (SQL_ASCII, LATIN1...); label values
+				// must be valid UTF-8 or client_golang panics.
+				s := strings.ToValidUTF8(string(b), "?")
 				vals[i] = &s
 			}
 		}

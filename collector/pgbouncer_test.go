@@ -21,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -723,7 +724,7 @@ func TestPgBouncerDownAndRestart(t *testing.T) {
 	if err := b.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testbin.Buffer
 	tgt := newPgBouncerTestTarget(t, b.AdminDSN(), &logs)
 
 	const deadline = 2 * time.Second
@@ -917,7 +918,7 @@ func TestPgBouncerWrongPassword(t *testing.T) {
 	b := pgtest.StartPgBouncerT(t, pg, pgtest.PgBouncerOptions{})
 	const wrong = "Wrong-Secret-9876"
 	dsn := strings.Replace(b.StatsDSN(), ":"+bouncerPassword(t, b.StatsDSN())+"@", ":"+wrong+"@", 1)
-	var logs syncBuffer
+	var logs testbin.Buffer
 	tgt := newPgBouncerTestTarget(t, dsn, &logs)
 	if v := mustValue(t, gather(t, tgt, 5*time.Second), "dbpool_up", nil); v != 0 {
 		t.Errorf("dbpool_up = %v with a wrong password", v)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 )
 
 // exporterBackends counts the exporter's own sessions (monitoring and probe) on the server.
@@ -208,7 +209,7 @@ func TestScrapeStoppedPostmaster(t *testing.T) {
 // (SQLSTATE 53300) while the established monitoring connection keeps dbpool_up at 1.
 func TestProbeTooManyClients(t *testing.T) {
 	pg := testServer(t, pgtest.Options{MaxConnections: 8, SuperuserReservedConnections: 3})
-	logs := &syncBuffer{}
+	logs := &testbin.Buffer{}
 	tgt := newTestTarget(t, pg.DSN(monitorRole, monitorPassword, "postgres"), nil, logs, nil)
 	gather(t, tgt, 10*time.Second)
 	// 8 - 3 reserved = 5 ordinary slots; the monitoring connection holds one.

@@ -58,9 +58,11 @@ func (b *targetBase) scrapeShared(ctx context.Context, jobs func(reached *atomic
 	case r := <-ch:
 		return r.Val.(Result)
 	case <-ctx.Done():
-		// Joined a collection that will outlive this caller's deadline.
+		// Joined a collection (the sampler's, say) that outlives this caller's deadline. The
+		// target may be fine, only slower than this deadline: say that the collectors did not
+		// finish, but not that the target is down (no dbpool_up).
 		b.logger.Debug("scrape gave up waiting for the shared collection", "target", b.name, "err", ctx.Err())
-		res := Result{Metrics: []prometheus.Metric{prometheus.MustNewConstMetric(b.health.up, prometheus.GaugeValue, 0, b.name)}}
+		var res Result
 		for _, j := range jobs(nil) {
 			res.Metrics = append(res.Metrics, prometheus.MustNewConstMetric(b.health.scrapeSuccess, prometheus.GaugeValue, 0, b.name, j.name))
 		}

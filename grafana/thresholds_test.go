@@ -105,7 +105,9 @@ var thresholdCases = []struct {
 	},
 }
 
-var alertThresholdRe = regexp.MustCompile(`>\s*([0-9.]+)\s*$`)
+// alertThresholdRe finds the comparison with the threshold: at the end of the expression, or
+// before a trailing `and on (...) <series>` that only narrows which pools may fire.
+var alertThresholdRe = regexp.MustCompile(`>\s*([0-9.]+)\s*(?:and\s+on\s*\([^)]*\)\s*[a-z_:]+\s*)?$`)
 
 // rowOf maps each panel title to the title of the row it sits in.
 func rowOf(ps []panel) map[string]string {
@@ -144,7 +146,7 @@ func TestThresholdsMatchSeed(t *testing.T) {
 			expr := strings.TrimSpace(a.Expr)
 			m := alertThresholdRe.FindStringSubmatch(expr)
 			if m == nil {
-				t.Fatalf("alert %s: no trailing `> number` in %q", tc.alert, expr)
+				t.Fatalf("alert %s: no `> number` at the end (or before a trailing `and on (...)`) in %q", tc.alert, expr)
 			}
 			if v, _ := strconv.ParseFloat(m[1], 64); v != tc.alertAt {
 				t.Errorf("alert %s fires above %v, the seed says %v", tc.alert, v, tc.alertAt)

@@ -214,7 +214,7 @@ func demo(ctx context.Context, o options) error {
 		"--app-name="+workerName, "--instances=1", "--pool.impl=pgxpool",
 		"--pool.size=8", "--pool.max-overflow=0", "--pool.timeout=2s",
 		"--rate=25", "--query-time=100ms",
-		"--metrics.listen="+workerMetrics, "--metrics.target=app",
+		"--metrics.listen="+workerMetrics, "--metrics.target=pgbouncer",
 		"--report-interval=0")
 	if err != nil {
 		return err
