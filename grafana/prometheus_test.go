@@ -10,13 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 )
 
 // livePrometheus is a real Prometheus (Debian's prometheus package) scraping the exporter
 // every second, so that the dashboard's queries can be run the way Grafana runs them.
 type livePrometheus struct {
 	base string
-	logs *syncBuffer
+	logs *testbin.Buffer
 }
 
 const livePrometheusConfig = `global:
@@ -39,13 +41,13 @@ func startPrometheus(t *testing.T, exporterAddr string) *livePrometheus {
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(livePrometheusConfig, exporterAddr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testbin.FreeAddr(t)
 	cmd := exec.Command(bin,
 		"--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
 	)
-	p := &livePrometheus{base: "http://" + addr, logs: &syncBuffer{}}
+	p := &livePrometheus{base: "http://" + addr, logs: &testbin.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,13 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -136,7 +134,7 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		}
 	}
 
-	addr := freeAddr(t)
+	addr := testbin.FreeAddr(t)
 	cmd := exec.Command(bin,
 		"--web.listen-address="+addr,
 		"--pg.dsn="+pg.DSN("monitor", monitorPassword, "postgres"),
@@ -147,7 +145,7 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		"--health.sample-interval=500ms",
 	)
 	cmd.Env = cleanEnv()
-	var logs syncBuffer
+	var logs testbin.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -213,24 +211,6 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 	return got, addr
 }
 
-// syncBuffer collects a child's output, which exec copies in from another goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // scrapeDeadline bounds the wait for all wanted series. The slowest are dbpool_recommended_*,
 // which need a tenth of --health.window of history (2s here).
 const scrapeDeadline = 45 * time.Second
@@ -256,16 +236,6 @@ func httpGet(url string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return io.ReadAll(resp.Body)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // cleanEnv is the environment without DB_* settings and DSNs of the developer's shell, so

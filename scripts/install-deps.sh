@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh installs the programs that the tests, the demo and the alert
 # rule checks need on Debian 12: PostgreSQL server binaries, PgBouncer,
-# promtool (package prometheus), Alertmanager/amtool and, with
-# --with-chromium, Chromium (dashboard screenshots).
+# promtool (package prometheus), Alertmanager/amtool, gcc and libc6-dev
+# (`go test -race` needs cgo), Node.js with npm when npx is missing
+# (`make lint` runs dockerfilelint through npx) and, with --with-chromium,
+# Chromium (dashboard screenshots).
 #
 # It installs only what is missing, so running it twice is cheap. The Debian
 # packages start system services after install; the tests start their own
@@ -52,6 +54,12 @@ find_bin() {
 	return 1
 }
 
+# pkg_version prints the installed version of a Debian package, or nothing.
+pkg_version() {
+	dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null |
+		awk '$1 == "installed" { print $2 }' || true
+}
+
 have() {
 	case "$1" in
 	postgresql) [[ -n "$(pg_bindir)" ]] ;;
@@ -59,11 +67,22 @@ have() {
 	prometheus) find_bin promtool >/dev/null ;;
 	prometheus-alertmanager) find_bin amtool >/dev/null && find_bin prometheus-alertmanager >/dev/null ;;
 	chromium) find_bin chromium >/dev/null ;;
+	gcc) find_bin gcc >/dev/null ;;
+	# gcc only recommends libc6-dev, and the install below skips recommends; without its
+	# headers and crt files cgo, and so `go test -race`, cannot link.
+	libc6-dev) [[ -n "$(pkg_version libc6-dev)" ]] ;;
+	nodejs) find_bin node >/dev/null ;;
+	npm) find_bin npm >/dev/null && find_bin npx >/dev/null ;;
 	*) return 1 ;;
 	esac
 }
 
-wanted=(postgresql pgbouncer prometheus prometheus-alertmanager)
+wanted=(postgresql pgbouncer prometheus prometheus-alertmanager gcc libc6-dev)
+# Only when npx is absent: a Node.js from elsewhere (e.g. NodeSource, whose nodejs
+# package ships npm and npx itself) conflicts with Debian's npm package.
+if ! command -v npx >/dev/null 2>&1; then
+	wanted+=(nodejs npm)
+fi
 if ((with_chromium)); then
 	wanted+=(chromium)
 fi
@@ -170,6 +189,17 @@ report pgbouncer "$(find_bin pgbouncer || true)" --version
 report promtool "$(find_bin promtool || true)" --version
 report alertmanager "$(find_bin prometheus-alertmanager || true)" --version
 report amtool "$(find_bin amtool || true)" --version
+report gcc "$(find_bin gcc || true)" --version
+libc_ver=$(pkg_version libc6-dev)
+if [[ -z "$libc_ver" ]]; then
+	echo "libc6-dev: MISSING" >&2
+	fail=1
+else
+	echo "libc6-dev: $libc_ver"
+fi
+report node "$(find_bin node || true)" --version
+report npm "$(find_bin npm || true)" --version
+report npx "$(find_bin npx || true)" --version
 if ((with_chromium)); then
 	report chromium "$(find_bin chromium || true)" --version
 fi

@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
 	"github.com/dbpool/dbpool_exporter/internal/poolsim"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 )
 
 func TestParseSeconds(t *testing.T) {
@@ -173,28 +173,10 @@ func TestBinary(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the writer goroutine of exec and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // simProc is a running poolsim binary.
 type simProc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testbin.Buffer
 	addrs          map[string]string // "/status", "/metrics" -> host:port
 	copied         chan struct{}
 	exited         bool
@@ -204,7 +186,7 @@ type simProc struct {
 // path in paths.
 func startSim(t *testing.T, bin string, env []string, paths []string, args ...string) *simProc {
 	t.Helper()
-	p := &simProc{cmd: exec.Command(bin, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, addrs: map[string]string{}, copied: make(chan struct{})}
+	p := &simProc{cmd: exec.Command(bin, args...), stdout: &testbin.Buffer{}, stderr: &testbin.Buffer{}, addrs: map[string]string{}, copied: make(chan struct{})}
 	p.cmd.Env = append(cleanEnv(), env...)
 	p.cmd.Stdout = p.stdout
 	stderrPipe, err := p.cmd.StderrPipe()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,21 +10,8 @@ import (
 	"time"
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/internal/testbin"
 )
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
-}
 
 // TestService exhausts the example's one-connection pool: a request that holds the
 // connection, one that gives up waiting (503), and /metrics telling both stories.
@@ -41,10 +27,10 @@ func TestService(t *testing.T) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 
-	if code, body := get(t, srv.URL+"/work"); code != http.StatusOK || body != "ok\n" {
+	if code, body := testbin.Get(t, srv.URL+"/work"); code != http.StatusOK || body != "ok\n" {
 		t.Fatalf("/work: %d %q", code, body)
 	}
-	if code, _ := get(t, srv.URL+"/work?sleep=bad"); code != http.StatusBadRequest {
+	if code, _ := testbin.Get(t, srv.URL+"/work?sleep=bad"); code != http.StatusBadRequest {
 		t.Errorf("/work?sleep=bad: %d, want 400", code)
 	}
 
@@ -61,17 +47,17 @@ func TestService(t *testing.T) {
 	})
 	inUse := `dbpool_in_use_connections{pool="example",target="db"} 1`
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, m := get(t, srv.URL+"/metrics"); strings.Contains(m, inUse) {
+		if _, m := testbin.Get(t, srv.URL+"/metrics"); strings.Contains(m, inUse) {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the holding request never got the connection")
 		}
 	}
-	if code, body := get(t, srv.URL+"/work"); code != http.StatusServiceUnavailable {
+	if code, body := testbin.Get(t, srv.URL+"/work"); code != http.StatusServiceUnavailable {
 		t.Fatalf("/work on an exhausted pool: %d %q, want 503", code, body)
 	}
-	_, metrics := get(t, srv.URL+"/metrics")
+	_, metrics := testbin.Get(t, srv.URL+"/metrics")
 	for _, want := range []string{
 		`dbpool_checkout_timeouts_total{pool="example",target="db"} 1`,
 		`dbpool_checkout_timeout_seconds{pool="example",target="db"} 0.1`,
@@ -88,7 +74,7 @@ func TestService(t *testing.T) {
 	// Cancelling the request cancels its query, which returns the connection.
 	release()
 	wg.Wait()
-	if code, _ := get(t, srv.URL+"/work"); code != http.StatusOK {
+	if code, _ := testbin.Get(t, srv.URL+"/work"); code != http.StatusOK {
 		t.Errorf("/work after the holder left: %d", code)
 	}
 }

@@ -1,4 +1,6 @@
-// Package testbin builds the project's binaries for tests that run them as a user would.
+// Package testbin builds the project's binaries for tests that run them as a user would,
+// and holds the small helpers those tests share: a buffer for a child's output, an HTTP
+// GET, and a free loopback address.
 package testbin
 
 import (
