@@ -21,6 +21,12 @@ import (
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
+// adviseHelp is the advise command's help.
+const adviseHelp = "Sample the pools for a while with the same flags and configuration, print each pool's health, warnings and recommendations " +
+	"(DB_POOL_SIZE / DB_MAX_OVERFLOW for application pools, PgBouncer's and pgxpool's own settings for theirs), and exit: " +
+	"0 all configured pools healthy, 3 a configured pool has warnings or is saturated (unconfigured app:* groups count only with " +
+	"--advise.include-unconfigured; their warnings print either way), 1 error (bad configuration, database unreachable for the whole run)."
+
 // Exit codes of the advise command, for CI and cron.
 const (
 	adviseHealthy   = 0
@@ -32,12 +38,16 @@ type adviseFlags struct {
 	interval time.Duration
 	duration time.Duration
 	output   string
+	// includeUnconfigured counts the app:* groups of unconfigured backends (psql, pg_dump,
+	// cron jobs) in the exit code too.
+	includeUnconfigured bool
 }
 
 func addAdviseFlags(cmd *kingpin.CmdClause) *adviseFlags {
 	a := &adviseFlags{}
 	cmd.Flag("advise.interval", "Time between two samples.").Default("5s").DurationVar(&a.interval)
 	cmd.Flag("advise.duration", "How long to sample; the advice covers this window. 0 takes one sample.").Default("1m").DurationVar(&a.duration)
+	cmd.Flag("advise.include-unconfigured", "Let warnings of backends that matched no configured pool (app:* groups such as app:psql) set exit code 3 too; by default only configured pools do, and the others' warnings are printed all the same.").BoolVar(&a.includeUnconfigured)
 	cmd.Flag("output", "Output format: text (with .env lines ready to paste) or json (the /api/v1/pools reports).").Default("text").EnumVar(&a.output, "text", "json")
 	return a
 }
@@ -50,14 +60,18 @@ type adviseTarget struct {
 
 // adviseOutput is the --output=json document.
 type adviseOutput struct {
-	DurationSeconds float64         `json:"duration_seconds"`
-	IntervalSeconds float64         `json:"interval_seconds"`
-	Samples         int             `json:"samples"`
-	Interrupted     bool            `json:"interrupted"`
-	Targets         []adviseTarget  `json:"targets"`
-	Healthy         bool            `json:"healthy"`
-	ExitCode        int             `json:"exit_code"`
-	Pools           []health.Report `json:"pools"`
+	DurationSeconds float64        `json:"duration_seconds"`
+	IntervalSeconds float64        `json:"interval_seconds"`
+	Samples         int            `json:"samples"`
+	Interrupted     bool           `json:"interrupted"`
+	Targets         []adviseTarget `json:"targets"`
+	Healthy         bool           `json:"healthy"`
+	ExitCode        int            `json:"exit_code"`
+	// IncludeUnconfigured says whether app:* pools counted in healthy and exit_code.
+	IncludeUnconfigured bool `json:"include_unconfigured"`
+	// NotCounted lists the unhealthy pools that did not count (unconfigured ones by default).
+	NotCounted []string        `json:"not_counted"`
+	Pools      []health.Report `json:"pools"`
 }
 
 // runAdvise samples every interval for duration and prints the advice. Ctrl-C ends the run
@@ -124,6 +138,10 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 		Samples:         samples,
 		Interrupted:     interrupted,
 		Targets:         []adviseTarget{},
+		// Ad-hoc sessions (psql, pg_dump) form app:* groups whose warnings are no verdict
+		// on the application's pools: by default they do not fail a cron or CI run.
+		IncludeUnconfigured: a.includeUnconfigured,
+		NotCounted:          []string{},
 	}
 	var unreachable []string
 	for _, t := range exp.Targets() {
@@ -142,8 +160,13 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 
 	out.Healthy, out.ExitCode = true, adviseHealthy
 	for _, r := range out.Pools {
-		if r.State == health.StateWarning || r.State == health.StateSaturated {
+		if r.State != health.StateWarning && r.State != health.StateSaturated {
+			continue
+		}
+		if r.Configured || a.includeUnconfigured {
 			out.Healthy, out.ExitCode = false, adviseUnhealthy
+		} else {
+			out.NotCounted = append(out.NotCounted, r.Pool+" on "+r.Target)
 		}
 	}
 	var errs []string
@@ -258,9 +281,14 @@ func printAdvice(w io.Writer, out *adviseOutput) {
 		if r.Optimization.Env != "" {
 			fmt.Fprintf(w, "recommended settings for .env (by %s):\n%s", r.Optimization.PoolSizeRule, r.Optimization.Env)
 		} else {
-			fmt.Fprintln(w, "recommended settings: none (this pool matched no configured pool, so its DB_* settings are unknown)")
+			fmt.Fprintf(w, "recommended settings for .env: none (%s)\n", r.NoEnvReason())
 		}
 	}
-	fmt.Fprintf(w, "\nsummary: %d pool(s): %d ok, %d warning, %d saturated; exit code %d\n",
+	fmt.Fprintf(w, "\nsummary: %d pool(s): %d ok, %d warning, %d saturated; exit code %d",
 		len(out.Pools), counts[health.StateOK], counts[health.StateWarning], counts[health.StateSaturated], out.ExitCode)
+	if n := len(out.NotCounted); n > 0 {
+		fmt.Fprintf(w, " (not counted: %d unconfigured pool(s) with warnings, %s; --advise.include-unconfigured counts them)",
+			n, strings.Join(out.NotCounted, ", "))
+	}
+	fmt.Fprintln(w)
 }

@@ -151,6 +151,51 @@ func TestAdviseCommand(t *testing.T) {
 		noPassword(t, out, errOut)
 	})
 
+	// The same six sessions when the configuration names another pool: they form the
+	// unconfigured group app:leaky, like an ad-hoc psql would. Its warning prints, but it
+	// fails the run only with --advise.include-unconfigured.
+	t.Run("leak in an unconfigured group: exit 0 unless --advise.include-unconfigured", func(t *testing.T) {
+		other := append(append([]string{}, short...), "--pool.name=api", "--pool.application-name=api")
+		code, out, errOut := runBinary(t, bin, env, other...)
+		t.Logf("advise output:\n%s", out)
+		if code != adviseHealthy {
+			t.Errorf("exit code %d, want %d\nstderr:\n%s", code, adviseHealthy, errOut)
+		}
+		for _, want := range []string{"== pool api on 127.0.0.1:", "== pool app:leaky on 127.0.0.1:", ": WARNING\n",
+			"  - [idle_in_transaction] 6 connections are idle in transaction",
+			"summary: 2 pool(s): 1 ok, 1 warning, 0 saturated; exit code 0 (not counted: 1 unconfigured pool(s) with warnings, app:leaky on 127.0.0.1:",
+			"--advise.include-unconfigured counts them)"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+
+		for _, tc := range []struct {
+			include    bool
+			code       int
+			notCounted int
+		}{{false, adviseHealthy, 1}, {true, adviseUnhealthy, 0}} {
+			args := append(append([]string{}, other...), "--output=json")
+			if tc.include {
+				args = append(args, "--advise.include-unconfigured")
+			}
+			code, out, errOut := runBinary(t, bin, env, args...)
+			var doc struct {
+				adviseJSON
+				IncludeUnconfigured bool     `json:"include_unconfigured"`
+				NotCounted          []string `json:"not_counted"`
+			}
+			if err := json.Unmarshal([]byte(out), &doc); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, out)
+			}
+			if code != tc.code || doc.ExitCode != tc.code || doc.Healthy != (tc.code == 0) ||
+				doc.IncludeUnconfigured != tc.include || len(doc.NotCounted) != tc.notCounted {
+				t.Errorf("--advise.include-unconfigured=%v: exit code %d, document healthy %v, exit_code %d, include_unconfigured %v, not_counted %v; want %d\nstderr:\n%s",
+					tc.include, code, doc.Healthy, doc.ExitCode, doc.IncludeUnconfigured, doc.NotCounted, tc.code, errOut)
+			}
+		}
+	})
+
 	t.Run("database unreachable: exit 1", func(t *testing.T) {
 		down := fmt.Sprintf("postgres://monitor:%s@127.0.0.1:%d/postgres?sslmode=disable", password, freePort(t))
 		code, out, errOut := runBinary(t, bin, []string{"DATA_SOURCE_NAME=" + down}, short...)
@@ -188,12 +233,69 @@ func TestAdviseCommand(t *testing.T) {
 			}
 		}
 		code, out, _ = runBinary(t, bin, nil, "advise", "--help")
-		for _, want := range []string{"--advise.interval=5s", "--advise.duration=1m", "--output=text", "--pg.dsn"} {
+		for _, want := range []string{"--advise.interval=5s", "--advise.duration=1m", "--output=text", "--pg.dsn",
+			"--[no-]advise.include-unconfigured", "3 a configured pool has warnings"} {
 			if code != 0 || !strings.Contains(out, want) {
 				t.Errorf("advise --help (code %d) lacks %q", code, want)
 			}
 		}
 	})
+}
+
+// TestAdvisePgBouncer: a PgBouncer pool gets its warnings and a size in PgBouncer's own
+// settings, but no DB_* lines and no overflow_2x: those are about an application's pool.
+func TestAdvisePgBouncer(t *testing.T) {
+	bin := testbin.Exporter(t)
+	pg := pgtest.StartT(t, pgtest.Options{})
+	if err := pg.CreateRole("app", "App-Pw-7", false); err != nil {
+		t.Fatal(err)
+	}
+	b := pgtest.StartPgBouncerT(t, pg, pgtest.PgBouncerOptions{DefaultPoolSize: 2})
+	// Two clients in open transactions hold both server connections of pool app/app
+	// (transaction pooling): all of its capacity is in use.
+	for range 2 {
+		cfg, err := pgx.ParseConfig(b.DSN("app", "App-Pw-7", "app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+		conn, err := pgx.ConnectConfig(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), "BEGIN; SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"advise", "--advise.duration=2s", "--advise.interval=250ms", "--pgbouncer.dsn=" + b.StatsDSN()}
+	code, out, errOut := runBinary(t, bin, []string{"DB_POOL_SIZE=10", "DB_MAX_OVERFLOW=20"}, args...)
+	t.Logf("advise output:\n%s", out)
+	if code != adviseUnhealthy {
+		t.Errorf("exit code %d, want %d\nstderr:\n%s", code, adviseUnhealthy, errOut)
+	}
+	i := strings.Index(out, "== pool app/app ")
+	if i < 0 {
+		t.Fatalf("no pool app/app:\n%s\nstderr:\n%s", out, errOut)
+	}
+	pool := out[i:]
+	if end := strings.Index(pool[1:], "\n== pool "); end >= 0 {
+		pool = pool[:end+1]
+	}
+	for _, want := range []string{"(source pgbouncer, exact): SATURATED",
+		"  - [utilization_high] raise pool_size in [databases] (or default_pool_size) by 50% (2 -> 3)",
+		"  - [observed_peak] set pool_size in [databases] (or default_pool_size) to 3 (now 2; peak 2 in use per instance)",
+		"; keep reserve_pool_size at 0",
+		"recommended settings for .env: none (DB_* configure an application's own pool, not a PgBouncer pool: its sizing is in PgBouncer's own settings above)"} {
+		if !strings.Contains(pool, want) {
+			t.Errorf("pool app/app lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"DB_POOL_SIZE", "DB_MAX_OVERFLOW", "overflow_2x"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("advice on PgBouncer pools speaks of %s", bad)
+		}
+	}
 }
 
 // TestDaemonServesAdvice: the daemon, started as before without a command, serves the API,
@@ -206,9 +308,9 @@ func TestDaemonServesAdvice(t *testing.T) {
 	}
 	for _, command := range [][]string{nil, {"serve"}} {
 		t.Run(fmt.Sprintf("command %v", command), func(t *testing.T) {
-			addr := freeAddr(t)
+			addr := testbin.FreeAddr(t)
 			args := append(command, "--web.listen-address="+addr, "--pg.dsn="+pg.DSN("monitor", "Mon-Pw-2", "postgres"),
-				"--pg.target-name=db", "--health.window=10s", "--health.sample-interval=200ms")
+				"--pg.target-name=db", "--health.window=10s", "--health.sample-interval=1s")
 			cmd := exec.Command(bin, args...)
 			cmd.Env = cleanEnv()
 			var logs bytes.Buffer
@@ -236,19 +338,19 @@ func TestDaemonServesAdvice(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
-			code, landing := httpGet(t, base+"/")
+			code, landing := testbin.Get(t, base+"/")
 			if code != 200 || !strings.Contains(landing, `href="/pools"`) || !strings.Contains(landing, `href="/api/v1/pools"`) {
 				t.Errorf("landing page (%d) does not link the pool pages:\n%s", code, landing)
 			}
-			code, page := httpGet(t, base+"/pools")
+			code, page := testbin.Get(t, base+"/pools")
 			if code != 200 || !strings.Contains(page, `data-pool="default"`) {
 				t.Errorf("/pools: %d\n%s", code, page)
 			}
-			code, body := httpGet(t, base+"/api/v1/optimize?pool=default")
+			code, body := testbin.Get(t, base+"/api/v1/optimize?pool=default")
 			if code != 200 || !strings.Contains(body, `"target": "db"`) || !strings.Contains(body, `"recommended_pool_size"`) {
 				t.Errorf("/api/v1/optimize: %d\n%s", code, body)
 			}
-			code, body = httpGet(t, base+"/api/v1/status?pool=missing")
+			code, body = testbin.Get(t, base+"/api/v1/status?pool=missing")
 			if code != 404 || !strings.Contains(body, `"error": "unknown pool \"missing\""`) {
 				t.Errorf("/api/v1/status?pool=missing: %d\n%s", code, body)
 			}

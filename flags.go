@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/health"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -75,8 +76,13 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	if f.maxConns < 1 {
 		return nil, fmt.Errorf("--pg.max-connections=%d: must be at least 1", f.maxConns)
 	}
-	if f.maxTimeout <= 0 {
-		return nil, fmt.Errorf("--scrape.max-timeout=%s: must be positive", f.maxTimeout)
+	// Below 100ms every scrape would fail, and below 1ms the server-side statement_timeout,
+	// taken from this flag, would round to 0, which PostgreSQL reads as "no timeout".
+	if f.maxTimeout < 100*time.Millisecond {
+		return nil, fmt.Errorf("--scrape.max-timeout=%s: must be at least 100ms", f.maxTimeout)
+	}
+	if err := checkTelemetryPath(f.metricsPath); err != nil {
+		return nil, err
 	}
 	if f.maxApplications < 1 {
 		return nil, fmt.Errorf("--collector.activity.max-applications=%d: must be at least 1", f.maxApplications)
@@ -84,8 +90,9 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	if f.healthWindow <= 0 {
 		return nil, fmt.Errorf("--health.window=%s: must be positive", f.healthWindow)
 	}
-	if f.healthSampleInterval < 0 {
-		return nil, fmt.Errorf("--health.sample-interval=%s: must not be negative", f.healthSampleInterval)
+	// Every sample logs in once for the probe: a typo such as 1ms must not flood the server.
+	if f.healthSampleInterval != 0 && f.healthSampleInterval < time.Second {
+		return nil, fmt.Errorf("--health.sample-interval=%s: must be 0 (off) or at least 1s", f.healthSampleInterval)
 	}
 	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
@@ -129,7 +136,7 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	}
 	match := poolcfg.Matcher{ApplicationName: f.appName, User: f.user, Database: f.database}
 	if f.appNameRegex != "" {
-		re, err := regexp.Compile("^(?:" + f.appNameRegex + ")$")
+		re, err := poolcfg.CompileApplicationNameRegex(f.appNameRegex)
 		if err != nil {
 			return nil, fmt.Errorf("--pool.application-name-regex=%q: %w", f.appNameRegex, err)
 		}
@@ -192,4 +199,21 @@ func cfgTargets(cfg *poolcfg.Config) []string {
 		out = append(out, b.Name+" (pgbouncer "+b.DSN.String()+")")
 	}
 	return out
+}
+
+// reservedPaths are served by the daemon itself; the metrics path must not shadow them.
+var reservedPaths = []string{"/-/reload", "/-/healthy", health.PagePath, health.APIPrefix}
+
+// checkTelemetryPath rejects a --web.telemetry-path that net/http would refuse (and panic on)
+// or that would shadow one of the daemon's own pages.
+func checkTelemetryPath(path string) error {
+	if !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("--web.telemetry-path=%q: must start with /", path)
+	}
+	for _, r := range reservedPaths {
+		if path == r || strings.TrimSuffix(path, "/") == strings.TrimSuffix(r, "/") || strings.HasPrefix(path, strings.TrimSuffix(r, "/")+"/") {
+			return fmt.Errorf("--web.telemetry-path=%q: %s is served by the exporter itself", path, r)
+		}
+	}
+	return nil
 }

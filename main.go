@@ -8,9 +8,11 @@ import (
 	"html"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	app.HelpFlag.Short('h')
 	// The daemon is the default command, so that existing invocations keep working.
 	app.Command("serve", "Run the exporter daemon (the default command).").Default()
-	adviseCmd := app.Command("advise", "Sample the pools for a while with the same flags and configuration, print each pool's health, warnings and recommended DB_POOL_SIZE / DB_MAX_OVERFLOW, and exit: 0 all pools healthy, 3 a pool has warnings or is saturated, 1 error (bad configuration, database unreachable for the whole run).")
+	adviseCmd := app.Command("advise", adviseHelp)
 	af := addAdviseFlags(adviseCmd)
 
 	exited := false
@@ -259,22 +261,26 @@ func metricsHandler(exp func() *collector.Exporter, static prometheus.Gatherer, 
 }
 
 // scrapeTimeout is Prometheus' scrape timeout minus offset, capped by maxTimeout; without a
-// usable header it is maxTimeout. An offset larger than the timeout is ignored rather than
-// leaving no time at all.
+// usable header (missing, not a finite positive number) it is maxTimeout. An offset larger
+// than the timeout is ignored rather than leaving no time at all, and no deadline is shorter
+// than minScrapeTimeout, in which not even a ping could answer.
 func scrapeTimeout(header string, offset, maxTimeout time.Duration) time.Duration {
-	if header == "" {
+	seconds, err := strconv.ParseFloat(strings.TrimSpace(header), 64)
+	if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
 		return maxTimeout
 	}
-	var seconds float64
-	if _, err := fmt.Sscanf(strings.TrimSpace(header), "%g", &seconds); err != nil || seconds <= 0 {
-		return maxTimeout
+	if seconds > maxTimeout.Seconds()+offset.Seconds() {
+		return maxTimeout // also keeps huge values from overflowing time.Duration
 	}
 	timeout := time.Duration(seconds * float64(time.Second))
 	if timeout-offset > 0 {
 		timeout -= offset
 	}
-	return min(timeout, maxTimeout)
+	return min(max(timeout, minScrapeTimeout), maxTimeout)
 }
+
+// minScrapeTimeout is the shortest deadline a scrape gets, whatever the header says.
+const minScrapeTimeout = 10 * time.Millisecond
 
 func targetsHTML(targets []string) string {
 	if len(targets) == 0 {

@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +33,12 @@ func TestScrapeTimeout(t *testing.T) {
 		{"0.3", 500 * time.Millisecond, 300 * time.Millisecond}, // offset larger than the timeout is ignored
 		{"120", 500 * time.Millisecond, maxTimeout},             // capped
 		{" 2 ", 0, 2 * time.Second},
+		{"10abc", 500 * time.Millisecond, maxTimeout}, // not a number
+		{"NaN", 500 * time.Millisecond, maxTimeout},
+		{"+Inf", 500 * time.Millisecond, maxTimeout},
+		{"1e300", 500 * time.Millisecond, maxTimeout},       // would overflow time.Duration
+		{"1e-10", 500 * time.Millisecond, minScrapeTimeout}, // floor: not even a ping fits below it
+		{"10.4", 500 * time.Millisecond, 9900 * time.Millisecond},
 	} {
 		if got := scrapeTimeout(tc.header, tc.offset, maxTimeout); got != tc.want {
 			t.Errorf("scrapeTimeout(%q, %v) = %v, want %v", tc.header, tc.offset, got, tc.want)
@@ -47,16 +50,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testbin.Cleanup()
 	os.Exit(code)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // runBinary runs the exporter to completion with a clean DB_* environment.
@@ -84,20 +77,6 @@ func cleanEnv() []string {
 		}
 	}
 	return env
-}
-
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
 }
 
 func TestBinary(t *testing.T) {
@@ -158,6 +137,27 @@ func TestBinary(t *testing.T) {
 			t.Errorf("code %d, stderr %s", code, errOut)
 		}
 	})
+	t.Run("bad flag values", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--web.telemetry-path=metrics"}, "must start with /"},
+			{[]string{"--web.telemetry-path=/pools"}, "served by the exporter itself"},
+			{[]string{"--web.telemetry-path=/api/v1/x"}, "served by the exporter itself"},
+			{[]string{"--health.sample-interval=1ms"}, "at least 1s"},
+			{[]string{"--scrape.max-timeout=1us"}, "at least 100ms"},
+			{[]string{"--pool.application-name-regex=api-(?P<other>[0-9]+)"}, "pool.application-name-regex"},
+		} {
+			code, _, errOut := runBinary(t, bin, nil, append([]string{"--pg.dsn", dsn}, tc.args...)...)
+			if code != 1 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("%v: code %d, stderr %q, want 1 and %q", tc.args, code, errOut, tc.want)
+			}
+			if strings.Contains(errOut, "panic") || strings.Contains(errOut, "goroutine ") {
+				t.Errorf("%v: crashed instead of a clean error:\n%s", tc.args, errOut)
+			}
+		}
+	})
 	t.Run("config check", func(t *testing.T) {
 		code, out, errOut := runBinary(t, bin, nil, "--pg.dsn", dsn, "--config.check")
 		if code != 0 || !strings.Contains(out, "configuration OK") {
@@ -178,10 +178,10 @@ func TestBinary(t *testing.T) {
 			}
 		}
 		writeConfig("first", "")
-		addr := freeAddr(t)
+		addr := testbin.FreeAddr(t)
 		cmd := exec.Command(bin, "--web.listen-address", addr, "--config.file", cfgFile)
 		cmd.Env = append(cleanEnv(), "RELOAD_TEST_DSN="+dsn)
-		logs := &lockedBuffer{}
+		logs := &testbin.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -198,18 +198,18 @@ func TestBinary(t *testing.T) {
 			resp.Body.Close()
 			return resp.StatusCode
 		}
-		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="first"} 1`) {
+		if _, body := testbin.Get(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="first"} 1`) {
 			t.Fatalf("before reload: no dbpool_up for target first")
 		}
 		writeConfig("second", "")
 		if code := post(); code != 200 {
 			t.Fatalf("reload of a good config: status %d\n%s", code, logs.String())
 		}
-		_, body := httpGet(t, base+"/metrics")
+		_, body := testbin.Get(t, base+"/metrics")
 		if !strings.Contains(body, `dbpool_up{target="second"} 1`) || strings.Contains(body, `target="first"`) {
 			t.Errorf("after reload /metrics still shows the old target or lacks the new one")
 		}
-		if _, landing := httpGet(t, base+"/"); !strings.Contains(landing, "second") || strings.Contains(landing, "first") {
+		if _, landing := testbin.Get(t, base+"/"); !strings.Contains(landing, "second") || strings.Contains(landing, "first") {
 			t.Errorf("landing page not rebuilt on reload:\n%s", landing)
 		}
 		// A broken configuration is refused and the running one kept.
@@ -217,7 +217,7 @@ func TestBinary(t *testing.T) {
 		if code := post(); code != http.StatusInternalServerError {
 			t.Errorf("reload of a broken config: status %d, want 500", code)
 		}
-		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="second"} 1`) {
+		if _, body := testbin.Get(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="second"} 1`) {
 			t.Errorf("after a failed reload the running configuration is gone")
 		}
 		if !strings.Contains(logs.String(), "bogus_key") {
@@ -230,7 +230,7 @@ func TestBinary(t *testing.T) {
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, body := httpGet(t, base+"/metrics"); strings.Contains(body, `dbpool_up{target="fourth"} 1`) {
+			if _, body := testbin.Get(t, base+"/metrics"); strings.Contains(body, `dbpool_up{target="fourth"} 1`) {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -240,7 +240,7 @@ func TestBinary(t *testing.T) {
 		}
 	})
 	t.Run("serve and shut down", func(t *testing.T) {
-		addr := freeAddr(t)
+		addr := testbin.FreeAddr(t)
 		cmd := exec.Command(bin, "--web.listen-address", addr, "--pool.application-name-regex", `api-(?P<instance>\d+)`,
 			"--pool.instances", "2", "--log.level", "debug")
 		cmd.Env = append(cleanEnv(), "DATA_SOURCE_NAME="+dsn, "DB_POOL_SIZE=4", "DB_MAX_OVERFLOW=6")
@@ -256,7 +256,7 @@ func TestBinary(t *testing.T) {
 		}()
 		base := "http://" + addr
 		waitUp(t, base, &logs)
-		code, body := httpGet(t, base+"/metrics")
+		code, body := testbin.Get(t, base+"/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics status %d", code)
 		}
@@ -272,7 +272,7 @@ func TestBinary(t *testing.T) {
 				t.Errorf("/metrics lacks %q", want)
 			}
 		}
-		code, landing := httpGet(t, base+"/")
+		code, landing := testbin.Get(t, base+"/")
 		if code != 200 || !strings.Contains(landing, "dbpool_exporter") || !strings.Contains(landing, "/metrics") {
 			t.Errorf("landing page: status %d\n%s", code, landing)
 		}
@@ -324,22 +324,4 @@ func waitUp(t *testing.T, base string, logs fmt.Stringer) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

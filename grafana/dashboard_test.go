@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -684,6 +685,10 @@ func TestDashboardQueries(t *testing.T) {
 					continue
 				}
 				ms := s.matchersOn(l)
+				// Leaving out the exporter's own connection is allowed on top.
+				if l == "pool" {
+					ms = slices.DeleteFunc(ms, func(m matcher) bool { return m.Op == "!=" && m.Value == "dbpool_exporter" })
+				}
 				ok := len(ms) == 1 && (ms[0].Op == "=~" && ms[0].Value == "$"+l || ms[0].Op == "=" && ms[0].Value != "")
 				if !ok {
 					t.Errorf("%s: %s needs %s=~\"$%s\" (or %s=\"literal\"), has %+v", p.Where, s.Name, l, l, l, ms)

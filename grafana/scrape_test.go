@@ -142,7 +142,7 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		// A short window and sample interval so that the pool history behind
 		// dbpool_recommended_* fills within seconds.
 		"--health.window=20s",
-		"--health.sample-interval=500ms",
+		"--health.sample-interval=1s",
 	)
 	cmd.Env = cleanEnv()
 	var logs testbin.Buffer

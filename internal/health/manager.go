@@ -33,6 +33,9 @@ const (
 	// capped application groups of each target stay far below it; it only matters when
 	// application names churn, each new name being a new pool for a window.
 	DefaultMaxPools = 500
+	// TypicalScrapeInterval is Prometheus' default scrape_interval. When the sampler is off,
+	// scrapes alone feed the history; StaleAfter's default allows two of them.
+	TypicalScrapeInterval = time.Minute
 	// historyPoints is how many coalesced points one pool's history holds at most: the
 	// window is cut into this many slots, so memory does not grow with the scrape rate.
 	historyPoints = 720
@@ -52,6 +55,13 @@ type Options struct {
 	MinHistory time.Duration
 	// MaxPools bounds the pools tracked at once; default DefaultMaxPools.
 	MaxPools int
+	// StaleAfter is how long after a pool was last seen its dbpool_recommended_* series
+	// disappear, so that a pool removed by a reload, or behind a target that is down, stops
+	// publishing advice. Default: twice the longer of the sampler's interval (RunSampler) and
+	// a typical Prometheus scrape interval (TypicalScrapeInterval): a pool seen every sample
+	// never goes stale between two of them, even when the Prometheus scrape that reads the
+	// metric runs before the observation it triggers.
+	StaleAfter time.Duration
 	// Thresholds default to the seed's (advice.DefaultThresholds).
 	Thresholds *advice.Thresholds
 	// Now is the clock; default time.Now.
@@ -76,6 +86,7 @@ type fleet struct{ instances, capacity int }
 // safe for concurrent use; it is also a prometheus.Collector of the recommendations.
 type Manager struct {
 	window, spacing, minHistory time.Duration
+	staleAfter                  time.Duration // 0: the default, see Options.StaleAfter
 	maxPools                    int
 	th                          advice.Thresholds
 	now                         func() time.Time
@@ -88,6 +99,8 @@ type Manager struct {
 	firstObserved time.Time
 
 	sampling atomic.Bool
+	// sampleInterval is the interval of the last RunSampler, for StaleAfter's default.
+	sampleInterval atomic.Int64
 
 	sizeDesc, overflowDesc *prometheus.Desc
 }
@@ -117,6 +130,7 @@ func NewManager(o Options) *Manager {
 		window:     o.Window,
 		spacing:    o.MinSpacing,
 		minHistory: o.MinHistory,
+		staleAfter: o.StaleAfter,
 		maxPools:   o.MaxPools,
 		th:         th,
 		now:        o.Now,
@@ -134,6 +148,15 @@ func NewManager(o Options) *Manager {
 
 // Window is how far back the history reaches.
 func (m *Manager) Window() time.Duration { return m.window }
+
+// StaleAfter is how long after a pool was last seen its recommendation metrics disappear
+// (see Options.StaleAfter).
+func (m *Manager) StaleAfter() time.Duration {
+	if m.staleAfter > 0 {
+		return m.staleAfter
+	}
+	return 2 * max(time.Duration(m.sampleInterval.Load()), TypicalScrapeInterval)
+}
 
 // Observe records the pool samples and server limits of one scrape. It is the exporter's
 // observer (collector.NewExporter) and is cheap: it runs inside every Prometheus scrape.
@@ -235,6 +258,7 @@ func (m *Manager) RunSampler(ctx context.Context, interval, timeout time.Duratio
 		return
 	}
 	defer m.sampling.Store(false)
+	m.sampleInterval.Store(int64(interval))
 	if timeout <= 0 {
 		timeout = interval
 	}

@@ -8,13 +8,20 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.overflowDesc
 }
 
-// Collect implements prometheus.Collector: the recommendation of every configured pool whose
-// history spans at least MinHistory. A pool that matched no configuration gets none, since
-// its current settings are unknown; neither does a pool just seen for the first time, so that
-// a restart does not publish advice drawn from one sample.
+// Collect implements prometheus.Collector: the recommendation of every configured pool of
+// the activity source whose history spans at least MinHistory and that was seen within
+// StaleAfter.
+//
+// Only the activity source's configured pools are the application's own pool, which the
+// metrics' DB_POOL_SIZE and DB_MAX_OVERFLOW configure: PgBouncer and pgxpool pools have other
+// settings (their advice is in the API). A pool that matched no configuration gets none, since
+// its current settings are unknown; neither does a pool just seen for the first time, so that a
+// restart does not publish advice drawn from one sample, nor one not seen for StaleAfter (removed
+// by a reload, or its target down), whose history would otherwise keep it for a whole window.
 func (m *Manager) Collect(ch chan<- prometheus.Metric) {
+	now, stale := m.now(), m.StaleAfter()
 	for _, r := range m.Reports() {
-		if !r.Configured || !r.HasHistory(m.minHistory) {
+		if !r.Configured || !AppPool(r.Source) || !r.HasHistory(m.minHistory) || now.Sub(r.LastSeen) > stale {
 			continue
 		}
 		o := r.Optimization

@@ -73,9 +73,57 @@ type Health struct {
 // Optimization is the seed's optimize_pool_settings plus the .env lines.
 type Optimization struct {
 	advice.Optimization
+	// SettingNames say which settings current_settings and the recommended sizes stand for:
+	// the application's DB_* for the activity source, the pool's own settings otherwise.
+	SettingNames SettingNames `json:"setting_names"`
 	// Env holds DB_POOL_SIZE= and DB_MAX_OVERFLOW= lines ready to paste into .env; empty for
-	// a pool whose settings are unknown.
+	// a pool whose settings are unknown and for pools that are not the application's own
+	// (sources pgbouncer and pgxpool), which DB_* do not configure.
 	Env string `json:"env"`
+}
+
+// SettingNames name a pool's size, overflow and checkout timeout settings in its source's
+// own terms.
+type SettingNames struct {
+	PoolSize    string `json:"pool_size"`
+	MaxOverflow string `json:"max_overflow"`
+	Timeout     string `json:"timeout"`
+}
+
+// settingNames says what pool_size, max_overflow and timeout are called for a source. Only
+// the activity source watches the application's own pool, which the seed's DB_* settings
+// (SQLAlchemy's pool_size, max_overflow, pool_timeout) configure. PgBouncer's pool is
+// default_pool_size, or pool_size of the database in [databases], plus reserve_pool_size;
+// pgxpool has MaxConns and no overflow at all.
+func settingNames(src advice.Source) SettingNames {
+	switch src {
+	case advice.SourceActivity:
+		return SettingNames{"DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT"}
+	case advice.SourcePgBouncer:
+		return SettingNames{"pool_size in [databases] (or default_pool_size)", "reserve_pool_size", "query_wait_timeout"}
+	case advice.SourcePgxpool:
+		return SettingNames{"MaxConns", "none (pgxpool has no overflow)", "the deadline of the Acquire context"}
+	}
+	return SettingNames{"pool_size", "max_overflow", "timeout"}
+}
+
+// AppPool reports whether a source watches the application's own pool, the one that the
+// DB_* settings, the .env lines and the dbpool_recommended_* metrics are about.
+func AppPool(src advice.Source) bool { return src == advice.SourceActivity }
+
+// NoEnvReason says in one line why the report has no .env lines; empty when it has them.
+func (r *Report) NoEnvReason() string {
+	switch {
+	case r.Optimization.Env != "":
+		return ""
+	case !r.Configured:
+		return "this pool matched no configured pool, so its DB_* settings are unknown"
+	}
+	name := map[advice.Source]string{advice.SourcePgBouncer: "PgBouncer"}[r.Source]
+	if name == "" {
+		name = string(r.Source)
+	}
+	return fmt.Sprintf("DB_* configure an application's own pool, not a %s pool: its sizing is in %s's own settings above", name, name)
 }
 
 // HasHistory reports whether the pool's history spans at least min: enough to publish its
@@ -102,6 +150,11 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		StateReasons: []string{},
 	}
 	h := &r.Health
+	r.Optimization.SettingNames = settingNames(a.Source)
+	if s.configured && !AppPool(a.Source) {
+		// advice words its fixes in DB_* terms; this pool has other settings.
+		h.Recommendations = m.foreignFixes(s, h.Recommendations)
+	}
 	// Two server_budget warnings (per instance, whole fleet) come with the same fix: say it once.
 	h.Recommendations = dedupe(h.Recommendations)
 	h.UtilizationPct = round2(h.UtilizationPct)
@@ -114,7 +167,11 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 			r.Status.Capacity = ptr(s.capacity)
 			h.CapacityUtilizationPct = ptr(round2(100 * float64(a.Window.Latest.InUse) / float64(s.capacity)))
 		}
-		r.Optimization.Env = advice.EnvLines(a.Optimization)
+		if AppPool(a.Source) {
+			r.Optimization.Env = advice.EnvLines(a.Optimization)
+		} else {
+			r.Optimization.Optimization = m.foreignSizing(s, in)
+		}
 	} else {
 		// The sizing rules compare with the current settings, which are unknown here (zero):
 		// their messages would be about a pool_size of 0. Say what can be said instead.
