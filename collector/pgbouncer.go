@@ -683,6 +683,10 @@ func buildPgBouncerPools(target string, s *pgbSample) ([]PoolStats, error) {
 	}
 	stats := attributeStats(s.pools, s.stats, dbs, g.authUser)
 
+	poolsPerDB := map[string]int{}
+	for _, p := range s.pools {
+		poolsPerDB[p.database]++
+	}
 	out := make([]PoolStats, 0, len(s.pools))
 	for _, p := range s.pools {
 		if p.database == pgbAdminDatabase {
@@ -752,6 +756,13 @@ func buildPgBouncerPools(target string, s *pgbSample) ([]PoolStats, error) {
 		if st := stats[p.database]; st != nil && st.user == p.user {
 			ps.Checkouts = checkoutStats(st.row, mode)
 		}
+		// The auth_user's pool serves PgBouncer's auth_query, unless the application itself
+		// logs in as that user (then it is the database's only pool).
+		authUser := g.authUser
+		if db != nil && db.authUser != "" {
+			authUser = db.authUser
+		}
+		ps.Auxiliary = authUser != "" && p.user == authUser && poolsPerDB[p.database] > 1
 		out = append(out, ps)
 	}
 	return out, nil

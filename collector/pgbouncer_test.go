@@ -272,6 +272,7 @@ func TestPgBouncerBuildPools(t *testing.T) {
 		open, inUse, pending, ovf int
 		checkouts                 uint64  // 0: no checkout counters
 		sum                       float64 // checkout duration sum
+		aux                       bool    // PgBouncer's own auth_user pool
 	}
 	cases := []struct {
 		name   string
@@ -287,7 +288,7 @@ func TestPgBouncerBuildPools(t *testing.T) {
 			},
 			want: []want{
 				{pool: "app/app", size: 2, maxOver: 1, timeout: 7500 * time.Millisecond, prePing: true, open: 3, inUse: 3, pending: 3, ovf: 1, checkouts: 100, sum: 2.5},
-				{pool: "app/postgres", size: 2, maxOver: 1, timeout: 7500 * time.Millisecond, prePing: true, open: 1},
+				{pool: "app/postgres", size: 2, maxOver: 1, timeout: 7500 * time.Millisecond, prePing: true, open: 1, aux: true},
 			},
 		},
 		{
@@ -329,7 +330,7 @@ func TestPgBouncerBuildPools(t *testing.T) {
 			want: []want{
 				{pool: "db/a", size: 20, timeout: 120 * time.Second, recycle: time.Hour, prePing: true, open: 1, inUse: 1},
 				{pool: "db/b", size: 20, timeout: 120 * time.Second, recycle: time.Hour, prePing: true, open: 1},
-				{pool: "db/postgres", size: 20, timeout: 120 * time.Second, recycle: time.Hour, prePing: true, open: 1},
+				{pool: "db/postgres", size: 20, timeout: 120 * time.Second, recycle: time.Hour, prePing: true, open: 1, aux: true},
 			},
 		},
 		{
@@ -373,6 +374,9 @@ func TestPgBouncerBuildPools(t *testing.T) {
 					if c.Count != w.checkouts || c.DurationSeconds != w.sum || c.Buckets != nil || c.Timeouts != nil {
 						t.Errorf("%s: checkouts %+v, want count %d sum %v, no buckets, no timeouts", w.pool, *c, w.checkouts, w.sum)
 					}
+				}
+				if p.Auxiliary != w.aux {
+					t.Errorf("%s: auxiliary %v, want %v", w.pool, p.Auxiliary, w.aux)
 				}
 				if p.LongestWaitSeconds == nil || *p.LongestWaitSeconds != 0.5 {
 					t.Errorf("%s: longest wait %v, want 0.5 whether or not checkout counters are attributed", w.pool, p.LongestWaitSeconds)

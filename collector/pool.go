@@ -25,8 +25,11 @@ type PoolStats struct {
 
 	// Configured is false for backends that matched no configured pool: no capacity is known.
 	Configured bool
-	Settings   poolcfg.Settings
-	Instances  int
+	// Auxiliary marks a pool the pooler keeps for itself (PgBouncer's auth_user pool, which
+	// serves auth_query): exported like any pool, but not application traffic to advise on.
+	Auxiliary bool
+	Settings  poolcfg.Settings
+	Instances int
 
 	Open     int
 	InUse    int

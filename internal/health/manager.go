@@ -176,7 +176,7 @@ func (m *Manager) Observe(r collector.Result) {
 	fleets := map[string]fleet{}
 	for i := range r.Pools {
 		p := &r.Pools[i]
-		if p.Configured {
+		if p.Configured && !p.Auxiliary {
 			f := fleets[p.Target]
 			f.instances += max(p.Instances, 1)
 			f.capacity += p.Capacity()
@@ -188,6 +188,9 @@ func (m *Manager) Observe(r collector.Result) {
 	}
 	for i := range r.Pools {
 		p := &r.Pools[i]
+		if p.Auxiliary {
+			continue // the pooler's own pool (PgBouncer's auth_user): nothing to advise
+		}
 		k := key{p.Target, p.Pool}
 		st := m.pools[k]
 		if st == nil {

@@ -488,3 +488,25 @@ func TestPageShortensEstimateNote(t *testing.T) {
 		t.Errorf("the page repeats the estimate note or lacks the warning:\n%s", rec.Body.String())
 	}
 }
+
+// TestAuxiliaryPoolsNotAdvised: PgBouncer's own auth_user pool is exported as metrics but is
+// not application traffic: no report, no advice, no share of the server budget.
+func TestAuxiliaryPoolsNotAdvised(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	app := collector.PoolStats{Target: "bouncer", Pool: "app/app", Source: collector.SourcePgBouncer, Exact: true,
+		Configured: true, Settings: settings(3, 2), Instances: 1, Open: 2, InUse: 1}
+	auth := app
+	auth.Pool, auth.Auxiliary = "app/postgres", true
+	m.Observe(collector.Result{Pools: []collector.PoolStats{app, auth}})
+	var names []string
+	for _, r := range m.Reports() {
+		names = append(names, r.Pool)
+	}
+	if !slices.Equal(names, []string{"app/app"}) {
+		t.Errorf("reports for %v, want only app/app", names)
+	}
+	if f := m.fleets["bouncer"]; f.instances != 1 || f.capacity != 5 {
+		t.Errorf("fleet %+v, want only the application pool's 1 instance and capacity 5", f)
+	}
+}
