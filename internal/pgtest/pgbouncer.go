@@ -120,22 +120,13 @@ func StartPgBouncer(p *Postgres, opts PgBouncerOptions) (*PgBouncer, error) {
 	if err := b.writeAuthFile(); err != nil {
 		return nil, err
 	}
-	for attempt := 1; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
+	if err := startOnFreePort(func(port int) error {
 		b.Port = port
 		if err := b.writeConfig(opts); err != nil {
-			return nil, err
+			return err
 		}
-		err = b.start()
-		if err == nil {
-			break
-		}
-		if errors.Is(err, errPortInUse) && attempt < portAttempts {
-			continue
-		}
+		return b.start()
+	}); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()

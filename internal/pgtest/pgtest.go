@@ -138,23 +138,13 @@ func Start(opts Options) (*Postgres, error) {
 	if err := p.writeHBA(); err != nil {
 		return nil, err
 	}
-	for attempt := 1; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
+	if err := startOnFreePort(func(port int) error {
 		p.Port = port
 		if err := p.writeConf(opts); err != nil {
-			return nil, err
+			return err
 		}
-		err = p.startServer()
-		if err == nil {
-			break
-		}
-		// Another process took the port between FreePort and bind.
-		if errors.Is(err, errPortInUse) && attempt < portAttempts {
-			continue
-		}
+		return p.startServer()
+	}); err != nil {
 		return nil, err
 	}
 	if err := p.setSuperuserPassword(); err != nil {
@@ -524,4 +514,19 @@ func (p *Postgres) Close() error {
 	}
 	errs = append(errs, removeTempDir(p.Dir, p.lock))
 	return errors.Join(errs...)
+}
+
+// startOnFreePort calls start with a free loopback port, and again with a new one when
+// another process took the port between freePort and the server's bind (errPortInUse).
+func startOnFreePort(start func(port int) error) error {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		err = start(port)
+		if err == nil || !errors.Is(err, errPortInUse) || attempt >= portAttempts {
+			return err
+		}
+	}
 }
