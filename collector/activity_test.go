@@ -138,13 +138,7 @@ dbpool_up{target="db"} 1
 		t.Error(err)
 	}
 
-	problems, err := testutil.CollectAndLint(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint %s: %s", p.Metric, p.Text)
-	}
+	assertLintClean(t, c)
 
 	mfs := gather(t, tgt, 10*time.Second)
 	api := map[string]string{"pool": "api"}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/internal/pgtest"
@@ -183,4 +184,28 @@ func background(t *testing.T, conn *pgx.Conn, sql string) {
 		cancel()
 		<-done
 	})
+}
+
+// gatherWithin scrapes under deadline and fails the test if the answer came more than a
+// second late: a down, frozen or blocked target must still answer in time.
+func gatherWithin(t *testing.T, tgt Target, deadline time.Duration) map[string]*dto.MetricFamily {
+	t.Helper()
+	start := time.Now()
+	mfs := gather(t, tgt, deadline)
+	if elapsed := time.Since(start); elapsed > deadline+time.Second {
+		t.Errorf("scrape took %v, deadline %v", elapsed, deadline)
+	}
+	return mfs
+}
+
+// assertLintClean runs promtool's metric lint rules over what c exposes.
+func assertLintClean(t *testing.T, c prometheus.Collector) {
+	t.Helper()
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint %s: %s", p.Metric, p.Text)
+	}
 }

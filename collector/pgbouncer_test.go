@@ -575,13 +575,7 @@ dbpool_scrape_success{collector="pgbouncer",target="bouncer"} 1
 		"dbpool_size_connections", "dbpool_up", "dbpool_scrape_success"); err != nil {
 		t.Error(err)
 	}
-	problems, err := testutil.CollectAndLint(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
+	assertLintClean(t, c)
 }
 
 // TestPgBouncerSaturatedPool drives more clients than pool plus reserve hold and checks
@@ -664,13 +658,7 @@ func TestPgBouncerSaturatedPool(t *testing.T) {
 	if _, ok := during["dbpool_checkout_timeouts_total"]; ok {
 		t.Error("dbpool_checkout_timeouts_total is exported, but PgBouncer does not count timeouts")
 	}
-	problems, err := testutil.CollectAndLint(NewExporter([]Target{tgt}, nil).ScrapeCollector(context.Background()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
+	assertLintClean(t, NewExporter([]Target{tgt}, nil).ScrapeCollector(context.Background()))
 
 	wg.Wait()
 	close(errs)
@@ -734,11 +722,7 @@ func TestPgBouncerDownAndRestart(t *testing.T) {
 	const deadline = 2 * time.Second
 	expectUp := func(want float64) {
 		t.Helper()
-		start := time.Now()
-		mfs := gather(t, tgt, deadline)
-		if elapsed := time.Since(start); elapsed > deadline+time.Second {
-			t.Errorf("scrape took %v, deadline %v", elapsed, deadline)
-		}
+		mfs := gatherWithin(t, tgt, deadline)
 		if v := mustValue(t, mfs, "dbpool_up", nil); v != want {
 			t.Errorf("dbpool_up = %v, want %v", v, want)
 		}
@@ -804,11 +788,7 @@ func TestPgBouncerFrozen(t *testing.T) {
 	defer cont()
 	const deadline = 2 * time.Second
 	for range 2 { // the kept connection, then a fresh login
-		start := time.Now()
-		mfs := gather(t, tgt, deadline)
-		if elapsed := time.Since(start); elapsed > deadline+time.Second {
-			t.Errorf("scrape took %v, deadline %v", elapsed, deadline)
-		}
+		mfs := gatherWithin(t, tgt, deadline)
 		if v := mustValue(t, mfs, "dbpool_up", nil); v != 0 {
 			t.Errorf("dbpool_up = %v with PgBouncer frozen", v)
 		}
