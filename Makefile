@@ -50,7 +50,7 @@ test: DEPS_FLAGS += --with-chromium
 test: deps lint tidy-check alerts unit
 
 demo: deps build
-	$(GO) build -o .bin/dbpool-demo ./cmd/dbpool-demo
+	$(GO) build -o .bin/dbpool-demo ./tools/cmd/dbpool-demo
 	./.bin/dbpool-demo --exporter ./$(BIN) $(ARGS)
 
 bench: deps build

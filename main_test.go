@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 func TestScrapeTimeout(t *testing.T) {

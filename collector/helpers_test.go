@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
 const (

@@ -21,8 +21,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/collector"
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
 // deterministicFamilies are the series of a pgxpool whose values a test can know exactly;

@@ -10,8 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // exporterBackends counts the exporter's own sessions (monitoring and probe) on the server.

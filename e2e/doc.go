@@ -1,5 +1,5 @@
 // Package e2e holds the end-to-end test of dbpool_exporter: a real PostgreSQL, the exporter,
-// simulated applications (cmd/poolsim), Prometheus evaluating the shipped alert rules, and
+// simulated applications (tools/cmd/poolsim), Prometheus evaluating the shipped alert rules, and
 // Alertmanager delivering the resulting notifications to a webhook in the test.
 //
 // The test needs the prometheus and prometheus-alertmanager programs (Debian packages of the

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
 // findBinary returns the program named by $envVar, else the first of names found on PATH or

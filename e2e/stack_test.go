@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // ----- Webhook: the Alertmanager receiver.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // livePrometheus is a real Prometheus (Debian's prometheus package) scraping the exporter

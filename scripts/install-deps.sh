@@ -30,7 +30,7 @@ for arg in "$@"; do
 	esac
 done
 
-# Newest PostgreSQL server bin dir, the same rule as internal/pgtest.BinDir.
+# Newest PostgreSQL server bin dir, the same rule as tools/pgtest.BinDir.
 pg_bindir() {
 	local d
 	d=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)

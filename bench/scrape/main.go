@@ -35,7 +35,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dbpool/dbpool_exporter/collector"
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
 const (

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // TestService exhausts the example's one-connection pool: a request that holds the

@@ -21,9 +21,9 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
-	"github.com/dbpool/dbpool_exporter/internal/poolsim"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 )
 
 // The scenarios run a real PostgreSQL (internal/pgtest), a simulated application

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/internal/poolsim"
+	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 )
 
 // runSim starts sim.Run in the background; stop cancels it and returns Run's error.

@@ -27,7 +27,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/dbpool/dbpool_exporter/internal/health"
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
 // exporterConfig watches the server and the PgBouncer in front of it. DSNs come from the
@@ -143,7 +143,7 @@ func demo(ctx context.Context, o options) error {
 		}
 	}
 	if o.poolsim == "" {
-		if o.poolsim, err = build(work, "./cmd/poolsim", "poolsim"); err != nil {
+		if o.poolsim, err = build(work, "./tools/cmd/poolsim", "poolsim"); err != nil {
 			return err
 		}
 	}

@@ -14,7 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/collector"
-	"github.com/dbpool/dbpool_exporter/internal/poolsim"
+	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 )
 
 // gather gathers reg and returns, per pool label, the value of every sample

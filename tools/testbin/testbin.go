@@ -28,7 +28,7 @@ func RepoRoot() string {
 }
 
 // Build builds the main package at pkg (relative to the module root, e.g. "." or
-// "./cmd/poolsim") once per test process and returns the binary's path.
+// "./tools/cmd/poolsim") once per test process and returns the binary's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
 	mu.Lock()
@@ -62,7 +62,7 @@ func Build(t testing.TB, pkg string) string {
 func Exporter(t testing.TB) string { return Build(t, ".") }
 
 // Poolsim builds the simulated pooled application.
-func Poolsim(t testing.TB) string { return Build(t, "./cmd/poolsim") }
+func Poolsim(t testing.TB) string { return Build(t, "./tools/cmd/poolsim") }
 
 // Cleanup removes the built binaries; call it from TestMain after m.Run.
 func Cleanup() {

@@ -30,7 +30,7 @@ import (
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
 
-	"github.com/dbpool/dbpool_exporter/internal/poolsim"
+	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 )
 
 func main() { os.Exit(run()) }

@@ -20,9 +20,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dbpool/dbpool_exporter/internal/pgtest"
-	"github.com/dbpool/dbpool_exporter/internal/poolsim"
-	"github.com/dbpool/dbpool_exporter/internal/testbin"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/poolsim"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 func TestParseSeconds(t *testing.T) {
