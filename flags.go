@@ -38,6 +38,7 @@ type flags struct {
 	pgbouncer       bool
 	maxApplications int
 	pgbouncerDSN    string
+	appURLs         []string
 
 	healthWindow         time.Duration
 	healthSampleInterval time.Duration
@@ -64,6 +65,7 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("collector.probe", "Time a fresh login on every scrape.").Default("true").BoolVar(&f.probe)
 	app.Flag("collector.pgbouncer", "Read PgBouncer admin consoles (--pgbouncer.dsn or pgbouncers: in --config.file).").Default("true").BoolVar(&f.pgbouncer)
 	app.Flag("pgbouncer.dsn", "Connection string of a PgBouncer admin console (database pgbouncer, a user in stats_users or admin_users).").Envar("PGBOUNCER_DSN").PlaceHolder("DSN").StringVar(&f.pgbouncerDSN)
+	app.Flag("app.url", "URL of an application endpoint that serves its pool's own statistics as dbpool-stats JSON (integrations/python); repeatable, one per endpoint, all reporting the pool of the DB_* settings (without --config.file; use apps: in the file otherwise). Basic auth: http://user:password@host:port/path.").PlaceHolder("URL").StringsVar(&f.appURLs)
 	app.Flag("collector.activity.max-applications", "Most application_name groups for backends that match no pool; the rest are reported as pool \"app:other\".").Default("20").IntVar(&f.maxApplications)
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
@@ -110,6 +112,9 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 		if err != nil {
 			return nil, fmt.Errorf("--config.file: %w", err)
 		}
+		if len(f.appURLs) > 0 {
+			return nil, fmt.Errorf("--app.url: with --config.file, list app endpoints under apps: in %s", f.configFile)
+		}
 		return poolcfg.ParseWithDefaults(data, f.configFile, settings)
 	}
 	if f.dsn == "" && f.pgbouncerDSN == "" {
@@ -124,6 +129,9 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 		cfg.PgBouncers = []poolcfg.PgBouncer{{Name: "pgbouncer:" + dsn.DefaultName(), DSN: dsn}}
 	}
 	if f.dsn == "" {
+		if len(f.appURLs) > 0 {
+			return nil, fmt.Errorf("--app.url: an app reports a pool on a PostgreSQL server: set --pg.dsn too")
+		}
 		return cfg, cfg.Validate()
 	}
 	dsn, err := poolcfg.ParseDSN(f.dsn)
@@ -144,6 +152,13 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	}
 	cfg.Targets = []poolcfg.Target{{Name: name, DSN: dsn}}
 	cfg.Pools = []poolcfg.Pool{{Name: f.poolName, Target: name, Match: match, Settings: settings, Instances: f.instances}}
+	for _, raw := range f.appURLs {
+		u, err := poolcfg.ParseAppURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("--app.url: %w", err) // the value may hold a password: not quoted
+		}
+		cfg.Apps = append(cfg.Apps, poolcfg.App{Name: u.DefaultName(), URL: u, Pool: f.poolName})
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -175,6 +190,10 @@ func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, observer
 		if err != nil {
 			return fail(err)
 		}
+		if err := pt.WatchApps(cfg.AppsForTarget(t.Name)); err != nil {
+			pt.Close()
+			return fail(err)
+		}
 		targets = append(targets, pt)
 	}
 	if f.pgbouncer {
@@ -197,6 +216,9 @@ func cfgTargets(cfg *poolcfg.Config) []string {
 	}
 	for _, b := range cfg.PgBouncers {
 		out = append(out, b.Name+" (pgbouncer "+b.DSN.String()+")")
+	}
+	for _, a := range cfg.Apps {
+		out = append(out, "app "+a.Name+" (pool "+a.Pool+", "+a.URL.String()+")")
 	}
 	return out
 }

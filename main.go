@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if f.configCheck {
-		fmt.Fprintf(stdout, "configuration OK: %d target(s), %d pool(s), %d pgbouncer(s)\n", len(cfg.Targets), len(cfg.Pools), len(cfg.PgBouncers))
+		fmt.Fprintf(stdout, "configuration OK: %d target(s), %d pool(s), %d pgbouncer(s), %d app(s)\n", len(cfg.Targets), len(cfg.Pools), len(cfg.PgBouncers), len(cfg.Apps))
 		return 0
 	}
 	if command == adviseCmd.FullCommand() {

@@ -263,8 +263,8 @@ func TestBinary(t *testing.T) {
 		target := fmt.Sprintf("127.0.0.1:%d/postgres", pg.Port)
 		for _, want := range []string{
 			`dbpool_up{target="` + target + `"} 1`,
-			`dbpool_size_connections{pool="default",target="` + target + `"} 4`,
-			`dbpool_max_connections{pool="default",target="` + target + `"} 20`,
+			`dbpool_size_connections{pool="default",source="activity",target="` + target + `"} 4`,
+			`dbpool_max_connections{pool="default",source="activity",target="` + target + `"} 20`,
 			`dbpool_exporter_build_info{`, `version="` + testbin.Version + `"`,
 			`go_goroutines `, `process_resident_memory_bytes `, `promhttp_metric_handler_requests_total`,
 		} {

@@ -67,53 +67,53 @@ func TestActivityRealSessions(t *testing.T) {
 	want := `
 # HELP dbpool_connections Open connections by state, a disjoint breakdown of dbpool_open_connections in the source's own state names.
 # TYPE dbpool_connections gauge
-dbpool_connections{pool="api",state="active",target="db"} 1
-dbpool_connections{pool="api",state="idle",target="db"} 3
-dbpool_connections{pool="api",state="idle in transaction",target="db"} 1
-dbpool_connections{pool="api",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:batch-a",state="active",target="db"} 0
-dbpool_connections{pool="app:batch-a",state="idle",target="db"} 1
-dbpool_connections{pool="app:batch-a",state="idle in transaction",target="db"} 0
-dbpool_connections{pool="app:batch-a",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:batch-b",state="active",target="db"} 0
-dbpool_connections{pool="app:batch-b",state="idle",target="db"} 1
-dbpool_connections{pool="app:batch-b",state="idle in transaction",target="db"} 0
-dbpool_connections{pool="app:batch-b",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:other",state="active",target="db"} 1
-dbpool_connections{pool="app:other",state="idle",target="db"} 1
-dbpool_connections{pool="app:other",state="idle in transaction",target="db"} 1
-dbpool_connections{pool="app:other",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="dbpool_exporter",state="acquired",target="db"} 0
-dbpool_connections{pool="dbpool_exporter",state="constructing",target="db"} 0
-dbpool_connections{pool="dbpool_exporter",state="idle",target="db"} 1
+dbpool_connections{pool="api",source="activity",state="active",target="db"} 1
+dbpool_connections{pool="api",source="activity",state="idle",target="db"} 3
+dbpool_connections{pool="api",source="activity",state="idle in transaction",target="db"} 1
+dbpool_connections{pool="api",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="app:batch-a",source="activity",state="active",target="db"} 0
+dbpool_connections{pool="app:batch-a",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="app:batch-a",source="activity",state="idle in transaction",target="db"} 0
+dbpool_connections{pool="app:batch-a",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="app:batch-b",source="activity",state="active",target="db"} 0
+dbpool_connections{pool="app:batch-b",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="app:batch-b",source="activity",state="idle in transaction",target="db"} 0
+dbpool_connections{pool="app:batch-b",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="app:other",source="activity",state="active",target="db"} 1
+dbpool_connections{pool="app:other",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="app:other",source="activity",state="idle in transaction",target="db"} 1
+dbpool_connections{pool="app:other",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="dbpool_exporter",source="pgxpool",state="acquired",target="db"} 0
+dbpool_connections{pool="dbpool_exporter",source="pgxpool",state="constructing",target="db"} 0
+dbpool_connections{pool="dbpool_exporter",source="pgxpool",state="idle",target="db"} 1
 # HELP dbpool_in_use_connections Connections checked out or busy; never counts idle ones. A lower bound for the activity source.
 # TYPE dbpool_in_use_connections gauge
-dbpool_in_use_connections{pool="api",target="db"} 2
-dbpool_in_use_connections{pool="app:batch-a",target="db"} 0
-dbpool_in_use_connections{pool="app:batch-b",target="db"} 0
-dbpool_in_use_connections{pool="app:other",target="db"} 2
-dbpool_in_use_connections{pool="dbpool_exporter",target="db"} 0
+dbpool_in_use_connections{pool="api",source="activity",target="db"} 2
+dbpool_in_use_connections{pool="app:batch-a",source="activity",target="db"} 0
+dbpool_in_use_connections{pool="app:batch-b",source="activity",target="db"} 0
+dbpool_in_use_connections{pool="app:other",source="activity",target="db"} 2
+dbpool_in_use_connections{pool="dbpool_exporter",source="pgxpool",target="db"} 0
 # HELP dbpool_lock_waiting_connections Connections waiting for a heavyweight lock.
 # TYPE dbpool_lock_waiting_connections gauge
-dbpool_lock_waiting_connections{pool="api",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:batch-a",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:batch-b",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:other",target="db"} 1
+dbpool_lock_waiting_connections{pool="api",source="activity",target="db"} 0
+dbpool_lock_waiting_connections{pool="app:batch-a",source="activity",target="db"} 0
+dbpool_lock_waiting_connections{pool="app:batch-b",source="activity",target="db"} 0
+dbpool_lock_waiting_connections{pool="app:other",source="activity",target="db"} 1
 # HELP dbpool_max_connections Capacity of the pool group: instances x (pool size + max overflow).
 # TYPE dbpool_max_connections gauge
-dbpool_max_connections{pool="api",target="db"} 6
-dbpool_max_connections{pool="dbpool_exporter",target="db"} 1
+dbpool_max_connections{pool="api",source="activity",target="db"} 6
+dbpool_max_connections{pool="dbpool_exporter",source="pgxpool",target="db"} 1
 # HELP dbpool_open_connections Connections the pool group has open (in use plus idle).
 # TYPE dbpool_open_connections gauge
-dbpool_open_connections{pool="api",target="db"} 5
-dbpool_open_connections{pool="app:batch-a",target="db"} 1
-dbpool_open_connections{pool="app:batch-b",target="db"} 1
-dbpool_open_connections{pool="app:other",target="db"} 3
-dbpool_open_connections{pool="dbpool_exporter",target="db"} 1
+dbpool_open_connections{pool="api",source="activity",target="db"} 5
+dbpool_open_connections{pool="app:batch-a",source="activity",target="db"} 1
+dbpool_open_connections{pool="app:batch-b",source="activity",target="db"} 1
+dbpool_open_connections{pool="app:other",source="activity",target="db"} 3
+dbpool_open_connections{pool="dbpool_exporter",source="pgxpool",target="db"} 1
 # HELP dbpool_overflow_connections Connections beyond the pool size: per instance max(0, open - pool size), summed.
 # TYPE dbpool_overflow_connections gauge
-dbpool_overflow_connections{pool="api",target="db"} 3
-dbpool_overflow_connections{pool="dbpool_exporter",target="db"} 0
+dbpool_overflow_connections{pool="api",source="activity",target="db"} 3
+dbpool_overflow_connections{pool="dbpool_exporter",source="pgxpool",target="db"} 0
 # HELP dbpool_server_connections Client backends by state, the exporter's own excluded; unknown where the monitoring role may not see the state.
 # TYPE dbpool_server_connections gauge
 dbpool_server_connections{state="active",target="db"} 2
@@ -125,8 +125,8 @@ dbpool_server_connections{state="idle in transaction (aborted)",target="db"} 0
 dbpool_server_activity_restricted{target="db"} 0
 # HELP dbpool_utilization_ratio In-use connections over the pool group's capacity (0..1).
 # TYPE dbpool_utilization_ratio gauge
-dbpool_utilization_ratio{pool="api",target="db"} 0.3333333333333333
-dbpool_utilization_ratio{pool="dbpool_exporter",target="db"} 0
+dbpool_utilization_ratio{pool="api",source="activity",target="db"} 0.3333333333333333
+dbpool_utilization_ratio{pool="dbpool_exporter",source="pgxpool",target="db"} 0
 # HELP dbpool_up 1 if the exporter reached the target over its monitoring connection during this scrape.
 # TYPE dbpool_up gauge
 dbpool_up{target="db"} 1

@@ -510,32 +510,32 @@ func TestPgBouncerStaticExposition(t *testing.T) {
 	want := `
 # HELP dbpool_checkout_timeout_seconds Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever.
 # TYPE dbpool_checkout_timeout_seconds gauge
-dbpool_checkout_timeout_seconds{pool="app/app",target="bouncer"} 7
-dbpool_checkout_timeout_seconds{pool="app/postgres",target="bouncer"} 7
-dbpool_checkout_timeout_seconds{pool="big/app",target="bouncer"} 7
-dbpool_checkout_timeout_seconds{pool="big/postgres",target="bouncer"} 7
+dbpool_checkout_timeout_seconds{pool="app/app",source="pgbouncer",target="bouncer"} 7
+dbpool_checkout_timeout_seconds{pool="app/postgres",source="pgbouncer",target="bouncer"} 7
+dbpool_checkout_timeout_seconds{pool="big/app",source="pgbouncer",target="bouncer"} 7
+dbpool_checkout_timeout_seconds{pool="big/postgres",source="pgbouncer",target="bouncer"} 7
 # HELP dbpool_instances Configured number of processes that each hold one such pool.
 # TYPE dbpool_instances gauge
-dbpool_instances{pool="app/app",target="bouncer"} 1
-dbpool_instances{pool="app/postgres",target="bouncer"} 1
-dbpool_instances{pool="big/app",target="bouncer"} 1
-dbpool_instances{pool="big/postgres",target="bouncer"} 1
+dbpool_instances{pool="app/app",source="pgbouncer",target="bouncer"} 1
+dbpool_instances{pool="app/postgres",source="pgbouncer",target="bouncer"} 1
+dbpool_instances{pool="big/app",source="pgbouncer",target="bouncer"} 1
+dbpool_instances{pool="big/postgres",source="pgbouncer",target="bouncer"} 1
 # HELP dbpool_max_connections Capacity of the pool group: instances x (pool size + max overflow).
 # TYPE dbpool_max_connections gauge
-dbpool_max_connections{pool="app/app",target="bouncer"} 3
-dbpool_max_connections{pool="app/postgres",target="bouncer"} 3
-dbpool_max_connections{pool="big/app",target="bouncer"} 8
-dbpool_max_connections{pool="big/postgres",target="bouncer"} 8
+dbpool_max_connections{pool="app/app",source="pgbouncer",target="bouncer"} 3
+dbpool_max_connections{pool="app/postgres",source="pgbouncer",target="bouncer"} 3
+dbpool_max_connections{pool="big/app",source="pgbouncer",target="bouncer"} 8
+dbpool_max_connections{pool="big/postgres",source="pgbouncer",target="bouncer"} 8
 # HELP dbpool_max_overflow_connections Configured extra connections per instance beyond the pool size (DB_MAX_OVERFLOW).
 # TYPE dbpool_max_overflow_connections gauge
-dbpool_max_overflow_connections{pool="app/app",target="bouncer"} 1
-dbpool_max_overflow_connections{pool="app/postgres",target="bouncer"} 1
-dbpool_max_overflow_connections{pool="big/app",target="bouncer"} 3
-dbpool_max_overflow_connections{pool="big/postgres",target="bouncer"} 3
+dbpool_max_overflow_connections{pool="app/app",source="pgbouncer",target="bouncer"} 1
+dbpool_max_overflow_connections{pool="app/postgres",source="pgbouncer",target="bouncer"} 1
+dbpool_max_overflow_connections{pool="big/app",source="pgbouncer",target="bouncer"} 3
+dbpool_max_overflow_connections{pool="big/postgres",source="pgbouncer",target="bouncer"} 3
 # HELP dbpool_pgbouncer_info Always 1; the version of the PgBouncer behind the target, from SHOW VERSION.
 # TYPE dbpool_pgbouncer_info gauge
 dbpool_pgbouncer_info{target="bouncer",version="` + consoleVersion(t, b) + `"} 1
-# HELP dbpool_pool_info Always 1; the source that observes the pool (activity: estimate from pg_stat_activity; pgbouncer, pgxpool: exact).
+# HELP dbpool_pool_info Always 1; one series per pool and source that observes it (activity: estimate from pg_stat_activity; pgbouncer, pgxpool, app: exact).
 # TYPE dbpool_pool_info gauge
 dbpool_pool_info{pool="app/app",source="pgbouncer",target="bouncer"} 1
 dbpool_pool_info{pool="app/postgres",source="pgbouncer",target="bouncer"} 1
@@ -543,22 +543,22 @@ dbpool_pool_info{pool="big/app",source="pgbouncer",target="bouncer"} 1
 dbpool_pool_info{pool="big/postgres",source="pgbouncer",target="bouncer"} 1
 # HELP dbpool_pre_ping_enabled 1 if the pool tests connections before use (DB_POOL_PRE_PING).
 # TYPE dbpool_pre_ping_enabled gauge
-dbpool_pre_ping_enabled{pool="app/app",target="bouncer"} 1
-dbpool_pre_ping_enabled{pool="app/postgres",target="bouncer"} 1
-dbpool_pre_ping_enabled{pool="big/app",target="bouncer"} 1
-dbpool_pre_ping_enabled{pool="big/postgres",target="bouncer"} 1
+dbpool_pre_ping_enabled{pool="app/app",source="pgbouncer",target="bouncer"} 1
+dbpool_pre_ping_enabled{pool="app/postgres",source="pgbouncer",target="bouncer"} 1
+dbpool_pre_ping_enabled{pool="big/app",source="pgbouncer",target="bouncer"} 1
+dbpool_pre_ping_enabled{pool="big/postgres",source="pgbouncer",target="bouncer"} 1
 # HELP dbpool_recycle_seconds Configured connection age after which the pool replaces it (DB_POOL_RECYCLE); 0 means never.
 # TYPE dbpool_recycle_seconds gauge
-dbpool_recycle_seconds{pool="app/app",target="bouncer"} 600
-dbpool_recycle_seconds{pool="app/postgres",target="bouncer"} 600
-dbpool_recycle_seconds{pool="big/app",target="bouncer"} 600
-dbpool_recycle_seconds{pool="big/postgres",target="bouncer"} 600
+dbpool_recycle_seconds{pool="app/app",source="pgbouncer",target="bouncer"} 600
+dbpool_recycle_seconds{pool="app/postgres",source="pgbouncer",target="bouncer"} 600
+dbpool_recycle_seconds{pool="big/app",source="pgbouncer",target="bouncer"} 600
+dbpool_recycle_seconds{pool="big/postgres",source="pgbouncer",target="bouncer"} 600
 # HELP dbpool_size_connections Configured permanent connections per instance (DB_POOL_SIZE).
 # TYPE dbpool_size_connections gauge
-dbpool_size_connections{pool="app/app",target="bouncer"} 2
-dbpool_size_connections{pool="app/postgres",target="bouncer"} 2
-dbpool_size_connections{pool="big/app",target="bouncer"} 5
-dbpool_size_connections{pool="big/postgres",target="bouncer"} 5
+dbpool_size_connections{pool="app/app",source="pgbouncer",target="bouncer"} 2
+dbpool_size_connections{pool="app/postgres",source="pgbouncer",target="bouncer"} 2
+dbpool_size_connections{pool="big/app",source="pgbouncer",target="bouncer"} 5
+dbpool_size_connections{pool="big/postgres",source="pgbouncer",target="bouncer"} 5
 # HELP dbpool_up 1 if the exporter reached the target over its monitoring connection during this scrape.
 # TYPE dbpool_up gauge
 dbpool_up{target="bouncer"} 1

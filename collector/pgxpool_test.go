@@ -48,7 +48,7 @@ type poolWant struct {
 // familyHelp lists the deterministic families in exposition order with their TYPE and HELP,
 // as pool.go defines them.
 var familyHelp = [][3]string{
-	{"dbpool_pool_info", "gauge", "Always 1; the source that observes the pool (activity: estimate from pg_stat_activity; pgbouncer, pgxpool: exact)."},
+	{"dbpool_pool_info", "gauge", "Always 1; one series per pool and source that observes it (activity: estimate from pg_stat_activity; pgbouncer, pgxpool, app: exact)."},
 	{"dbpool_size_connections", "gauge", "Configured permanent connections per instance (DB_POOL_SIZE)."},
 	{"dbpool_max_overflow_connections", "gauge", "Configured extra connections per instance beyond the pool size (DB_MAX_OVERFLOW)."},
 	{"dbpool_max_connections", "gauge", "Capacity of the pool group: instances x (pool size + max overflow)."},
@@ -69,10 +69,10 @@ var familyHelp = [][3]string{
 // samples returns the sample lines of one pool by family name.
 func (w poolWant) samples() map[string][]string {
 	capacity := w.size + w.overflowMax
-	l := fmt.Sprintf(`{pool=%q,target=%q}`, w.pool, w.target)
+	l := fmt.Sprintf(`{pool=%q,source="pgxpool",target=%q}`, w.pool, w.target)
 	line := func(name string, v float64) []string { return []string{fmt.Sprintf("%s%s %g", name, l, v)} }
 	state := func(s string, v int) string {
-		return fmt.Sprintf(`dbpool_connections{pool=%q,state=%q,target=%q} %d`, w.pool, s, w.target, v)
+		return fmt.Sprintf(`dbpool_connections{pool=%q,source="pgxpool",state=%q,target=%q} %d`, w.pool, s, w.target, v)
 	}
 	out := map[string][]string{
 		"dbpool_pool_info":                {fmt.Sprintf(`dbpool_pool_info{pool=%q,source="pgxpool",target=%q} 1`, w.pool, w.target)},

@@ -43,6 +43,9 @@ type PoolStats struct {
 
 	Checkouts *CheckoutStats
 
+	// Lifecycle is set by sources that see connections being opened and replaced (app).
+	Lifecycle *LifecycleStats
+
 	// Sessions is set by the activity source only.
 	Sessions *SessionStats
 }
@@ -55,6 +58,15 @@ type CheckoutStats struct {
 	// only has totals, in which case the histogram carries the +Inf bucket alone.
 	Buckets  map[float64]uint64
 	Timeouts *uint64
+}
+
+// LifecycleStats are cumulative counters of what happened to a pool's connections; a nil
+// field is not observed by the source.
+type LifecycleStats struct {
+	Opened          *uint64 // new connections to the server
+	Invalidations   *uint64 // connections discarded as broken
+	Recycles        *uint64 // connections replaced because they reached the recycle age
+	PrePingFailures *uint64 // pre-pings that found a connection dead
 }
 
 // SessionStats are ages and lock waits of a pool's server sessions from pg_stat_activity.
@@ -115,17 +127,23 @@ type poolDescs struct {
 	longestIdleInTransaction *prometheus.Desc
 	oldestConnection         *prometheus.Desc
 	lockWaiting              *prometheus.Desc
+	connectionsOpened        *prometheus.Desc
+	invalidations            *prometheus.Desc
+	recycles                 *prometheus.Desc
+	prePingFailures          *prometheus.Desc
 }
 
-var poolLabels = []string{"target", "pool"}
+// poolLabels are on every pool series. source tells the views of one pool apart: the
+// activity estimate and the application's own exact report can both describe pool "api".
+var poolLabels = []string{"target", "pool", "source"}
 
 func newPoolDesc(name, help string, extra ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, append(poolLabels[:2:2], extra...), nil)
+	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, append(poolLabels[:3:3], extra...), nil)
 }
 
 func newPoolDescs() *poolDescs {
 	return &poolDescs{
-		info:                     newPoolDesc("pool_info", "Always 1; the source that observes the pool (activity: estimate from pg_stat_activity; pgbouncer, pgxpool: exact).", "source"),
+		info:                     newPoolDesc("pool_info", "Always 1; one series per pool and source that observes it (activity: estimate from pg_stat_activity; pgbouncer, pgxpool, app: exact)."),
 		size:                     newPoolDesc("size_connections", "Configured permanent connections per instance (DB_POOL_SIZE)."),
 		maxOverflow:              newPoolDesc("max_overflow_connections", "Configured extra connections per instance beyond the pool size (DB_MAX_OVERFLOW)."),
 		maxConnections:           newPoolDesc("max_connections", "Capacity of the pool group: instances x (pool size + max overflow)."),
@@ -148,6 +166,10 @@ func newPoolDescs() *poolDescs {
 		longestIdleInTransaction: newPoolDesc("longest_idle_in_transaction_seconds", "Time the longest idle-in-transaction session has been idle; 0 when none is."),
 		oldestConnection:         newPoolDesc("oldest_connection_seconds", "Age of the oldest connection, to compare with dbpool_recycle_seconds; 0 when none is open."),
 		lockWaiting:              newPoolDesc("lock_waiting_connections", "Connections waiting for a heavyweight lock."),
+		connectionsOpened:        newPoolDesc("connections_opened_total", "New connections the pool opened to the server."),
+		invalidations:            newPoolDesc("connection_invalidations_total", "Connections the pool discarded as broken (invalidated)."),
+		recycles:                 newPoolDesc("connection_recycles_total", "Connections the pool replaced because they reached the recycle age (DB_POOL_RECYCLE)."),
+		prePingFailures:          newPoolDesc("pre_ping_failures_total", "Pre-pings (DB_POOL_PRE_PING) that found a connection dead before handing it out."),
 	}
 }
 
@@ -157,6 +179,7 @@ func (d *poolDescs) describe(ch chan<- *prometheus.Desc) {
 		d.instances, d.open, d.inUse, d.connections, d.utilization, d.overflow, d.pending, d.checkouts,
 		d.checkoutDuration, d.checkoutTimeouts, d.longestCheckoutWait, d.longestQuery,
 		d.longestTransaction, d.longestIdleInTransaction, d.oldestConnection, d.lockWaiting,
+		d.connectionsOpened, d.invalidations, d.recycles, d.prePingFailures,
 	} {
 		ch <- desc
 	}
@@ -166,12 +189,17 @@ func (d *poolDescs) describe(ch chan<- *prometheus.Desc) {
 // source observed is emitted.
 func (d *poolDescs) appendMetrics(ms []prometheus.Metric, p *PoolStats) []prometheus.Metric {
 	gauge := func(desc *prometheus.Desc, v float64, extra ...string) {
-		ms = append(ms, prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, append([]string{p.Target, p.Pool}, extra...)...))
+		ms = append(ms, prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, append([]string{p.Target, p.Pool, p.Source}, extra...)...))
 	}
 	counter := func(desc *prometheus.Desc, v float64) {
-		ms = append(ms, prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, p.Target, p.Pool))
+		ms = append(ms, prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, p.Target, p.Pool, p.Source))
 	}
-	gauge(d.info, 1, p.Source)
+	optionalCounter := func(desc *prometheus.Desc, v *uint64) {
+		if v != nil {
+			counter(desc, float64(*v))
+		}
+	}
+	gauge(d.info, 1)
 	if p.Configured {
 		s := p.Settings
 		gauge(d.size, float64(s.PoolSize))
@@ -198,10 +226,14 @@ func (d *poolDescs) appendMetrics(ms []prometheus.Metric, p *PoolStats) []promet
 	}
 	if c := p.Checkouts; c != nil {
 		counter(d.checkouts, float64(c.Count))
-		ms = append(ms, prometheus.MustNewConstHistogram(d.checkoutDuration, c.Count, c.DurationSeconds, c.Buckets, p.Target, p.Pool))
-		if c.Timeouts != nil {
-			counter(d.checkoutTimeouts, float64(*c.Timeouts))
-		}
+		ms = append(ms, prometheus.MustNewConstHistogram(d.checkoutDuration, c.Count, c.DurationSeconds, c.Buckets, p.Target, p.Pool, p.Source))
+		optionalCounter(d.checkoutTimeouts, c.Timeouts)
+	}
+	if l := p.Lifecycle; l != nil {
+		optionalCounter(d.connectionsOpened, l.Opened)
+		optionalCounter(d.invalidations, l.Invalidations)
+		optionalCounter(d.recycles, l.Recycles)
+		optionalCounter(d.prePingFailures, l.PrePingFailures)
 	}
 	if p.LongestWaitSeconds != nil {
 		gauge(d.longestCheckoutWait, *p.LongestWaitSeconds)

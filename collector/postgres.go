@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,9 @@ type PostgresTarget struct {
 	warnedRestricted bool
 
 	ownPool *PgxpoolCollector
+
+	apps      []*appEndpoint
+	appClient *http.Client
 }
 
 // NewPostgresTarget prepares a target; it does not connect until the first scrape, so that
@@ -147,7 +151,35 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts 
 const OwnPoolName = ApplicationName
 
 // Close closes the monitoring connections.
-func (t *PostgresTarget) Close() { t.db.Close() }
+func (t *PostgresTarget) Close() {
+	t.db.Close()
+	if t.appClient != nil {
+		t.appClient.CloseIdleConnections()
+	}
+}
+
+// WatchApps adds the application endpoints that report this target's pools themselves
+// (dbpool-stats JSON): each is read on every scrape, in parallel with the server, as the
+// collector app:<name>. Call it before the first scrape.
+func (t *PostgresTarget) WatchApps(apps []poolcfg.App) error {
+	known := map[string]bool{}
+	for _, p := range t.pools {
+		known[p.Name] = true
+	}
+	if t.appClient == nil && len(apps) > 0 {
+		t.appClient = newAppClient()
+	}
+	for _, a := range apps {
+		if !known[a.Pool] {
+			return fmt.Errorf("target %q: app %q reports pool %q, which is not on this target", t.name, a.Name, a.Pool)
+		}
+		t.apps = append(t.apps, &appEndpoint{name: a.Name, url: a.URL, pool: a.Pool, appPool: a.AppPool, target: t.name, client: t.appClient})
+		if pw := a.URL.Password(); pw != "" {
+			t.secrets = append(t.secrets, pw)
+		}
+	}
+	return nil
+}
 
 // Pool is the exporter's own monitoring pool, exported like any other pgxpool.
 func (t *PostgresTarget) Pool() *pgxpool.Pool { return t.db }
@@ -176,12 +208,20 @@ func (t *PostgresTarget) jobs(reached *atomic.Bool) []job {
 	if t.opts.Probe {
 		jobs = append(jobs, job{name: "probe", run: t.collectProbe, timedOut: t.probeTimedOut})
 	}
+	for _, a := range t.apps {
+		jobs = append(jobs, job{name: appCollectorPrefix + a.name, run: a.collect})
+	}
 	return jobs
 }
 
 // finish adds what does not need the server: the exporter's own pool (as metrics only: it
 // is not an application pool to advise on) and the limits last read from the server.
 func (t *PostgresTarget) finish(res *Result) {
+	if len(t.apps) > 0 {
+		var ms []prometheus.Metric
+		res.Pools, ms = mergeAppPools(res.Pools, t.poolDesc)
+		res.Metrics = append(res.Metrics, ms...)
+	}
 	for _, own := range t.ownPool.Samples() {
 		res.Metrics = t.poolDesc.appendMetrics(res.Metrics, &own)
 	}

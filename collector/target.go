@@ -15,7 +15,7 @@ import (
 // password redaction, and the one collection in flight that concurrent scrapes join.
 type targetBase struct {
 	name   string
-	secret string // the DSN's password, scrubbed from logged errors
+	secrets []string // the DSN's and app URLs' passwords, scrubbed from logged errors
 	logger *slog.Logger
 	states *stateLogger
 	health *healthDescs
@@ -23,7 +23,11 @@ type targetBase struct {
 }
 
 func newTargetBase(name, secret string, logger *slog.Logger) targetBase {
-	return targetBase{name: name, secret: secret, logger: logger, states: newStateLogger(logger), health: newHealthDescs()}
+	var secrets []string
+	if secret != "" {
+		secrets = []string{secret}
+	}
+	return targetBase{name: name, secrets: secrets, logger: logger, states: newStateLogger(logger), health: newHealthDescs()}
 }
 
 // Name is the value of the target label.
@@ -31,10 +35,10 @@ func (b *targetBase) Name() string { return b.name }
 
 // redact removes the password from text that may echo connection details.
 func (b *targetBase) redact(s string) string {
-	if b.secret == "" {
-		return s
+	for _, secret := range b.secrets {
+		s = strings.ReplaceAll(s, secret, "xxxxx")
 	}
-	return strings.ReplaceAll(s, b.secret, "xxxxx")
+	return s
 }
 
 // scrapeShared runs the jobs once for all concurrent callers, so that scrapes never stack up

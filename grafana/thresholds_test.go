@@ -50,7 +50,7 @@ var thresholdCases = []struct {
 		panels: []string{"Pool utilization", "Highest utilization"}, unit: "percentunit",
 		steps:  []step{{seedUtilizationTargetAvg, "yellow"}, {seedUtilizationAlert, "red"}, {seedUtilizationTargetPeak, "dark-red"}},
 		metric: "dbpool_utilization_ratio", alert: "DbPoolHighUtilization", alertAt: seedUtilizationAlert,
-		ruleUses: "dbpool_utilization_ratio",
+		ruleUses: "target_pool:dbpool_utilization:ratio",
 	},
 	{
 		name: "2. checkout time", row: "2 · Checkout time",

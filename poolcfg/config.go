@@ -26,6 +26,14 @@ type rawConfig struct {
 	Targets    []rawTarget    `yaml:"targets"`
 	PgBouncers []rawPgBouncer `yaml:"pgbouncers"`
 	Pools      []rawPool      `yaml:"pools"`
+	Apps       []rawApp       `yaml:"apps"`
+}
+
+type rawApp struct {
+	Name    yaml.Node `yaml:"name"`
+	URL     yaml.Node `yaml:"url"`
+	Pool    yaml.Node `yaml:"pool"`
+	AppPool yaml.Node `yaml:"app_pool"`
 }
 
 type rawTarget struct {
@@ -285,6 +293,21 @@ func (p *parser) config(raw *rawConfig) *Config {
 		}
 		c.Pools = append(c.Pools, pool)
 	}
+	for i := range raw.Apps {
+		ra, path := &raw.Apps[i], fmt.Sprintf("apps[%d]", i)
+		app := App{Name: p.name(&ra.Name, path)}
+		app.Pool, _ = p.scalar(&ra.Pool, path+".pool", false)
+		app.AppPool, _ = p.scalar(&ra.AppPool, path+".app_pool", false)
+		// The URL may carry a password in its user info: never echoed in messages.
+		if v, ok := p.scalar(&ra.URL, path+".url", true); ok {
+			u, err := ParseAppURL(v)
+			if err != nil {
+				p.fail(path+".url", fmt.Errorf("%s%s.url: %w", p.w.at(path+".url"), path, err))
+			}
+			app.URL = u
+		}
+		c.Apps = append(c.Apps, app)
+	}
 	return c
 }
 
@@ -407,6 +430,15 @@ func (p *parser) applyDefaults(c *Config, defaults Settings) {
 	for i := range c.PgBouncers {
 		if !given(fmt.Sprintf("pgbouncers[%d].name", i)) && len(c.PgBouncers) == 1 {
 			c.PgBouncers[i].Name = c.PgBouncers[i].DSN.DefaultName()
+		}
+	}
+	for i := range c.Apps {
+		app, path := &c.Apps[i], fmt.Sprintf("apps[%d].", i)
+		if !given(path+"name") && len(c.Apps) == 1 && !app.URL.IsZero() {
+			app.Name = app.URL.DefaultName()
+		}
+		if !given(path+"pool") && len(c.Pools) == 1 {
+			app.Pool = c.Pools[0].Name
 		}
 	}
 	for i := range c.Pools {
@@ -556,7 +588,7 @@ func (c *Config) validate(w *where) []error {
 				fmt.Sprintf("must be between 1 and %d", maxInstances))
 		}
 	}
-	return errs
+	return append(errs, c.validateApps(w)...)
 }
 
 func printable(s string) bool {
@@ -606,6 +638,7 @@ var (
 		"rawPgBouncer": {"a pgbouncer", reflect.TypeFor[rawPgBouncer]()},
 		"rawPool":      {"a pool", reflect.TypeFor[rawPool]()},
 		"rawMatch":     {"match", reflect.TypeFor[rawMatch]()},
+		"rawApp":       {"an app", reflect.TypeFor[rawApp]()},
 	}
 )
 

@@ -55,7 +55,7 @@ func TestParseFull(t *testing.T) {
 		"Settings:{PoolSize:15 MaxOverflow:30 Timeout:10s Recycle:30m0s PrePing:false Echo:true} Instances:3} " +
 		"{Name:worker Target:replica Match:application_name=\"worker\" " +
 		"Settings:{PoolSize:10 MaxOverflow:20 Timeout:2.5s Recycle:1h0m0s PrePing:true Echo:false} Instances:1}] " +
-		"PgBouncers:[{Name:edge DSN:postgres://pgbouncer@127.0.0.1:6432/pgbouncer}]}"
+		"PgBouncers:[{Name:edge DSN:postgres://pgbouncer@127.0.0.1:6432/pgbouncer}] Apps:[]}"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
@@ -199,7 +199,7 @@ func TestParseErrors(t *testing.T) {
 		want       string // the whole error
 	}{
 		{"unknown top-level key", target + "pool:\n  - name: x\n",
-			`c.yml:4: unknown key "pool" in the top level (known keys: targets, pgbouncers, pools)`},
+			`c.yml:4: unknown key "pool" in the top level (known keys: targets, pgbouncers, pools, apps)`},
 		{"unknown pool key", target + "pools:\n  - name: api\n    size: 3\n",
 			`c.yml:6: unknown key "size" in a pool (known keys: name, target, match, pool_size, max_overflow, timeout, recycle, pre_ping, echo, instances)`},
 		{"unknown match key", target + "pools:\n  - name: api\n    match:\n      app_name: api\n",

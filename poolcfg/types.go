@@ -71,4 +71,5 @@ type Config struct {
 	Targets    []Target
 	Pools      []Pool
 	PgBouncers []PgBouncer
+	Apps       []App
 }

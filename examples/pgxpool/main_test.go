@@ -45,7 +45,7 @@ func TestService(t *testing.T) {
 			resp.Body.Close()
 		}
 	})
-	inUse := `dbpool_in_use_connections{pool="example",target="db"} 1`
+	inUse := `dbpool_in_use_connections{pool="example",source="pgxpool",target="db"} 1`
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, m := testbin.Get(t, srv.URL+"/metrics"); strings.Contains(m, inUse) {
 			break
@@ -59,12 +59,12 @@ func TestService(t *testing.T) {
 	}
 	_, metrics := testbin.Get(t, srv.URL+"/metrics")
 	for _, want := range []string{
-		`dbpool_checkout_timeouts_total{pool="example",target="db"} 1`,
-		`dbpool_checkout_timeout_seconds{pool="example",target="db"} 0.1`,
-		`dbpool_in_use_connections{pool="example",target="db"} 1`,
-		`dbpool_pending_checkouts{pool="example",target="db"} 0`,
-		`dbpool_max_connections{pool="example",target="db"} 1`,
-		`dbpool_checkout_duration_seconds_bucket{pool="example",target="db",le="0.05"}`,
+		`dbpool_checkout_timeouts_total{pool="example",source="pgxpool",target="db"} 1`,
+		`dbpool_checkout_timeout_seconds{pool="example",source="pgxpool",target="db"} 0.1`,
+		`dbpool_in_use_connections{pool="example",source="pgxpool",target="db"} 1`,
+		`dbpool_pending_checkouts{pool="example",source="pgxpool",target="db"} 0`,
+		`dbpool_max_connections{pool="example",source="pgxpool",target="db"} 1`,
+		`dbpool_checkout_duration_seconds_bucket{pool="example",source="pgxpool",target="db",le="0.05"}`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(metrics, want) {

@@ -29,11 +29,14 @@ const (
 	SourcePgBouncer Source = "pgbouncer"
 	// SourcePgxpool reads a *pgxpool.Pool in a Go process: exact.
 	SourcePgxpool Source = "pgxpool"
+	// SourceApp is the application's SQLAlchemy pool as the application itself reports it
+	// (integrations/python): exact, and configured by the DB_* settings.
+	SourceApp Source = "app"
 )
 
 // Exact reports whether the source sees the pool itself rather than estimating it from the
 // server side.
-func (s Source) Exact() bool { return s == SourcePgBouncer || s == SourcePgxpool }
+func (s Source) Exact() bool { return s == SourcePgBouncer || s == SourcePgxpool || s == SourceApp }
 
 // Pool describes one pool group: the same settings on Instances processes.
 type Pool struct {

@@ -173,9 +173,10 @@ func (m *Manager) Observe(r collector.Result) {
 	}
 	// The configured pools of a target appear in every successful sample of it, so one
 	// result gives the whole fleet sharing that server's connections.
+	pools := preferExact(r.Pools)
 	fleets := map[string]fleet{}
-	for i := range r.Pools {
-		p := &r.Pools[i]
+	for _, o := range pools {
+		p := o.stats
 		if p.Configured && !p.Auxiliary {
 			f := fleets[p.Target]
 			f.instances += max(p.Instances, 1)
@@ -186,13 +187,19 @@ func (m *Manager) Observe(r collector.Result) {
 	for t, f := range fleets {
 		m.fleets[t] = f
 	}
-	for i := range r.Pools {
-		p := &r.Pools[i]
+	for _, o := range pools {
+		p := o.stats
 		if p.Auxiliary {
 			continue // the pooler's own pool (PgBouncer's auth_user): nothing to advise
 		}
 		k := key{p.Target, p.Pool}
 		st := m.pools[k]
+		if st != nil && st.pool.Source == advice.SourceApp && p.Source == collector.SourceActivity &&
+			now.Sub(st.lastSeen) < m.StaleAfter() {
+			// The app endpoint missed this scrape: keep the history exact rather than mix
+			// in the estimate, until the app has been silent for long.
+			continue
+		}
 		if st == nil {
 			if len(m.pools) >= m.maxPools && !m.makeRoom(now, p.Configured) {
 				continue
@@ -204,7 +211,7 @@ func (m *Manager) Observe(r collector.Result) {
 		st.configured = p.Configured
 		st.capacity = p.Capacity()
 		st.lastSeen = now
-		st.hist.Add(SampleFromStats(p, now))
+		st.hist.Add(o.sample(now))
 	}
 	m.forget(now)
 }

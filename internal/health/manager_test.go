@@ -510,3 +510,63 @@ func TestAuxiliaryPoolsNotAdvised(t *testing.T) {
 		t.Errorf("fleet %+v, want only the application pool's 1 instance and capacity 5", f)
 	}
 }
+
+// appPool is pool name on target as the application reports it itself (app source).
+func appPool(target, name string, size, overflow, instances, inUse int) collector.PoolStats {
+	timeouts := uint64(2)
+	return collector.PoolStats{
+		Target: target, Pool: name, Source: collector.SourceApp, Exact: true,
+		Configured: true, Settings: settings(size, overflow), Instances: instances,
+		Open: inUse + 1, InUse: inUse, Overflow: max(0, inUse+1-instances*size),
+		States:    map[string]int{collector.StateCheckedOut: inUse, collector.StateCheckedIn: 1},
+		Pending:   new(0),
+		Checkouts: &collector.CheckoutStats{Count: 10, DurationSeconds: 0.1, Timeouts: &timeouts},
+	}
+}
+
+// TestPrefersExactView: where the application reports its pool and pg_stat_activity sees the
+// same pool, the report is the exact one, with idle-in-transaction and query ages from the
+// server, counted once in the target's fleet; a scrape that misses the app endpoint does not
+// mix the estimate into the history.
+func TestPrefersExactView(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: time.Minute, Now: c.now})
+	server := activityPool("db", "api", 5, 10, 2, 1) // sees 1 in use: the rest look idle
+	server.States[collector.StateIdleInTransaction] = 3
+	server.Sessions.LongestQuerySeconds = 42
+	for range 3 {
+		m.Observe(collector.Result{Pools: []collector.PoolStats{server, appPool("db", "api", 5, 10, 2, 7)}})
+		c.add(time.Second)
+	}
+	m.Observe(collector.Result{Pools: []collector.PoolStats{server}}) // the app endpoint failed
+	reports := m.Reports()
+	if len(reports) != 1 {
+		t.Fatalf("%d reports, want one for db/api: %+v", len(reports), reports)
+	}
+	r := reports[0]
+	if r.Source != advice.SourceApp || !r.Exact {
+		t.Errorf("source %q exact %v, want the app's exact view", r.Source, r.Exact)
+	}
+	w := r.Window
+	if w.Latest.InUse != 7 || w.PeakInUse != 7 || w.Samples != 3 {
+		t.Errorf("latest in use %d, peak %d, %d samples; want the app's 7 in use in all 3 samples", w.Latest.InUse, w.PeakInUse, w.Samples)
+	}
+	if got := deref(w.Latest.IdleInTransaction); got != 3 {
+		t.Errorf("idle in transaction %v, want the server's 3", got)
+	}
+	if got := deref(w.Latest.LongestQuerySeconds); got != 42.0 {
+		t.Errorf("longest query %v, want the server's 42", got)
+	}
+	if got := deref(w.Latest.TimeoutsTotal); got != 2.0 {
+		t.Errorf("timeouts %v, want the app's 2", got)
+	}
+	if r.Optimization.Env == "" {
+		t.Error("an app pool is configured by DB_*: the report should carry .env lines")
+	}
+	m.mu.Lock()
+	f := m.fleets["db"]
+	m.mu.Unlock()
+	if f.instances != 2 || f.capacity != 30 {
+		t.Errorf("fleet of db: %+v, want the pool counted once (2 instances, capacity 30)", f)
+	}
+}

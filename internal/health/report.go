@@ -90,14 +90,14 @@ type SettingNames struct {
 	Timeout     string `json:"timeout"`
 }
 
-// settingNames says what pool_size, max_overflow and timeout are called for a source. Only
-// the activity source watches the application's own pool, which the seed's DB_* settings
+// settingNames says what pool_size, max_overflow and timeout are called for a source. The
+// activity and app sources watch the application's own pool, which the seed's DB_* settings
 // (SQLAlchemy's pool_size, max_overflow, pool_timeout) configure. PgBouncer's pool is
 // default_pool_size, or pool_size of the database in [databases], plus reserve_pool_size;
 // pgxpool has MaxConns and no overflow at all.
 func settingNames(src advice.Source) SettingNames {
 	switch src {
-	case advice.SourceActivity:
+	case advice.SourceActivity, advice.SourceApp:
 		return SettingNames{"DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT"}
 	case advice.SourcePgBouncer:
 		return SettingNames{"pool_size in [databases] (or default_pool_size)", "reserve_pool_size", "query_wait_timeout"}
@@ -109,7 +109,7 @@ func settingNames(src advice.Source) SettingNames {
 
 // AppPool reports whether a source watches the application's own pool, the one that the
 // DB_* settings, the .env lines and the dbpool_recommended_* metrics are about.
-func AppPool(src advice.Source) bool { return src == advice.SourceActivity }
+func AppPool(src advice.Source) bool { return src == advice.SourceActivity || src == advice.SourceApp }
 
 // NoEnvReason says in one line why the report has no .env lines; empty when it has them.
 func (r *Report) NoEnvReason() string {

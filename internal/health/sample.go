@@ -29,6 +29,9 @@ func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
 		if p.Sessions != nil {
 			s.LongestQuerySeconds = ptr(p.Sessions.LongestQuerySeconds)
 		}
+	case collector.SourceApp:
+		s.Active = p.InUse
+		s.Idle = p.States[collector.StateCheckedIn]
 	case collector.SourcePgBouncer:
 		s.Active = p.InUse
 		// used and tested are server connections waiting for, or passing, their check
@@ -48,6 +51,49 @@ func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
 		if c.Timeouts != nil {
 			s.TimeoutsTotal = ptr(float64(*c.Timeouts))
 		}
+	}
+	return s
+}
+
+// observed is one pool's sample of one scrape: the exact one where there is one, and beside
+// it the activity sample of the same pool, whose server-side facts no pool-side view has.
+type observed struct {
+	stats  *collector.PoolStats
+	server *collector.PoolStats
+}
+
+// preferExact keeps one sample per (target, pool). Where the application reports its pool
+// itself (app) and pg_stat_activity sees the same pool, the exact numbers win; the activity
+// sample is kept beside it for idle-in-transaction and query ages.
+func preferExact(pools []collector.PoolStats) []observed {
+	app := map[key]int{}
+	for i := range pools {
+		if pools[i].Source == collector.SourceApp {
+			app[key{pools[i].Target, pools[i].Pool}] = i
+		}
+	}
+	out := make([]observed, 0, len(pools))
+	server := map[key]*collector.PoolStats{}
+	for i := range pools {
+		p := &pools[i]
+		if _, ok := app[key{p.Target, p.Pool}]; ok && p.Source == collector.SourceActivity {
+			server[key{p.Target, p.Pool}] = p
+			continue
+		}
+		out = append(out, observed{stats: p})
+	}
+	for i := range out {
+		out[i].server = server[key{out[i].stats.Target, out[i].stats.Pool}]
+	}
+	return out
+}
+
+// sample is the advice sample of o: the exact one, with what only the server sees.
+func (o observed) sample(t time.Time) advice.Sample {
+	s := SampleFromStats(o.stats, t)
+	if o.server != nil {
+		srv := SampleFromStats(o.server, t)
+		s.IdleInTransaction, s.LongestQuerySeconds = srv.IdleInTransaction, srv.LongestQuerySeconds
 	}
 	return s
 }

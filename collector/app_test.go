@@ -1,0 +1,295 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// appInstanceJSON is one instance of a dbpool-stats document, as integrations/python
+// writes it.
+func appInstanceJSON(pool, instance string, out, in, overflow, total int, count, timeouts uint64) string {
+	return fmt.Sprintf(`{"pool": %q, "instance": %q, "pid": 1, "pool_class": "QueuePool", "collected_at": 1.5,
+  "settings": {"pool_size": 2, "max_overflow": 3, "timeout_seconds": 0.5, "recycle_seconds": 60, "pre_ping": true, "echo": false},
+  "status": {"pool_size": 2, "max_overflow": 3, "checked_out": %d, "checked_in": %d, "overflow": %d, "total_connections": %d},
+  "pending_checkouts": 1, "longest_checkout_wait_seconds": 0.25,
+  "checkouts": {"count": %d, "failed": %d, "sum_seconds": 1.5,
+    "buckets": [{"le": 0.001, "count": 1}, {"le": 0.05, "count": %d}, {"le": 30, "count": %d}], "timeouts": %d},
+  "connects": 4, "invalidations": 1, "recycles": 2, "pre_ping_failures": 1, "a_future_field": {"ignored": true}}`,
+		pool, instance, out, in, overflow, total, count, timeouts, count-timeouts, count, timeouts)
+}
+
+func appDocJSON(instances ...string) string {
+	return `{"format": "dbpool-stats", "version": 1, "generated_at": 2.5, "instances": [` + strings.Join(instances, ",") + `]}`
+}
+
+func TestAppDocumentRejectsGarbage(t *testing.T) {
+	good := appInstanceJSON("api", "h:1", 1, 1, 0, 2, 5, 1)
+	tests := []struct {
+		name, body, appPool, want string
+	}{
+		{"not JSON", `<html>oops</html>`, "", "not a dbpool-stats JSON document"},
+		{"other format", `{"format": "prometheus", "version": 1, "instances": []}`, "", `"format" must be "dbpool-stats"`},
+		{"no version", `{"format": "dbpool-stats", "instances": []}`, "", `without "version"`},
+		{"future version", `{"format": "dbpool-stats", "version": 2, "instances": []}`, "", "version 2: this exporter reads version 1"},
+		{"wrong type", `{"format": "dbpool-stats", "version": 1, "instances": [{"instance": "h:1", "status": {"checked_out": "three"}}]}`, "", "not a dbpool-stats JSON document"},
+		{"no instance id", appDocJSON(`{"pool": "api", "status": {}}`), "", `an instance without "instance"`},
+		{"twice", appDocJSON(good, good), "", `instance "h:1" of pool "api" is reported twice`},
+		{"several pools", appDocJSON(good, appInstanceJSON("jobs", "h:1", 0, 0, -2, 0, 0, 0)), "", `several pools ("api", "jobs"): set app_pool`},
+		{"no status", appDocJSON(`{"pool": "api", "instance": "h:2"}`), "", `instance "h:2": no "status"`},
+		{"negative count", appDocJSON(appInstanceJSON("api", "h:1", -1, 0, 0, 0, 0, 0)), "", "negative connection count"},
+		{"bounds fall", appDocJSON(strings.Replace(good, `{"le": 0.05`, `{"le": 0.0001`, 1)), "", "bounds must rise"},
+		{"counts fall", appDocJSON(strings.Replace(good, `{"le": 0.001, "count": 1}`, `{"le": 0.001, "count": 5}`, 1)), "", "counts must be cumulative"},
+		{"bucket above count", appDocJSON(strings.Replace(good, `"count": 5, "failed"`, `"count": 3, "failed"`, 1)), "", "counts must be cumulative"},
+		{"negative pending", appDocJSON(strings.Replace(good, `"pending_checkouts": 1`, `"pending_checkouts": -1`, 1)), "", "pending_checkouts -1 is negative"},
+		{"bad recycle", appDocJSON(strings.Replace(good, `"recycle_seconds": 60`, `"recycle_seconds": -5`, 1)), "", "recycle_seconds -5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc, err := parseAppDoc([]byte(tt.body))
+			if err == nil {
+				var ins []appInstance
+				if ins, err = selectInstances(doc, tt.appPool); err == nil {
+					for i := range ins {
+						if _, err = instanceStats(&ins[i]); err != nil {
+							err = fmt.Errorf("instance %q: %w", ins[i].Instance, err)
+							break
+						}
+					}
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// closedAddr is a loopback address where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// closedPortDSN is a DSN of a port where nothing listens: the server part of a target
+// fails at once, which leaves the app endpoints to show.
+func closedPortDSN(t *testing.T) string {
+	return "postgres://monitor:db-Secret-1@" + closedAddr(t) + "/postgres?sslmode=disable&connect_timeout=2"
+}
+
+func mustAppURL(t *testing.T, s string) poolcfg.AppURL {
+	t.Helper()
+	u, err := poolcfg.ParseAppURL(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// TestAppEndpointsMergeIntoOnePool: two endpoints of pool "api" (one with two instances, and
+// one that also reports a pool the exporter must skip) add up to one exact sample, while
+// the database itself is down.
+func TestAppEndpointsMergeIntoOnePool(t *testing.T) {
+	var mu sync.Mutex
+	var auth []string
+	serve := func(body string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			auth = append(auth, r.Header.Get("Authorization"))
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, body)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	a := serve(appDocJSON(appInstanceJSON("api", "a:1", 2, 0, 0, 2, 10, 2), appInstanceJSON("api", "a:2", 4, 1, 3, 5, 20, 0)))
+	b := serve(appDocJSON(appInstanceJSON("api", "b:1", 1, 1, 0, 2, 5, 1), appInstanceJSON("jobs", "b:1", 9, 9, 9, 18, 99, 9)))
+
+	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 3}}
+	var logs bytes.Buffer
+	tgt := newTestTarget(t, closedPortDSN(t), pools, &logs, func(o *PostgresOptions) { o.Probe = false })
+	withAuth := strings.Replace(b.URL, "http://", "http://scraper:app-Secret-99@", 1)
+	if err := tgt.WatchApps([]poolcfg.App{
+		{Name: "a", URL: mustAppURL(t, a.URL), Pool: "api"},
+		{Name: "b", URL: mustAppURL(t, withAuth), Pool: "api", AppPool: "api"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := withoutOwnPool{NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx)}
+	// Three instances: 2+4+1 checked out, overflow 0+3+0, open 2+5+2.
+	want := `
+# HELP dbpool_in_use_connections Connections checked out or busy; never counts idle ones. A lower bound for the activity source.
+# TYPE dbpool_in_use_connections gauge
+dbpool_in_use_connections{pool="api",source="app",target="db"} 7
+# HELP dbpool_open_connections Connections the pool group has open (in use plus idle).
+# TYPE dbpool_open_connections gauge
+dbpool_open_connections{pool="api",source="app",target="db"} 9
+# HELP dbpool_overflow_connections Connections beyond the pool size: per instance max(0, open - pool size), summed.
+# TYPE dbpool_overflow_connections gauge
+dbpool_overflow_connections{pool="api",source="app",target="db"} 3
+# HELP dbpool_connections Open connections by state, a disjoint breakdown of dbpool_open_connections in the source's own state names.
+# TYPE dbpool_connections gauge
+dbpool_connections{pool="api",source="app",state="checked_in",target="db"} 2
+dbpool_connections{pool="api",source="app",state="checked_out",target="db"} 7
+# HELP dbpool_instances Configured number of processes that each hold one such pool.
+# TYPE dbpool_instances gauge
+dbpool_instances{pool="api",source="app",target="db"} 3
+# HELP dbpool_max_connections Capacity of the pool group: instances x (pool size + max overflow).
+# TYPE dbpool_max_connections gauge
+dbpool_max_connections{pool="api",source="app",target="db"} 15
+# HELP dbpool_utilization_ratio In-use connections over the pool group's capacity (0..1).
+# TYPE dbpool_utilization_ratio gauge
+dbpool_utilization_ratio{pool="api",source="app",target="db"} 0.4666666666666667
+# HELP dbpool_pending_checkouts Callers waiting for a connection right now.
+# TYPE dbpool_pending_checkouts gauge
+dbpool_pending_checkouts{pool="api",source="app",target="db"} 3
+# HELP dbpool_checkout_timeouts_total Checkouts that gave up waiting because the pool was exhausted.
+# TYPE dbpool_checkout_timeouts_total counter
+dbpool_checkout_timeouts_total{pool="api",source="app",target="db"} 3
+# HELP dbpool_checkout_duration_seconds Time callers waited to check out a connection.
+# TYPE dbpool_checkout_duration_seconds histogram
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.001"} 3
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.05"} 32
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="30"} 35
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="+Inf"} 35
+dbpool_checkout_duration_seconds_sum{pool="api",source="app",target="db"} 4.5
+dbpool_checkout_duration_seconds_count{pool="api",source="app",target="db"} 35
+# HELP dbpool_pre_ping_failures_total Pre-pings (DB_POOL_PRE_PING) that found a connection dead before handing it out.
+# TYPE dbpool_pre_ping_failures_total counter
+dbpool_pre_ping_failures_total{pool="api",source="app",target="db"} 3
+# HELP dbpool_connection_recycles_total Connections the pool replaced because they reached the recycle age (DB_POOL_RECYCLE).
+# TYPE dbpool_connection_recycles_total counter
+dbpool_connection_recycles_total{pool="api",source="app",target="db"} 6
+# HELP dbpool_checkout_timeout_seconds Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever.
+# TYPE dbpool_checkout_timeout_seconds gauge
+dbpool_checkout_timeout_seconds{pool="api",source="app",target="db"} 0.5
+# HELP dbpool_up 1 if the exporter reached the target over its monitoring connection during this scrape.
+# TYPE dbpool_up gauge
+dbpool_up{target="db"} 0
+# HELP dbpool_scrape_success 1 if the collector succeeded during this scrape.
+# TYPE dbpool_scrape_success gauge
+dbpool_scrape_success{collector="activity",target="db"} 0
+dbpool_scrape_success{collector="app:a",target="db"} 1
+dbpool_scrape_success{collector="app:b",target="db"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+		"dbpool_in_use_connections", "dbpool_open_connections", "dbpool_overflow_connections", "dbpool_connections",
+		"dbpool_instances", "dbpool_max_connections", "dbpool_utilization_ratio", "dbpool_pending_checkouts",
+		"dbpool_checkout_timeouts_total", "dbpool_checkout_duration_seconds", "dbpool_pre_ping_failures_total",
+		"dbpool_connection_recycles_total", "dbpool_checkout_timeout_seconds", "dbpool_up", "dbpool_scrape_success"); err != nil {
+		t.Fatal(err)
+	}
+	assertLintClean(t, c)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.HasPrefix(auth[len(auth)-1], "Basic ") && !strings.HasPrefix(auth[len(auth)-2], "Basic ") {
+		t.Errorf("the URL's user info was not sent as basic auth: %q", auth)
+	}
+	if strings.Contains(logs.String(), "app-Secret-99") || strings.Contains(logs.String(), "db-Secret-1") {
+		t.Errorf("a password reached the log:\n%s", logs.String())
+	}
+}
+
+// TestAppEndpointFailures: an endpoint that is down, answers an error, answers garbage or
+// hangs fails its own collector within the deadline, logs why, and leaves the others.
+func TestAppEndpointFailures(t *testing.T) {
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, appDocJSON(appInstanceJSON("api", "g:1", 1, 0, 0, 1, 1, 0)))
+	}))
+	defer good.Close()
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "worker restarting", http.StatusServiceUnavailable)
+	}))
+	defer failing.Close()
+	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `{"format": "dbpool-stats", "version": 1, "instances": [{"instance": "x", "status": {"checked_out": -4}}]}`)
+	}))
+	defer garbage.Close()
+	release := make(chan struct{})
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hanging.Close()
+	defer close(release)
+	down := "http://" + closedAddr(t) + "/dbpool"
+
+	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
+	var logs bytes.Buffer
+	tgt := newTestTarget(t, closedPortDSN(t), pools, &logs, func(o *PostgresOptions) { o.Probe = false })
+	if err := tgt.WatchApps([]poolcfg.App{
+		{Name: "good", URL: mustAppURL(t, good.URL), Pool: "api"},
+		{Name: "failing", URL: mustAppURL(t, failing.URL), Pool: "api"},
+		{Name: "garbage", URL: mustAppURL(t, garbage.URL), Pool: "api"},
+		{Name: "hanging", URL: mustAppURL(t, hanging.URL), Pool: "api"},
+		{Name: "down", URL: mustAppURL(t, down), Pool: "api"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gatherWithin(t, tgt, 2*time.Second)
+	for name, want := range map[string]float64{"app:good": 1, "app:failing": 0, "app:garbage": 0, "app:hanging": 0, "app:down": 0} {
+		if got := mustValue(t, mfs, "dbpool_scrape_success", map[string]string{"collector": name}); got != want {
+			t.Errorf("dbpool_scrape_success{collector=%q} = %v, want %v", name, got, want)
+		}
+	}
+	if got := mustValue(t, mfs, "dbpool_in_use_connections", map[string]string{"source": "app"}); got != 1 {
+		t.Errorf("in use from the good endpoint = %v, want 1", got)
+	}
+	for _, want := range []string{"HTTP 503 Service Unavailable", "negative connection count", "connection refused", "context deadline exceeded"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+// withoutOwnPool hides the exporter's own monitoring pool, whose checkout timings vary.
+type withoutOwnPool struct{ prometheus.Collector }
+
+func (w withoutOwnPool) Collect(ch chan<- prometheus.Metric) {
+	all := make(chan prometheus.Metric)
+	go func() { w.Collector.Collect(all); close(all) }()
+	for m := range all {
+		var d dto.Metric
+		if err := m.Write(&d); err == nil && !slices.ContainsFunc(d.GetLabel(), func(l *dto.LabelPair) bool {
+			return l.GetName() == "pool" && l.GetValue() == OwnPoolName
+		}) {
+			ch <- m
+		}
+	}
+}
+
+func TestWatchAppsRefusesForeignPool(t *testing.T) {
+	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
+	tgt := newTestTarget(t, closedPortDSN(t), pools, nil, nil)
+	err := tgt.WatchApps([]poolcfg.App{{Name: "x", URL: mustAppURL(t, "http://127.0.0.1:1/"), Pool: "jobs"}})
+	if err == nil || !strings.Contains(err.Error(), `pool "jobs", which is not on this target`) {
+		t.Fatalf("err = %v", err)
+	}
+}
