@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
@@ -46,11 +48,8 @@ func findBinary(t *testing.T, envVar string, names ...string) string {
 
 // process is a child process whose output goes to a log file in the test's temp dir.
 type process struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error // Wait's result, valid once done is closed
+	name string
+	*childproc.Process
 }
 
 // startProcess starts bin and registers its termination with t.Cleanup. args and env are
@@ -59,74 +58,37 @@ type process struct {
 // programs do.
 func startProcess(t *testing.T, dir, name, bin string, env []string, args ...string) *process {
 	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	cp, err := childproc.Start(childproc.Spec{
+		Name:    name,
+		Path:    bin,
+		Args:    args,
+		Env:     append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "LC_ALL=C"}, env...),
+		Dir:     dir,
+		LogFile: filepath.Join(dir, name+".log"),
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "LC_ALL=C"}, env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// A test binary that dies (timeout, Ctrl-C) takes its children along.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s (%s): %v", name, bin, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() { p.stop(t) })
+	p := &process{name: name, Process: cp}
+	t.Cleanup(func() {
+		if err := p.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
+			t.Log(err)
+		}
+	})
 	return p
 }
 
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM, and SIGKILL if the process is still there after a grace period.
-func (p *process) stop(t *testing.T) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	t.Logf("%s ignored SIGTERM for 10s and was killed", p.name)
-}
+func (p *process) exited() bool { return p.Exited() }
 
 // logTail returns the last n lines of the process's output.
-func (p *process) logTail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", p.logPath, err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *process) logTail(n int) string { return p.Tail(n) }
 
 // status describes a process that exited, for failure messages.
 func (p *process) status() string {
-	if !p.exited() {
+	if !p.Exited() {
 		return p.name + " is running"
 	}
-	return fmt.Sprintf("%s exited (%v)", p.name, p.err)
+	return fmt.Sprintf("%s exited (%v)", p.name, p.Err())
 }
 
 // errPortTaken means the server lost the race for its free port to another process.
@@ -145,7 +107,10 @@ func startServer(t *testing.T, dir, name, bin string, env []string, readyPath st
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		p := startProcess(t, dir, name, bin, env, args(addr)...)
-		err = waitHTTP(p, "http://"+addr+readyPath, 60*time.Second)
+		err = p.WaitReady(context.Background(), 60*time.Second, 100*time.Millisecond, childproc.HTTPReady("http://"+addr+readyPath))
+		if errors.Is(err, childproc.ErrExited) && strings.Contains(p.Output(), "address already in use") {
+			err = fmt.Errorf("%w: %w", errPortTaken, err)
+		}
 		if err == nil {
 			return p, addr
 		}
@@ -157,35 +122,6 @@ func startServer(t *testing.T, dir, name, bin string, env []string, readyPath st
 	}
 	t.Fatalf("%s did not start: %v", name, lastErr)
 	return nil, ""
-}
-
-// waitHTTP polls url until it answers 200, p exits, or timeout passes.
-func waitHTTP(p *process, url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		if p.exited() {
-			tail := p.logTail(30)
-			err := fmt.Errorf("%s\n--- %s output (tail) ---\n%s", p.status(), p.name, tail)
-			if strings.Contains(tail, "address already in use") {
-				err = fmt.Errorf("%w: %w", errPortTaken, err)
-			}
-			return err
-		}
-		code, body, err := httpGet(url)
-		if err == nil && code == http.StatusOK {
-			return nil
-		}
-		if err != nil {
-			last = err.Error()
-		} else {
-			last = fmt.Sprintf("HTTP %d: %.200s", code, body)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v (last answer: %s)\n--- %s output (tail) ---\n%s", url, timeout, last, p.name, p.logTail(30))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}

@@ -1,6 +1,8 @@
 package pgtest
 
 import (
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
+
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +67,7 @@ type PgBouncer struct {
 	lock                     *os.File // flock on Dir while this process owns it
 
 	mu     sync.Mutex
-	proc   *proc
+	proc   *childproc.Process
 	closed bool
 }
 
@@ -259,21 +261,14 @@ func (b *PgBouncer) writeOwned(path, content string) error {
 func (b *PgBouncer) start() error {
 	// Messages from before the logfile is open (config errors) go to stderr.
 	errPath := filepath.Join(b.Dir, "pgbouncer.stderr")
-	errf, err := os.OpenFile(errPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	offset := logSize(b.LogFile)
+	pr, err := childproc.Start(b.owner.spec(errPath, b.bin, "-q", b.ConfigFile))
 	if err != nil {
 		return err
 	}
-	defer errf.Close()
-	offset := logSize(b.LogFile)
-	cmd := b.owner.command(b.bin, "-q", b.ConfigFile)
-	cmd.Stdout, cmd.Stderr = errf, errf
-	pr, err := startProc(cmd)
-	if err != nil {
-		return fmt.Errorf("start pgbouncer: %w", err)
-	}
 	if err := b.waitReady(pr, offset); err != nil {
-		_ = pr.stop(syscall.SIGKILL, 5*time.Second)
-		tail := logTailSince(b.LogFile, offset, logTailLines) + "\n" + logTail(errPath, 10)
+		_ = pr.Stop(syscall.SIGKILL, 5*time.Second)
+		tail := childproc.Tail(logSince(b.LogFile, offset), logTailLines)
 		return fmt.Errorf("pgbouncer on port %d: %w\n--- %s (tail) ---\n%s", b.Port, err, b.LogFile, tail)
 	}
 	b.mu.Lock()
@@ -287,26 +282,17 @@ func (b *PgBouncer) start() error {
 // PgBouncer that lost the port race keeps running on the unix socket alone
 // and a TCP ping would reach whoever won, so the unix socket says when it is
 // up and its log says whether the TCP bind failed.
-func (b *PgBouncer) waitReady(pr *proc, logOffset int64) error {
-	deadline := time.Now().Add(startTimeout)
-	var lastErr error
-	for {
-		if pr.exited() {
-			return fmt.Errorf("pgbouncer exited during startup: %v", pr.err)
-		}
+func (b *PgBouncer) waitReady(pr *childproc.Process, logOffset int64) error {
+	err := pr.WaitReady(context.Background(), startTimeout, 20*time.Millisecond, func() error {
 		if err := b.bindFailed(logOffset); err != nil {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pgbouncer not ready after %v: %v", startTimeout, lastErr)
+			return childproc.Abort(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		lastErr = b.ping(ctx, b.Dir)
-		cancel()
-		if lastErr == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+		defer cancel()
+		return b.ping(ctx, b.Dir)
+	})
+	if err != nil {
+		return err
 	}
 	if err := b.bindFailed(logOffset); err != nil {
 		return err
@@ -384,7 +370,7 @@ func (b *PgBouncer) Stop() error {
 	}
 	// SIGTERM is an immediate shutdown up to PgBouncer 1.22 and waits for
 	// clients from 1.23 on; the grace period bounds the latter.
-	return pr.stop(syscall.SIGTERM, 5*time.Second)
+	return pr.Stop(syscall.SIGTERM, 5*time.Second)
 }
 
 // Restart starts PgBouncer again on the same port with the same

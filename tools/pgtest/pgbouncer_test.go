@@ -306,7 +306,7 @@ func TestPgBouncerStopRestartClose(t *testing.T) {
 
 	// Closing the Postgres closes the PgBouncer in front of it too.
 	b.mu.Lock()
-	pid := b.proc.pid()
+	pid := b.proc.Pid()
 	b.mu.Unlock()
 	start := procStartTime(pid)
 	if err := p.Close(); err != nil {

@@ -33,10 +33,8 @@
 package pgtest
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -44,11 +42,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 )
 
 // Options configure a PostgreSQL server.
@@ -79,7 +76,7 @@ type Postgres struct {
 	lock     *os.File // flock on Dir while this process owns it
 
 	mu       sync.Mutex
-	proc     *proc // nil while stopped
+	proc     *childproc.Process // nil while stopped
 	closed   bool
 	bouncers []*PgBouncer
 }
@@ -261,276 +258,4 @@ func (p *Postgres) writeOwned(path, content string) error {
 		return err
 	}
 	return p.owner.chown(path)
-}
-
-// errPortInUse marks a startup that failed only because the port was taken.
-var errPortInUse = errors.New("port in use")
-
-// startServer runs postgres in the foreground as a child of this process (not
-// via pg_ctl, which detaches it): the child is reaped here and killed if this
-// process dies. It returns when the server accepts connections.
-func (p *Postgres) startServer() error {
-	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close() // the child has its own copy
-	if err := p.owner.chown(p.LogFile); err != nil {
-		return err
-	}
-	offset := logSize(p.LogFile)
-	cmd := p.owner.command(filepath.Join(p.BinDir, "postgres"), "-D", p.DataDir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	pr, err := startProc(cmd)
-	if err != nil {
-		return fmt.Errorf("start postgres: %w", err)
-	}
-	if err := p.waitReady(pr); err != nil {
-		_ = pr.stop(syscall.SIGQUIT, 5*time.Second)
-		tail := logTailSince(p.LogFile, offset, logTailLines)
-		if strings.Contains(tail, "Address already in use") {
-			err = fmt.Errorf("%w: %v", errPortInUse, err)
-		}
-		return fmt.Errorf("postgres on port %d: %w\n--- %s (tail) ---\n%s", p.Port, err, p.LogFile, tail)
-	}
-	p.mu.Lock()
-	p.proc = pr
-	p.mu.Unlock()
-	return nil
-}
-
-// waitReady polls postmaster.pid until the postmaster reports "ready" (line
-// 8, the same signal pg_ctl -w uses), which it writes after its sockets
-// listen.
-func (p *Postgres) waitReady(pr *proc) error {
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if pr.exited() {
-			return fmt.Errorf("postgres exited during startup: %v", pr.err)
-		}
-		if b, err := os.ReadFile(filepath.Join(p.DataDir, "postmaster.pid")); err == nil {
-			lines := strings.Split(string(b), "\n")
-			if len(lines) >= 8 && strings.TrimSpace(lines[0]) == strconv.Itoa(pr.pid()) &&
-				strings.HasPrefix(lines[7], "ready") {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("postgres not ready after %v", startTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (p *Postgres) setSuperuserPassword() error {
-	secret, err := scramSecret(p.password)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return p.Exec(ctx, "ALTER ROLE postgres PASSWORD "+quoteLiteral(secret))
-}
-
-// Password returns the superuser's password, for tests that check it is
-// redacted.
-func (p *Postgres) Password() string { return p.password }
-
-// SuperuserDSN returns a URL DSN for user postgres over TCP with its password
-// and sslmode=disable; db "" means "postgres".
-func (p *Postgres) SuperuserDSN(db string) string {
-	return p.DSN("postgres", p.password, db)
-}
-
-// DSN returns a URL DSN to this server over TCP with sslmode=disable; db ""
-// means "postgres", password "" leaves the password out.
-func (p *Postgres) DSN(user, password, db string) string {
-	if db == "" {
-		db = "postgres"
-	}
-	return buildDSN(p.Host, p.Port, user, password, db)
-}
-
-func buildDSN(host string, port int, user, password, db string) string {
-	u := url.URL{
-		Scheme:   "postgres",
-		Host:     fmt.Sprintf("%s:%d", host, port),
-		Path:     "/" + db,
-		RawQuery: "sslmode=disable",
-	}
-	if password != "" {
-		u.User = url.UserPassword(user, password)
-	} else {
-		u.User = url.User(user)
-	}
-	return u.String()
-}
-
-// localConfig is a superuser connection over the unix socket (trust).
-func (p *Postgres) localConfig(db string) (*pgx.ConnConfig, error) {
-	cfg, err := pgx.ParseConfig("")
-	if err != nil {
-		return nil, err
-	}
-	cfg.Host = p.SocketDir
-	cfg.Port = uint16(p.Port)
-	cfg.User = "postgres"
-	cfg.Password = ""
-	cfg.Database = db
-	cfg.TLSConfig = nil
-	cfg.Fallbacks = nil
-	// The harness's own short admin sessions (CreateRole, Exec) may still be closing when a
-	// test samples pg_stat_activity. The exporter leaves out sessions whose application_name
-	// starts with its own name (collector.ApplicationName; not imported: the collector's tests
-	// import this package), so these never show up as a stray pool in a test's numbers.
-	cfg.RuntimeParams = map[string]string{"application_name": "dbpool_exporter_pgtest"}
-	return cfg, nil
-}
-
-// Exec runs sql (several statements are fine: it goes over the simple
-// protocol) as the superuser in database postgres.
-func (p *Postgres) Exec(ctx context.Context, sql string) error {
-	cfg, err := p.localConfig("postgres")
-	if err != nil {
-		return err
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("pgtest: connect as superuser: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("pgtest: exec: %w", err)
-	}
-	return nil
-}
-
-// CreateRole creates a login role and grants it the given roles (e.g.
-// "pg_monitor"). The password goes to the server as a SCRAM verifier, so
-// the plain text shows up in no server log and in no pg_stat_activity.query.
-// An empty password creates a role that can only log in over the socket.
-func (p *Postgres) CreateRole(name, password string, superuser bool, grants ...string) error {
-	var b strings.Builder
-	b.WriteString("CREATE ROLE " + pgx.Identifier{name}.Sanitize() + " LOGIN")
-	if superuser {
-		b.WriteString(" SUPERUSER")
-	}
-	if password != "" {
-		secret := password
-		if isASCII(password) {
-			s, err := scramSecret(password)
-			if err != nil {
-				return err
-			}
-			secret = s
-		}
-		// Non-ASCII passwords go as plain text so that the server applies
-		// SASLprep itself.
-		b.WriteString(" PASSWORD " + quoteLiteral(secret))
-	}
-	b.WriteString(";\n")
-	for _, g := range grants {
-		fmt.Fprintf(&b, "GRANT %s TO %s;\n", pgx.Identifier{g}.Sanitize(), pgx.Identifier{name}.Sanitize())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := p.Exec(ctx, b.String()); err != nil {
-		return fmt.Errorf("pgtest: create role %q: %w", name, err)
-	}
-	return nil
-}
-
-// quoteLiteral quotes s as an SQL string literal (standard_conforming_strings
-// is on since PostgreSQL 9.1).
-func quoteLiteral(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
-
-// PostmasterPID returns the postmaster's PID as written in postmaster.pid,
-// e.g. to freeze the server with SIGSTOP.
-func (p *Postgres) PostmasterPID() (int, error) {
-	b, err := os.ReadFile(filepath.Join(p.DataDir, "postmaster.pid"))
-	if err != nil {
-		return 0, fmt.Errorf("pgtest: server not running: %w", err)
-	}
-	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil {
-		return 0, fmt.Errorf("pgtest: postmaster.pid: %w", err)
-	}
-	return pid, nil
-}
-
-// Stop shuts the server down the way `pg_ctl stop -m fast` does (SIGINT:
-// roll back open transactions, disconnect clients, checkpoint) and keeps the
-// data directory for Restart. Stopping a stopped server is a no-op.
-func (p *Postgres) Stop() error {
-	p.mu.Lock()
-	pr := p.proc
-	p.proc = nil
-	p.mu.Unlock()
-	if pr == nil {
-		return nil
-	}
-	return pr.stop(syscall.SIGINT, stopGrace)
-}
-
-// Restart starts the server again on the same port with the same data and
-// waits until it accepts connections; a running server is stopped first.
-func (p *Postgres) Restart() error {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
-		return errors.New("pgtest: restart after Close")
-	}
-	if err := p.Stop(); err != nil {
-		return err
-	}
-	return p.startServer()
-}
-
-// Close stops the server at once (immediate shutdown, as `pg_ctl stop -m
-// immediate`: the data is thrown away, so no checkpoint), stops PgBouncers
-// started in front of it, and removes the temp directory. It is safe to call
-// more than once and on a stopped server.
-func (p *Postgres) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
-	}
-	p.closed = true
-	pr := p.proc
-	p.proc = nil
-	bouncers := p.bouncers
-	p.bouncers = nil
-	p.mu.Unlock()
-
-	var errs []error
-	for _, b := range bouncers {
-		errs = append(errs, b.Close())
-	}
-	if pr != nil {
-		// The postmaster exits only after all its children have, so no
-		// backend outlives this.
-		errs = append(errs, pr.stop(syscall.SIGQUIT, 10*time.Second))
-	}
-	errs = append(errs, removeTempDir(p.Dir, p.lock))
-	return errors.Join(errs...)
-}
-
-// startOnFreePort calls start with a free loopback port, and again with a new one when
-// another process took the port between freePort and the server's bind (errPortInUse).
-func startOnFreePort(start func(port int) error) error {
-	for attempt := 1; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		err = start(port)
-		if err == nil || !errors.Is(err, errPortInUse) || attempt >= portAttempts {
-			return err
-		}
-	}
 }

@@ -1,7 +1,6 @@
 package pgtest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
+
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 )
 
 // serverUser is the OS account that runs the servers when the tests run as
@@ -116,80 +116,23 @@ func unixWritable(dir string) bool {
 	return syscall.Access(dir, 0x2 /* W_OK */) == nil
 }
 
-// command builds a command for a server binary: it runs as the server
-// account, without PG* variables from the caller's environment (PGDATA,
-// PGPORT... would silently change what the binaries do), and dies with this
-// process so that a crashed or timed-out test binary leaves no server behind.
-func (a *runAs) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG") {
-			continue
-		}
-		env = append(env, kv)
+// spec describes a server binary's process: it runs as the server account, without PG*
+// variables from the caller's environment (PGDATA, PGPORT... would silently change what the
+// binaries do), in its own process group (a Ctrl-C in the terminal goes to the harness's
+// user, a test or the demo, which stops the servers in order, not straight to the servers),
+// and dies with this process so that a crashed or timed-out test binary leaves no server
+// behind.
+func (a *runAs) spec(logFile, name string, args ...string) childproc.Spec {
+	s := childproc.Spec{
+		Path:    name,
+		Args:    args,
+		Env:     append(childproc.Environ("PG", "LC_", "LANG"), "LC_ALL=C"),
+		LogFile: logFile,
 	}
-	cmd.Env = append(env, "LC_ALL=C")
-	// Own process group: a Ctrl-C in the terminal goes to the harness's user (a test, the
-	// demo), which stops the servers in order, not straight to the servers.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if a != nil {
-		cmd.SysProcAttr.Credential = a.cred
+		s.Credential = a.cred
 	}
-	return cmd
-}
-
-// proc is a running server process that this process started and reaps.
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // Wait result; valid after done is closed
-}
-
-func startProc(cmd *exec.Cmd) (*proc, error) {
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig and waits up to grace for the exit, then kills. SIGCONT
-// goes first because tests freeze servers with SIGSTOP, and a stopped
-// process does not act on sig until continued.
-func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
-	if p.exited() {
-		return nil
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGCONT)
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-		return fmt.Errorf("pid %d ignored %v for %v and was killed", p.pid(), sig, grace)
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d did not exit after SIGKILL", p.pid())
-	}
+	return s
 }
 
 // logSize is the current length of a log file, so that later reads can skip
@@ -209,43 +152,6 @@ func logSince(path string, offset int64) string {
 		return ""
 	}
 	return string(b[offset:])
-}
-
-// logTail returns the last lines of a log file for error messages.
-func logTail(path string, lines int) string {
-	return logTailSince(path, 0, lines)
-}
-
-// logTailSince is logTail limited to what was written after offset.
-func logTailSince(path string, offset int64, lines int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	if int64(len(b)) >= offset {
-		b = b[offset:]
-	}
-	b = bytes.TrimRight(b, "\n")
-	all := strings.Split(string(b), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
-}
-
-// runLogged runs cmd to completion with its output appended to logPath; the
-// error carries the tail of that log.
-func runLogged(cmd *exec.Cmd, logPath string) error {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w\n%s", filepath.Base(cmd.Path), err, logTail(logPath, 20))
-	}
-	return nil
 }
 
 // freePort is FreePort, replaceable by tests that provoke a port race.

@@ -1,6 +1,7 @@
 package pgtest
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 )
 
 // initdbArgs are the initdb flags every cluster is made with (after -D).
@@ -146,5 +149,6 @@ func templateComplete(data string) bool {
 
 func runInitdb(bindir, dataDir string, owner *runAs, logPath string) error {
 	args := append([]string{"-D", dataDir}, initdbArgs...)
-	return runLogged(owner.command(filepath.Join(bindir, "initdb"), args...), logPath)
+	_, err := childproc.Run(context.Background(), owner.spec(logPath, filepath.Join(bindir, "initdb"), args...))
+	return err
 }

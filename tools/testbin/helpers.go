@@ -1,35 +1,16 @@
 package testbin
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
+
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 )
 
-// Buffer collects a child process's output while the test reads it. exec copies the
-// child's stdout and stderr in from its own goroutines, so a bare bytes.Buffer would race
-// with the test calling String. The zero value is ready to use.
-type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-// Write appends p; it implements io.Writer for exec.Cmd.Stdout and Stderr.
-func (b *Buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (b *Buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// Buffer collects a child process's output while the test reads it; see childproc.Buffer.
+type Buffer = childproc.Buffer
 
 // Get fetches url and returns the status code and the whole body. A transport or read
 // error fails the test; a non-2xx status does not, so that callers can assert on it.

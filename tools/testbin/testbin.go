@@ -1,15 +1,17 @@
-// Package testbin builds the project's binaries for tests that run them as a user would,
-// and holds the small helpers those tests share: a buffer for a child's output, an HTTP
-// GET, and a free loopback address.
+// Package testbin is tooling, not product: it builds the project's binaries for tests that
+// run them as a user would, and holds the small helpers those tests share: a buffer for a
+// child's output, an HTTP GET, and a free loopback address.
 package testbin
 
 import (
+	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 )
 
 // Version is stamped into binaries built for tests.
@@ -48,11 +50,13 @@ func Build(t testing.TB, pkg string) string {
 		name = "dbpool_exporter"
 	}
 	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-ldflags", "-X github.com/prometheus/common/version.Version="+Version, "-o", bin, pkg)
-	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	if _, err := childproc.Run(context.Background(), childproc.Spec{
+		Path: "go",
+		Args: []string{"build", "-ldflags", "-X github.com/prometheus/common/version.Version=" + Version, "-o", bin, pkg},
+		Dir:  RepoRoot(),
+		Env:  append(os.Environ(), "CGO_ENABLED=0"),
+	}); err != nil {
+		t.Fatalf("go build %s: %v", pkg, err)
 	}
 	built[pkg] = bin
 	return bin

@@ -1,19 +1,16 @@
-// Command dbpool-demo runs dbpool_exporter end to end on this machine: a throwaway PostgreSQL,
-// a simulated pooled application, the exporter, and a live summary of what the exporter sees
-// next to the application's own true pool numbers. Ctrl-C stops everything and removes the
-// cluster. `make demo` runs it.
+// Command dbpool-demo is tooling, not product. It runs dbpool_exporter end to end on this
+// machine: a throwaway PostgreSQL, a simulated pooled application, the exporter, and a live
+// summary of what the exporter sees next to the application's own true pool numbers. Ctrl-C
+// stops everything and removes the cluster. `make demo` runs it.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -22,11 +19,8 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
-	"github.com/dbpool/dbpool_exporter/internal/health"
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
 
@@ -181,10 +175,7 @@ func demo(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := exporter.run(); err != nil {
-		return err
-	}
-	defer exporter.stop()
+	defer stop(exporter)
 
 	// The application reads the same .env; poolsim takes DB_* from its environment.
 	simEnv := append(envLines(appEnv), "DATABASE_URL="+pg.DSN(appRole, appPW, "postgres"))
@@ -201,10 +192,7 @@ func demo(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := sim.run(); err != nil {
-		return err
-	}
-	defer sim.stop()
+	defer stop(sim)
 
 	// A Go worker on a real pgxpool, through PgBouncer: its own exact checkout numbers, and
 	// PgBouncer's view of the same traffic. PgBouncer's transaction pooling needs pgx's
@@ -219,14 +207,11 @@ func demo(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := worker.run(); err != nil {
-		return err
-	}
-	defer worker.stop()
+	defer stop(worker)
 
 	metricsURL := "http://" + o.listen + "/metrics"
-	if err := waitHTTP(ctx, metricsURL); err != nil {
-		return fmt.Errorf("exporter did not come up (log: %s): %w\n%s", exporterLog, err, tail(exporterLog))
+	if err := exporter.WaitReady(ctx, 30*time.Second, 100*time.Millisecond, childproc.HTTPReady(metricsURL)); err != nil {
+		return fmt.Errorf("exporter did not come up (log: %s): %w", exporterLog, err)
 	}
 	fmt.Printf(`
 dbpool_exporter is running.
@@ -253,292 +238,44 @@ Ctrl-C stops everything.
 			// simulated pool after watching it.
 			printAdvice("http://"+o.listen+"/api/v1/pools", poolName)
 			return nil
-		case <-exporter.exited:
-			return fmt.Errorf("exporter exited:\n%s", tail(exporterLog))
+		case <-exporter.Done():
+			return fmt.Errorf("exporter exited:\n%s", exporter.Tail(20))
 		case <-ticker.C:
 			printSummary(metricsURL, "http://"+simStatus+"/status", "http://"+workerMetrics+"/metrics")
 		}
 	}
 }
 
-// printSummary prints one line per pool of what the exporter sees, and the simulated
-// application's own numbers for the same moment.
-func printSummary(metricsURL, simURL, workerURL string) {
-	mfs, err := scrape(metricsURL)
-	if err != nil {
-		fmt.Println("scrape failed:", err)
-		return
-	}
-	fmt.Printf("%s  dbpool_up: postgres %g, pgbouncer %g  probe login %.1f ms\n", time.Now().Format("15:04:05"),
-		get(mfs, "dbpool_up", map[string]string{"target": "demo"}), get(mfs, "dbpool_up", map[string]string{"target": "pgbouncer"}),
-		1000*get(mfs, "dbpool_probe_connect_seconds", nil))
-	for _, pool := range poolNames(mfs) {
-		if pool == "dbpool_exporter" {
-			continue // the exporter's own connection
-		}
-		l := map[string]string{"pool": pool}
-		capacity := get(mfs, "dbpool_max_connections", l)
-		line := fmt.Sprintf("  pool %-14s in use %3.0f", pool, get(mfs, "dbpool_in_use_connections", l))
-		if capacity > 0 {
-			line += fmt.Sprintf("/%-3.0f (%3.0f%%)  overflow %2.0f/%-3.0f", capacity, 100*get(mfs, "dbpool_utilization_ratio", l),
-				get(mfs, "dbpool_overflow_connections", l), get(mfs, "dbpool_max_overflow_connections", l)*get(mfs, "dbpool_instances", l))
-		}
-		line += fmt.Sprintf("  open %3.0f", get(mfs, "dbpool_open_connections", l))
-		if has(mfs, "dbpool_longest_query_seconds", l) {
-			line += fmt.Sprintf("  idle in tx %2.0f  longest query %5.1fs",
-				get(mfs, "dbpool_connections", map[string]string{"pool": pool, "state": "idle in transaction"}),
-				get(mfs, "dbpool_longest_query_seconds", l))
-		}
-		if has(mfs, "dbpool_pending_checkouts", l) {
-			line += fmt.Sprintf("  waiting %2.0f  longest wait %4.0f ms  avg wait %s", get(mfs, "dbpool_pending_checkouts", l),
-				1000*get(mfs, "dbpool_longest_checkout_wait_seconds", l), avgCheckout(mfs, l))
-		}
-		fmt.Printf("%s   [%s]\n", line, source(mfs, pool))
-	}
-	if wm, err := scrape(workerURL); err == nil {
-		l := map[string]string{"pool": workerName}
-		fmt.Printf("  worker's own pgxpool (exact): in use %.0f/%.0f  waiting %.0f  avg checkout %s  timeouts %.0f\n",
-			get(wm, "dbpool_in_use_connections", l), get(wm, "dbpool_max_connections", l), get(wm, "dbpool_pending_checkouts", l),
-			avgCheckout(wm, l), get(wm, "dbpool_checkout_timeouts_total", l))
-	}
-	var truth struct {
-		Total struct {
-			CheckedOut int     `json:"checked_out"`
-			Open       int     `json:"open"`
-			Overflow   int     `json:"overflow"`
-			Pending    int     `json:"pending"`
-			Timeouts   float64 `json:"timeouts_total"`
-		} `json:"total"`
-	}
-	if err := getJSON(simURL, &truth); err == nil {
-		t := truth.Total
-		fmt.Printf("  application's own count: checked out %d, open %d, overflow %d, waiting %d, timeouts %.0f\n",
-			t.CheckedOut, t.Open, t.Overflow, t.Pending, t.Timeouts)
-	}
-}
-
-// printAdvice prints the exporter's health warnings and recommended .env lines for pool.
-func printAdvice(url, pool string) {
-	var body health.PoolsResponse
-	if err := getJSON(url, &body); err != nil {
-		fmt.Println("advice: cannot read", url+":", err)
-		return
-	}
-	for _, r := range body.Pools {
-		if r.Pool != pool {
-			continue
-		}
-		fmt.Printf("==> the exporter's advice for pool %s (%s, from %s):\n", r.Pool, r.State, url)
-		line := fmt.Sprintf("  utilization %.0f%% of pool_size (peak %.0f%%)", r.Health.UtilizationPct, r.Health.PeakUtilizationPct)
-		if c := r.Health.CapacityUtilizationPct; c != nil {
-			line += fmt.Sprintf(", %.0f%% of capacity", *c)
-		}
-		fmt.Println(line)
-		if !r.Exact {
-			fmt.Println("  " + health.EstimateNote)
-		}
-		if len(r.Health.Warnings) == 0 {
-			fmt.Println("  no warnings")
-		}
-		for _, w := range health.WithoutEstimateNote(r.Health.Warnings) {
-			fmt.Printf("  warning [%s] %s\n", w.Rule, w.Message)
-		}
-		for _, rec := range health.WithoutEstimateNote(r.Optimization.Recommendations) {
-			fmt.Printf("  recommendation [%s] %s\n", rec.Rule, rec.Message)
-		}
-		fmt.Printf("  recommended .env (by %s):\n", r.Optimization.PoolSizeRule)
-		for _, l := range strings.Split(strings.TrimSpace(r.Optimization.Env), "\n") {
-			fmt.Println("    " + l)
-		}
-		return
-	}
-	fmt.Println("advice: the exporter has no report for pool", pool, "yet")
-}
-
-// avgCheckout is the mean checkout wait since start, from the histogram's sum and count.
-func avgCheckout(mfs map[string]*dto.MetricFamily, l map[string]string) string {
-	mf, ok := mfs["dbpool_checkout_duration_seconds"]
-	if !ok {
-		return "n/a"
-	}
-	for _, m := range mf.GetMetric() {
-		if labelsMatch(m, l) && m.GetHistogram().GetSampleCount() > 0 {
-			h := m.GetHistogram()
-			return fmt.Sprintf("%.1f ms", 1000*h.GetSampleSum()/float64(h.GetSampleCount()))
-		}
-	}
-	return "n/a"
-}
-
-// source names who observes the pool, from dbpool_pool_info.
-func source(mfs map[string]*dto.MetricFamily, pool string) string {
-	for _, src := range []string{"activity", "pgbouncer", "pgxpool"} {
-		if has(mfs, "dbpool_pool_info", map[string]string{"pool": pool, "source": src}) {
-			if src == "activity" {
-				return "activity: estimate"
-			}
-			return src + ": exact"
-		}
-	}
-	return "?"
-}
-
-func poolNames(mfs map[string]*dto.MetricFamily) []string {
-	var names []string
-	if mf, ok := mfs["dbpool_open_connections"]; ok {
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "pool" {
-					names = append(names, lp.GetValue())
-				}
-			}
-		}
-	}
-	return names
-}
-
-func scrape(url string) (map[string]*dto.MetricFamily, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	return parser.TextToMetricFamilies(resp.Body)
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	have := map[string]string{}
-	for _, lp := range m.GetLabel() {
-		have[lp.GetName()] = lp.GetValue()
-	}
-	for k, v := range want {
-		if have[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
-func has(mfs map[string]*dto.MetricFamily, name string, want map[string]string) bool {
-	for _, m := range mfs[name].GetMetric() {
-		if labelsMatch(m, want) {
-			return true
-		}
-	}
-	return false
-}
-
-// get returns the first series of name whose labels include want (0 if none).
-func get(mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	mf, ok := mfs[name]
-	if !ok {
-		return 0
-	}
-	for _, m := range mf.GetMetric() {
-		if !labelsMatch(m, want) {
-			continue
-		}
-		if g := m.GetGauge(); g != nil {
-			return g.GetValue()
-		}
-		if c := m.GetCounter(); c != nil {
-			return c.GetValue()
-		}
-	}
-	return 0
-}
-
-func getJSON(url string, v any) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-func waitHTTP(ctx context.Context, url string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
+// build builds the main package pkg into dir, its compiler output on stdout.
 func build(dir, pkg, name string) (string, error) {
 	say("building " + name)
 	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", bin, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if _, err := childproc.Run(context.Background(), childproc.Spec{
+		Path: "go",
+		Args: []string{"build", "-o", bin, pkg},
+		Env:  append(os.Environ(), "CGO_ENABLED=0"),
+		Tee:  os.Stdout,
+	}); err != nil {
 		return "", fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	return bin, nil
 }
 
-type child struct {
-	cmd    *exec.Cmd
-	log    *os.File
-	exited chan struct{}
+// start starts bin with its output in logPath. Ctrl-C reaches only the demo, which stops
+// the children in order after printing the exporter's advice; if the demo dies, so do they.
+func start(logPath string, env []string, bin string, args ...string) (*childproc.Process, error) {
+	say("starting " + filepath.Base(bin) + " (log: " + logPath + ")")
+	return childproc.Start(childproc.Spec{
+		Path:        bin,
+		Args:        args,
+		Env:         append(childproc.Environ("DB_", "DATA_SOURCE_NAME=", "DATABASE_URL="), env...),
+		LogFile:     logPath,
+		DeathSignal: syscall.SIGTERM,
+	})
 }
 
-func start(logPath string, env []string, bin string, args ...string) (*child, error) {
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Ctrl-C reaches only the demo, which stops the children in order after printing the
-	// exporter's advice; if the demo dies, so do they.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	return &child{cmd: cmd, log: f, exited: make(chan struct{})}, nil
-}
-
-func (c *child) run() error {
-	say("starting " + filepath.Base(c.cmd.Path) + " (log: " + c.log.Name() + ")")
-	if err := c.cmd.Start(); err != nil {
-		return err
-	}
-	go func() { _ = c.cmd.Wait(); close(c.exited) }()
-	return nil
-}
-
-func (c *child) stop() {
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.exited:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.exited
-	}
-	c.log.Close()
-}
-
-// cleanEnv keeps the caller's DB_* variables away from the demo's processes.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DB_") && !strings.HasPrefix(kv, "DATA_SOURCE_NAME=") && !strings.HasPrefix(kv, "DATABASE_URL=") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+// stop stops a child the way Ctrl-C in its own terminal would.
+func stop(p *childproc.Process) { _ = p.Stop(syscall.SIGTERM, 10*time.Second) }
 
 func envLines(s string) []string {
 	var out []string
@@ -570,18 +307,6 @@ func randomPassword() string {
 		panic(errors.New("no randomness"))
 	}
 	return fmt.Sprintf("demo-%x", b)
-}
-
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func say(s string) { fmt.Println("==> " + s) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
@@ -90,31 +89,17 @@ func TestFormatLine(t *testing.T) {
 	}
 }
 
-// buildBinary builds poolsim once for the binary-level tests.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "poolsim")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 // cleanEnv drops the variables that would change the binary's defaults.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "DB_") || strings.HasPrefix(kv, "DATABASE_URL=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+func cleanEnv() []string { return childproc.Environ("DB_", "DATABASE_URL=") }
 
 func TestBinary(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Poolsim(t)
 
 	for _, tc := range []struct {
 		name     string
@@ -144,11 +129,7 @@ func TestBinary(t *testing.T) {
 		{"invalid settings all reported", []string{"--dsn=postgres://u@localhost/x", "--pool.size=0", "--instances=0"}, nil, 2, []string{"pool size", "instances"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(bin, tc.args...)
-			cmd.Env = append(cleanEnv(), tc.env...)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			err := cmd.Run()
+			out, err := childproc.Run(context.Background(), childproc.Spec{Path: bin, Args: tc.args, Env: append(cleanEnv(), tc.env...)})
 			code := 0
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
@@ -157,73 +138,52 @@ func TestBinary(t *testing.T) {
 				t.Fatal(err)
 			}
 			if code != tc.wantCode {
-				t.Errorf("exit code %d, want %d; output:\n%s", code, tc.wantCode, out.String())
+				t.Errorf("exit code %d, want %d; output:\n%s", code, tc.wantCode, out)
 			}
 			// kingpin wraps help text at the terminal width.
-			words := strings.Join(strings.Fields(out.String()), " ")
+			words := strings.Join(strings.Fields(out), " ")
 			for _, w := range tc.want {
 				if !strings.Contains(words, w) {
-					t.Errorf("output does not contain %q:\n%s", w, out.String())
+					t.Errorf("output does not contain %q:\n%s", w, out)
 				}
 			}
-			if strings.Contains(out.String(), "hunter2") {
-				t.Errorf("output shows the password:\n%s", out.String())
+			if strings.Contains(out, "hunter2") {
+				t.Errorf("output shows the password:\n%s", out)
 			}
 		})
 	}
 }
 
-// simProc is a running poolsim binary.
+// simProc is a running poolsim binary; its stderr (the log) is its Output.
 type simProc struct {
-	cmd            *exec.Cmd
-	stdout, stderr *testbin.Buffer
-	addrs          map[string]string // "/status", "/metrics" -> host:port
-	copied         chan struct{}
-	exited         bool
+	*childproc.Process
+	stdout *testbin.Buffer
+	addrs  map[string]string // "/status", "/metrics" -> host:port
 }
 
 // startSim starts bin and waits until it has logged the address of every
 // path in paths.
 func startSim(t *testing.T, bin string, env []string, paths []string, args ...string) *simProc {
 	t.Helper()
-	p := &simProc{cmd: exec.Command(bin, args...), stdout: &testbin.Buffer{}, stderr: &testbin.Buffer{}, addrs: map[string]string{}, copied: make(chan struct{})}
-	p.cmd.Env = append(cleanEnv(), env...)
-	p.cmd.Stdout = p.stdout
-	stderrPipe, err := p.cmd.StderrPipe()
+	p := &simProc{stdout: &testbin.Buffer{}, addrs: map[string]string{}}
+	cp, err := childproc.Start(childproc.Spec{Path: bin, Args: args, Env: append(cleanEnv(), env...), Stdout: p.stdout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !p.exited {
-			_ = p.cmd.Process.Kill()
-			_ = p.cmd.Wait()
+	p.Process = cp
+	t.Cleanup(func() { _ = p.Stop(syscall.SIGKILL, 0) })
+	re := regexp.MustCompile(`msg="serving [^"]*" address=(\S+) path=(\S+)`)
+	err = p.WaitReady(context.Background(), 30*time.Second, 20*time.Millisecond, func() error {
+		for _, m := range re.FindAllStringSubmatch(p.Output(), -1) {
+			p.addrs[m[2]] = m[1]
 		}
+		if len(p.addrs) < len(paths) {
+			return fmt.Errorf("addresses logged: %v, want %v", p.addrs, paths)
+		}
+		return nil
 	})
-	type served struct{ path, addr string }
-	addrCh := make(chan served, 4)
-	go func() {
-		defer close(p.copied)
-		re := regexp.MustCompile(`msg="serving [^"]*" address=(\S+) path=(\S+)`)
-		sc := bufio.NewScanner(stderrPipe)
-		for sc.Scan() {
-			line := sc.Text()
-			_, _ = p.stderr.Write([]byte(line + "\n"))
-			if m := re.FindStringSubmatch(line); m != nil {
-				addrCh <- served{m[2], m[1]}
-			}
-		}
-	}()
-	timeout := time.After(30 * time.Second)
-	for len(p.addrs) < len(paths) {
-		select {
-		case a := <-addrCh:
-			p.addrs[a.path] = a.addr
-		case <-timeout:
-			t.Fatalf("addresses logged: %v, want %v; stderr:\n%s", p.addrs, paths, p.stderr.String())
-		}
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
 }
@@ -231,13 +191,10 @@ func startSim(t *testing.T, bin string, env []string, paths []string, args ...st
 // stop sends SIGTERM and waits for the process to exit.
 func (p *simProc) stop(t *testing.T) error {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	if err := p.Stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		return err
 	}
-	<-p.copied
-	err := p.cmd.Wait()
-	p.exited = true
-	return err
+	return p.Err()
 }
 
 func getStatus(t *testing.T, addr string) poolsim.Stats {
@@ -277,7 +234,7 @@ func waitNoBackends(t *testing.T, admin *pgx.Conn, prefix string) {
 }
 
 func TestBinaryRun(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Poolsim(t)
 	pg := pgtest.StartT(t, pgtest.Options{MaxConnections: 50})
 	dsn := pg.SuperuserDSN("postgres")
 	ctx := context.Background()
@@ -302,7 +259,7 @@ func TestBinaryRun(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no checkouts in both instances: %+v\nstderr:\n%s", st, p.stderr.String())
+			t.Fatalf("no checkouts in both instances: %+v\nstderr:\n%s", st, p.Output())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -326,7 +283,7 @@ func TestBinaryRun(t *testing.T) {
 	}
 
 	if err := p.stop(t); err != nil {
-		t.Errorf("exit after SIGTERM: %v\nstderr:\n%s", err, p.stderr.String())
+		t.Errorf("exit after SIGTERM: %v\nstderr:\n%s", err, p.Output())
 	}
 	waitNoBackends(t, admin, "binapp-")
 	lines := strings.Split(strings.TrimSpace(p.stdout.String()), "\n")
@@ -334,7 +291,7 @@ func TestBinaryRun(t *testing.T) {
 	if !regexp.MustCompile(`^poolsim: instances=2 checked_out=0 open=0 overflow=0 pending=0 requests=\d+ checkouts=\d+ timeouts=0 errors=0 dropped=0 avg_checkout_ms=[0-9.]+$`).MatchString(last) {
 		t.Errorf("final report line %q", last)
 	}
-	if pw := pg.Password(); strings.Contains(p.stdout.String()+p.stderr.String(), pw) {
+	if pw := pg.Password(); strings.Contains(p.stdout.String()+p.Output(), pw) {
 		t.Errorf("output shows the password")
 	}
 }
@@ -371,7 +328,7 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 }
 
 func TestBinaryRunPgxpool(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Poolsim(t)
 	pg := pgtest.StartT(t, pgtest.Options{MaxConnections: 50})
 	dsn := pg.SuperuserDSN("postgres")
 	ctx := context.Background()
@@ -407,7 +364,7 @@ func TestBinaryRunPgxpool(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("active backends binpgx-0: %d, binpgx-1: %d, want 3 each; stderr:\n%s", n0, n1, p.stderr.String())
+			t.Fatalf("active backends binpgx-0: %d, binpgx-1: %d, want 3 each; stderr:\n%s", n0, n1, p.Output())
 		}
 	}
 
@@ -417,7 +374,7 @@ func TestBinaryRunPgxpool(t *testing.T) {
 	settled := map[string]bool{}
 	for deadline := time.Now().Add(30 * time.Second); len(pending)+len(grown)+len(settled) < 3*len(pools); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("pending seen %v, checkout count grown %v, timeouts compared %v; stderr:\n%s", pending, grown, settled, p.stderr.String())
+			t.Fatalf("pending seen %v, checkout count grown %v, timeouts compared %v; stderr:\n%s", pending, grown, settled, p.Output())
 		}
 		before := getStatus(t, p.addrs["/status"])
 		m := scrape(t, addr)
@@ -461,14 +418,14 @@ func TestBinaryRunPgxpool(t *testing.T) {
 	}
 
 	if err := p.stop(t); err != nil {
-		t.Errorf("exit after SIGTERM: %v\nstderr:\n%s", err, p.stderr.String())
+		t.Errorf("exit after SIGTERM: %v\nstderr:\n%s", err, p.Output())
 	}
 	waitNoBackends(t, admin, "binpgx-")
 	lines := strings.Split(strings.TrimSpace(p.stdout.String()), "\n")
 	if last := lines[len(lines)-1]; !regexp.MustCompile(`^poolsim: instances=2 checked_out=0 open=0 overflow=0 pending=0 requests=\d+ checkouts=6 timeouts=[1-9]\d* errors=0 dropped=0 `).MatchString(last) {
 		t.Errorf("final report line %q", last)
 	}
-	if pw := pg.Password(); strings.Contains(p.stdout.String()+p.stderr.String(), pw) {
+	if pw := pg.Password(); strings.Contains(p.stdout.String()+p.Output(), pw) {
 		t.Errorf("output shows the password")
 	}
 }
