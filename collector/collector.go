@@ -1,6 +1,7 @@
 // Package collector turns samples of connection pools into Prometheus metrics in one language
 // (namespace dbpool), whichever source observed them: pg_stat_activity on the PostgreSQL server
 // (activity), the PgBouncer admin console (pgbouncer), or a *pgxpool.Pool in a Go process (pgxpool).
+// It is part of the product.
 package collector
 
 import (

@@ -1,4 +1,4 @@
-// Package e2e holds the end-to-end test of dbpool_exporter: a real PostgreSQL, the exporter,
+// Package e2e is tooling, not product: the end-to-end test of dbpool_exporter: a real PostgreSQL, the exporter,
 // simulated applications (tools/cmd/poolsim), Prometheus evaluating the shipped alert rules, and
 // Alertmanager delivering the resulting notifications to a webhook in the test.
 //

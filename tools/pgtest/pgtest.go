@@ -1,5 +1,5 @@
-// Package pgtest starts throw-away PostgreSQL servers and PgBouncers for
-// integration tests and for the demo.
+// Package pgtest is tooling, not product: it starts throw-away PostgreSQL servers and
+// PgBouncers for integration tests, the demo and the benchmark.
 //
 // Every server gets a fresh temporary directory that holds its data
 // directory, its unix socket and its log, listens on 127.0.0.1 only on a

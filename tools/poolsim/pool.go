@@ -1,4 +1,4 @@
-// Package poolsim simulates an application that reaches PostgreSQL through
+// Package poolsim (tooling, not product) simulates an application that reaches PostgreSQL through
 // SQLAlchemy's QueuePool configured as the seed document configures it
 // (DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, DB_POOL_RECYCLE,
 // DB_POOL_PRE_PING). The demo and the end-to-end tests use it as the watched

@@ -1,4 +1,4 @@
-// Command poolsim is a simulated application whose connections go through
+// Command poolsim is tooling, not product: a simulated application whose connections go through
 // SQLAlchemy-style QueuePools, one per instance, configured by the seed's
 // DB_* variables. It gives the exporter something real to watch, and prints
 // and serves the pool's true numbers so they can be compared with what the
