@@ -732,6 +732,18 @@ func TestDashboardQueries(t *testing.T) {
 			t.Errorf("%s: no data from Prometheus scraping the exporter:\n%s", q.Where, expr)
 		}
 	}
+	// The checkout-time and timeout panels show the application's exact view (the app
+	// source, from a real SQLAlchemy pool of 1 under three callers), not only PgBouncer's.
+	for _, expr := range []string{
+		`dbpool_pool_info{pool="default", source="app"}`,
+		`rate(dbpool_checkout_duration_seconds_count{pool="default", source="app"}[1m]) > 0`,
+		`histogram_quantile(0.95, sum by (le) (rate(dbpool_checkout_duration_seconds_bucket{pool="default", source="app"}[1m]))) > 0`,
+		`increase(dbpool_checkout_timeouts_total{pool="default", source="app"}[1m]) > 0`,
+	} {
+		if n, err := prom.query(expr); err != nil || n == 0 {
+			t.Errorf("no app-source data (%d series, %v) for %s", n, err, expr)
+		}
+	}
 }
 
 // checkAlertsSelector checks an ALERTS{alertname=~...} selector against the shipped alerts,

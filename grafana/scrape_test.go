@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -87,7 +89,8 @@ func parseExposition(body []byte) (map[string]series, error) {
 	return out, nil
 }
 
-// exportedSeries runs the real exporter against a real PostgreSQL and PgBouncer and returns
+// exportedSeries runs the real exporter against a real PostgreSQL, a PgBouncer and a Python
+// application that reports its own SQLAlchemy pool, and returns
 // what it exports and the exporter's address (it runs until the test ends). want names the series the caller needs: the exporter is scraped until
 // they all appear (some only exist after the pool history has a few samples) or until a
 // deadline, after which the caller reports the missing ones.
@@ -134,11 +137,15 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		}
 	}
 
+	appURL := startLoadApp(t, fmt.Sprintf("postgresql+psycopg2://app:%s@127.0.0.1:%d/postgres", appPassword, pg.Port))
+
 	addr := testbin.FreeAddr(t)
 	cmd := exec.Command(bin,
 		"--web.listen-address="+addr,
 		"--pg.dsn="+pg.DSN("monitor", monitorPassword, "postgres"),
 		"--pgbouncer.dsn="+bouncer.AdminDSN(),
+		"--pool.application-name=loadapp",
+		"--app.url="+appURL,
 		// A short window and sample interval so that the pool history behind
 		// dbpool_recommended_* fills within seconds.
 		"--health.window=20s",
@@ -209,6 +216,39 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 	}()
 	t.Cleanup(func() { close(done); <-stopped })
 	return got, addr
+}
+
+// startLoadApp runs integrations/python's loadapp.py, a real SQLAlchemy application that
+// reports its pool itself (the app source): a pool of 1 with a 0.1 s timeout under three
+// callers, so that its checkout histogram and timeout counter move all the time. It returns
+// the application's dbpool-stats URL.
+func startLoadApp(t *testing.T, dsn string) string {
+	t.Helper()
+	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
+	cmd := exec.Command("/usr/bin/python3", "-u", script, "--dsn", dsn, "--name", "default",
+		"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.1",
+		"--concurrency", "3", "--query-seconds", "0.05", "--application-name", "loadapp")
+	cmd.Env = cleanEnv()
+	var out testbin.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start loadapp.py with Debian's python3 (make deps installs python3-sqlalchemy): %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	re := regexp.MustCompile(`listening on (http://\S+/dbpool)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(out.String()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loadapp.py did not start serving in 30s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // scrapeDeadline bounds the wait for all wanted series. The slowest are dbpool_recommended_*,
