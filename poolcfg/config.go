@@ -27,6 +27,8 @@ type rawConfig struct {
 	PgBouncers []rawPgBouncer `yaml:"pgbouncers"`
 	Pools      []rawPool      `yaml:"pools"`
 	Apps       []rawApp       `yaml:"apps"`
+	// AuthModules maps names to credentials that targets refer to (auth.go).
+	AuthModules map[string]rawAuthModule `yaml:"auth_modules"`
 }
 
 type rawApp struct {
@@ -41,6 +43,8 @@ type rawTarget struct {
 	DSN     yaml.Node `yaml:"dsn"`
 	DSNFile yaml.Node `yaml:"dsn_file"`
 	DSNEnv  yaml.Node `yaml:"dsn_env"`
+	// AuthModule names an entry of auth_modules that adds the credentials to the DSN.
+	AuthModule yaml.Node `yaml:"auth_module"`
 }
 
 type rawPgBouncer rawTarget // a separate type only so that error messages say "pgbouncer"
@@ -263,14 +267,20 @@ func (p *parser) scalar(n *yaml.Node, path string, secret bool) (string, bool) {
 
 func (p *parser) config(raw *rawConfig) *Config {
 	c := &Config{}
+	mods := p.authModules(raw.AuthModules)
+	for _, name := range slices.Sorted(mapKeys(mods)) {
+		c.AuthModules = append(c.AuthModules, mods[name].AuthModule)
+	}
 	for i := range raw.Targets {
 		path := fmt.Sprintf("targets[%d]", i)
-		c.Targets = append(c.Targets, Target{Name: p.name(&raw.Targets[i].Name, path), DSN: p.dsn(&raw.Targets[i], path)})
+		dsn, auth := p.authDSN(&raw.Targets[i], path, mods)
+		c.Targets = append(c.Targets, Target{Name: p.name(&raw.Targets[i].Name, path), DSN: dsn, AuthModule: auth})
 	}
 	for i := range raw.PgBouncers {
 		path := fmt.Sprintf("pgbouncers[%d]", i)
 		rt := rawTarget(raw.PgBouncers[i])
-		c.PgBouncers = append(c.PgBouncers, PgBouncer{Name: p.name(&rt.Name, path), DSN: p.dsn(&rt, path)})
+		dsn, auth := p.authDSN(&rt, path, mods)
+		c.PgBouncers = append(c.PgBouncers, PgBouncer{Name: p.name(&rt.Name, path), DSN: dsn, AuthModule: auth})
 	}
 	for i := range raw.Pools {
 		rp, path := &raw.Pools[i], fmt.Sprintf("pools[%d]", i)
@@ -309,6 +319,41 @@ func (p *parser) config(raw *rawConfig) *Config {
 		c.Apps = append(c.Apps, app)
 	}
 	return c
+}
+
+// authDSN is the target's DSN with the credentials of its auth_module, if it names one.
+func (p *parser) authDSN(r *rawTarget, path string, mods map[string]*authModule) (DSN, string) {
+	dsn := p.dsn(r, path)
+	keyPath := path + ".auth_module"
+	name, ok := p.scalar(&r.AuthModule, keyPath, false)
+	if !ok {
+		return dsn, ""
+	}
+	m := mods[name]
+	switch {
+	case m == nil:
+		known := "there are no auth_modules"
+		if len(mods) > 0 {
+			var names []string
+			for _, n := range slices.Sorted(mapKeys(mods)) {
+				names = append(names, strconv.Quote(n))
+			}
+			known = "auth modules: " + strings.Join(names, ", ")
+		}
+		p.fail(keyPath, valueError(p.w.at(keyPath), keyPath, name, "unknown auth module ("+known+")"))
+		return DSN{}, name
+	case m.failed:
+		p.w.failed[keyPath] = true // the module's problem is reported already
+		return DSN{}, name
+	case dsn.IsZero():
+		return DSN{}, name // the DSN's problem is reported, or validate reports it missing
+	}
+	d, err := withAuth(dsn, m)
+	if err != nil {
+		p.fail(path+".dsn", fmt.Errorf("%s%s: %w", p.w.at(keyPath), path, err))
+		return DSN{}, name
+	}
+	return d, name
 }
 
 func (p *parser) name(n *yaml.Node, path string) string {
@@ -484,7 +529,7 @@ func (c *Config) validate(w *where) []error {
 		errs = append(errs, fmt.Errorf("%snothing to watch: there are no targets and no pgbouncers", w.at("")))
 	}
 	dsnFailed := func(path string) bool {
-		return w.failed[path+".dsn"] || w.failed[path+".dsn_file"] || w.failed[path+".dsn_env"]
+		return w.failed[path+".dsn"] || w.failed[path+".dsn_file"] || w.failed[path+".dsn_env"] || w.failed[path+".auth_module"]
 	}
 	// Target and pgbouncer names share one namespace: both become the target label, and two
 	// dbpool_up{target="main"} series would collide, one of them silently dropped.
@@ -617,6 +662,10 @@ func yamlErrors(name string, err error) []error {
 			want := "a list"
 			if s, ok := yamlSections[strings.TrimPrefix(sub[2], "poolcfg.")]; ok {
 				want = fmt.Sprintf("%s: a mapping with keys %s", s.what, strings.Join(yamlKeys(s.t), ", "))
+			} else if strings.HasPrefix(sub[2], "map[string]poolcfg.rawAuthModule") {
+				want = "auth_modules: a mapping of names to auth modules"
+			} else if strings.HasPrefix(sub[2], "map[") {
+				want = "a mapping"
 			}
 			m = fmt.Sprintf("expected %s, got %s", want, kindName("!!"+sub[1]))
 		}
@@ -633,12 +682,13 @@ var (
 		what string
 		t    reflect.Type
 	}{
-		"rawConfig":    {"the top level", reflect.TypeFor[rawConfig]()},
-		"rawTarget":    {"a target", reflect.TypeFor[rawTarget]()},
-		"rawPgBouncer": {"a pgbouncer", reflect.TypeFor[rawPgBouncer]()},
-		"rawPool":      {"a pool", reflect.TypeFor[rawPool]()},
-		"rawMatch":     {"match", reflect.TypeFor[rawMatch]()},
-		"rawApp":       {"an app", reflect.TypeFor[rawApp]()},
+		"rawConfig":     {"the top level", reflect.TypeFor[rawConfig]()},
+		"rawTarget":     {"a target", reflect.TypeFor[rawTarget]()},
+		"rawPgBouncer":  {"a pgbouncer", reflect.TypeFor[rawPgBouncer]()},
+		"rawPool":       {"a pool", reflect.TypeFor[rawPool]()},
+		"rawMatch":      {"match", reflect.TypeFor[rawMatch]()},
+		"rawApp":        {"an app", reflect.TypeFor[rawApp]()},
+		"rawAuthModule": {"an auth module", reflect.TypeFor[rawAuthModule]()},
 	}
 )
 

@@ -49,13 +49,13 @@ func TestParseFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fmt.Sprintf("%+v", *c)
-	want := "{Targets:[{Name:main DSN:postgres://monitor:xxxxx@db1:5432/appdb?sslmode=disable} " +
-		"{Name:replica DSN:host=db2 user=monitor password='xxxxx' dbname=appdb}] " +
+	want := "{Targets:[{Name:main DSN:postgres://monitor:xxxxx@db1:5432/appdb?sslmode=disable AuthModule:} " +
+		"{Name:replica DSN:host=db2 user=monitor password='xxxxx' dbname=appdb AuthModule:}] " +
 		"Pools:[{Name:api Target:main Match:application_name=~\"api-(?P<instance>[0-9]+)\" user=\"app\" database=\"appdb\" client_cidr=10.0.0.0/8 " +
 		"Settings:{PoolSize:15 MaxOverflow:30 Timeout:10s Recycle:30m0s PrePing:false Echo:true} Instances:3} " +
 		"{Name:worker Target:replica Match:application_name=\"worker\" " +
 		"Settings:{PoolSize:10 MaxOverflow:20 Timeout:2.5s Recycle:1h0m0s PrePing:true Echo:false} Instances:1}] " +
-		"PgBouncers:[{Name:edge DSN:postgres://pgbouncer@127.0.0.1:6432/pgbouncer}] Apps:[]}"
+		"PgBouncers:[{Name:edge DSN:postgres://pgbouncer@127.0.0.1:6432/pgbouncer AuthModule:}] Apps:[] AuthModules:[]}"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
@@ -199,14 +199,14 @@ func TestParseErrors(t *testing.T) {
 		want       string // the whole error
 	}{
 		{"unknown top-level key", target + "pool:\n  - name: x\n",
-			`c.yml:4: unknown key "pool" in the top level (known keys: targets, pgbouncers, pools, apps)`},
+			`c.yml:4: unknown key "pool" in the top level (known keys: targets, pgbouncers, pools, apps, auth_modules)`},
 		{"unknown pool key", target + "pools:\n  - name: api\n    size: 3\n",
 			`c.yml:6: unknown key "size" in a pool (known keys: name, target, match, pool_size, max_overflow, timeout, recycle, pre_ping, echo, instances)`},
 		{"unknown match key", target + "pools:\n  - name: api\n    match:\n      app_name: api\n",
 			`c.yml:7: unknown key "app_name" in match (known keys: application_name, application_name_regex, user, database, client_cidr)`},
 		{"unknown target key", "targets:\n  - name: main\n    url: postgres://db1/x\n",
 			"c.yml:2: targets[0].dsn: missing: set one of dsn, dsn_file or dsn_env\n" +
-				"c.yml:3: unknown key \"url\" in a target (known keys: name, dsn, dsn_file, dsn_env)"},
+				"c.yml:3: unknown key \"url\" in a target (known keys: name, dsn, dsn_file, dsn_env, auth_module)"},
 		{"targets not a list", "targets: main\n",
 			"c.yml: nothing to watch: there are no targets and no pgbouncers\nc.yml:1: expected a list, got a string"},
 		{"pool not a mapping", target + "pools:\n  - api\n",

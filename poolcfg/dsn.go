@@ -243,6 +243,34 @@ func indexOrLen(s, chars string) int {
 }
 
 func keyValueSpans(s string) (spans []span, final *string, ok bool) {
+	pairs, ok := keyValuePairs(s)
+	if !ok {
+		return nil, nil, false
+	}
+	for _, p := range pairs {
+		if p.key == "password" || p.key == "sslpassword" {
+			v := unescapeKeywordValue(s[p.start:p.end])
+			if v != "" {
+				spans = append(spans, span{p.start, p.end, v, p.key == "sslpassword"})
+			}
+			if p.key == "password" {
+				final = &v
+			}
+		}
+	}
+	return spans, final, true
+}
+
+// kvPair is one key=value of a key=value DSN; s[start:end] is the value as written,
+// without its quotes and with its backslash escapes.
+type kvPair struct {
+	key        string
+	start, end int
+}
+
+// keyValuePairs splits a key=value DSN as libpq does; ok is false when its structure is
+// not certain.
+func keyValuePairs(s string) (pairs []kvPair, ok bool) {
 	const space = " \t\n\r\v\f"
 	isSpace := func(c byte) bool { return strings.IndexByte(space, c) >= 0 }
 	skip := func(i int) int {
@@ -254,11 +282,11 @@ func keyValueSpans(s string) (spans []span, final *string, ok bool) {
 	for i := skip(0); i < len(s); {
 		eq := strings.IndexByte(s[i:], '=')
 		if eq < 0 {
-			return nil, nil, false
+			return nil, false
 		}
 		key := strings.Trim(s[i:i+eq], space)
 		if key == "" || strings.ContainsAny(key, space) {
-			return nil, nil, false
+			return nil, false
 		}
 		i = skip(i + eq + 1)
 		start, end := i, i
@@ -281,21 +309,13 @@ func keyValueSpans(s string) (spans []span, final *string, ok bool) {
 				}
 			}
 			if end >= len(s) {
-				return nil, nil, false
+				return nil, false
 			}
 			i = skip(end + 1)
 		}
-		if key == "password" || key == "sslpassword" {
-			v := unescapeKeywordValue(s[start:end])
-			if v != "" {
-				spans = append(spans, span{start, end, v, key == "sslpassword"})
-			}
-			if key == "password" {
-				final = &v
-			}
-		}
+		pairs = append(pairs, kvPair{key, start, end})
 	}
-	return spans, final, true
+	return pairs, true
 }
 
 // unescapeKeywordValue drops each backslash and keeps the byte after it, as libpq does.

@@ -133,11 +133,11 @@ func TestDSNPrinting(t *testing.T) {
 			t.Errorf("Sprintf(%q) = %q, want %q", tt.format, got, tt.want)
 		}
 	}
-	if got := fmt.Sprintf("%+v", Target{Name: "main", DSN: d}); got != "{Name:main DSN:"+red+"}" {
+	if got := fmt.Sprintf("%+v", Target{Name: "main", DSN: d}); got != "{Name:main DSN:"+red+" AuthModule:}" {
 		t.Errorf("Target %%+v = %q", got)
 	}
 	js, _ := json.Marshal(Target{Name: "main", DSN: d})
-	if string(js) != `{"Name":"main","DSN":"`+red+`"}` {
+	if string(js) != `{"Name":"main","DSN":"`+red+`","AuthModule":""}` {
 		t.Errorf("json = %s", js)
 	}
 }

@@ -57,13 +57,16 @@ type Pool struct {
 // Target is one PostgreSQL server the exporter connects to.
 type Target struct {
 	Name string
-	DSN  DSN
+	DSN  DSN // with the credentials of AuthModule, if set
+	// AuthModule is the auth_modules entry whose credentials the DSN carries; "" if none.
+	AuthModule string
 }
 
 // PgBouncer is one PgBouncer admin console the exporter reads (SHOW POOLS etc.).
 type PgBouncer struct {
-	Name string
-	DSN  DSN
+	Name       string
+	DSN        DSN
+	AuthModule string
 }
 
 // Config is the whole validated configuration.
@@ -72,4 +75,6 @@ type Config struct {
 	Pools      []Pool
 	PgBouncers []PgBouncer
 	Apps       []App
+	// AuthModules are the named credential sets of the file, sorted by name.
+	AuthModules []AuthModule
 }
