@@ -42,6 +42,10 @@ type flags struct {
 
 	healthWindow         time.Duration
 	healthSampleInterval time.Duration
+
+	scrapeTargets     bool
+	probeIdleTimeout  time.Duration
+	probeMaxConnected int
 }
 
 func addFlags(app *kingpin.Application) *flags {
@@ -69,6 +73,9 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("collector.activity.max-applications", "Most application_name groups for backends that match no pool; the rest are reported as pool \"app:other\".").Default("20").IntVar(&f.maxApplications)
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
+	app.Flag("metrics.scrape-targets", "Scrape every configured target on each request to the telemetry path. With --no-metrics.scrape-targets the telemetry path serves only the exporter's own metrics, and Prometheus scrapes each target through /probe?target=NAME (see README, Multi-target probing).").Default("true").BoolVar(&f.scrapeTargets)
+	app.Flag("probe.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.probeIdleTimeout)
+	app.Flag("probe.max-connected-targets", "Most targets holding monitoring connections at once when /probe connects them: the least recently scraped target is disconnected first. 0 is no cap. A /metrics scrape of all targets (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.probeMaxConnected)
 	return f
 }
 
@@ -95,6 +102,12 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	// Every sample logs in once for the probe: a typo such as 1ms must not flood the server.
 	if f.healthSampleInterval != 0 && f.healthSampleInterval < time.Second {
 		return nil, fmt.Errorf("--health.sample-interval=%s: must be 0 (off) or at least 1s", f.healthSampleInterval)
+	}
+	if f.probeIdleTimeout != 0 && f.probeIdleTimeout < time.Second {
+		return nil, fmt.Errorf("--probe.idle-timeout=%s: must be 0 (never) or at least 1s", f.probeIdleTimeout)
+	}
+	if f.probeMaxConnected < 0 {
+		return nil, fmt.Errorf("--probe.max-connected-targets=%d: must be 0 (no cap) or more", f.probeMaxConnected)
 	}
 	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
@@ -178,53 +191,112 @@ func (f *flags) postgresOptions() collector.PostgresOptions {
 // buildExporter creates one collector target per configured server. observer, if not nil,
 // receives every scrape's result (the pool history of internal/health).
 func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, observer func(collector.Result)) (*collector.Exporter, error) {
+	return f.buildExporterWith(cfg, logger, observer, nil)
+}
+
+// buildExporterWith is buildExporter with the fleet series that count disconnects (the
+// daemon's; nil elsewhere).
+func (f *flags) buildExporterWith(cfg *poolcfg.Config, logger *slog.Logger, observer func(collector.Result), fleet *collector.FleetMetrics) (*collector.Exporter, error) {
 	var targets []collector.Target
-	fail := func(err error) (*collector.Exporter, error) {
-		for _, done := range targets {
-			done.Close()
+	for _, name := range targetNames(cfg, f.pgbouncer) {
+		t, err := f.openTarget(cfg, name, logger)
+		if err != nil {
+			for _, done := range targets {
+				done.Close()
+			}
+			return nil, err
 		}
-		return nil, err
+		targets = append(targets, t)
 	}
+	return collector.NewExporterWithOptions(targets, collector.ExporterOptions{
+		Observer:            observer,
+		IdleTimeout:         f.probeIdleTimeout,
+		MaxConnectedTargets: f.probeMaxConnected,
+		// A PgBouncer target cannot drop its console connection and stay open: it is
+		// closed when idle and opened again, from the same configuration, when needed.
+		Reopen: func(name string) (collector.Target, error) { return f.openTarget(cfg, name, logger) },
+		Fleet:  fleet,
+		Logger: logger,
+	}), nil
+}
+
+// warnUncapped says once per (re)load when /metrics connects more targets than the cap
+// that /probe keeps: a fleet is meant to be probed one target at a time.
+func (f *flags) warnUncapped(cfg *poolcfg.Config, logger *slog.Logger) {
+	n := len(targetNames(cfg, f.pgbouncer))
+	if f.scrapeTargets && f.probeMaxConnected > 0 && n > f.probeMaxConnected {
+		logger.Warn("every scrape of the telemetry path connects all targets, more than --probe.max-connected-targets; "+
+			"for a fleet, set --no-metrics.scrape-targets and scrape each target through /probe?target=NAME",
+			"targets", n, "max_connected_targets", f.probeMaxConnected)
+	}
+}
+
+// targetNames lists the configured targets the exporter watches, PostgreSQL first.
+func targetNames(cfg *poolcfg.Config, pgbouncer bool) []string {
+	var names []string
 	for _, t := range cfg.Targets {
+		names = append(names, t.Name)
+	}
+	if pgbouncer {
+		for _, b := range cfg.PgBouncers {
+			names = append(names, b.Name)
+		}
+	}
+	return names
+}
+
+// openTarget creates the collector target of the configured server name; it does not
+// connect.
+func (f *flags) openTarget(cfg *poolcfg.Config, name string, logger *slog.Logger) (collector.Target, error) {
+	for _, t := range cfg.Targets {
+		if t.Name != name {
+			continue
+		}
 		pt, err := collector.NewPostgresTarget(t.Name, t.DSN, cfg.PoolsForTarget(t.Name), f.postgresOptions(), logger)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		if err := pt.WatchApps(cfg.AppsForTarget(t.Name)); err != nil {
 			pt.Close()
-			return fail(err)
+			return nil, err
 		}
-		targets = append(targets, pt)
-	}
-	if f.pgbouncer {
-		for _, b := range cfg.PgBouncers {
-			bt, err := collector.NewPgBouncerTarget(b.Name, b.DSN, collector.DefaultPgBouncerOptions(), logger)
-			if err != nil {
-				return fail(err)
-			}
-			targets = append(targets, bt)
-		}
-	}
-	return collector.NewExporter(targets, observer), nil
-}
-
-// cfgTargets lists the targets for the landing page, passwords redacted.
-func cfgTargets(cfg *poolcfg.Config) []string {
-	var out []string
-	for _, t := range cfg.Targets {
-		out = append(out, t.Name+" ("+t.DSN.String()+")")
+		return pt, nil
 	}
 	for _, b := range cfg.PgBouncers {
-		out = append(out, b.Name+" (pgbouncer "+b.DSN.String()+")")
+		if b.Name == name {
+			return collector.NewPgBouncerTarget(b.Name, b.DSN, collector.DefaultPgBouncerOptions(), logger)
+		}
+	}
+	return nil, fmt.Errorf("target %q: not configured", name)
+}
+
+// landingItem is one line of the landing page's target list; probe is the target name
+// for a /probe link, "" for an app endpoint.
+type landingItem struct{ text, probe string }
+
+// cfgTargets lists the targets for the landing page, passwords redacted.
+func cfgTargets(cfg *poolcfg.Config) []landingItem {
+	var out []landingItem
+	auth := func(module string) string {
+		if module == "" {
+			return ""
+		}
+		return ", auth module " + module
+	}
+	for _, t := range cfg.Targets {
+		out = append(out, landingItem{t.Name + " (" + t.DSN.String() + auth(t.AuthModule) + ")", t.Name})
+	}
+	for _, b := range cfg.PgBouncers {
+		out = append(out, landingItem{b.Name + " (pgbouncer " + b.DSN.String() + auth(b.AuthModule) + ")", b.Name})
 	}
 	for _, a := range cfg.Apps {
-		out = append(out, "app "+a.Name+" (pool "+a.Pool+", "+a.URL.String()+")")
+		out = append(out, landingItem{"app " + a.Name + " (pool " + a.Pool + ", " + a.URL.String() + ")", ""})
 	}
 	return out
 }
 
 // reservedPaths are served by the daemon itself; the metrics path must not shadow them.
-var reservedPaths = []string{"/-/reload", "/-/healthy", health.PagePath, health.APIPrefix}
+var reservedPaths = []string{"/-/reload", "/-/healthy", probePath, health.PagePath, health.APIPrefix}
 
 // checkTelemetryPath rejects a --web.telemetry-path that net/http would refuse (and panic on)
 // or that would shadow one of the daemon's own pages.

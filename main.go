@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -80,7 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if f.configCheck {
-		fmt.Fprintf(stdout, "configuration OK: %d target(s), %d pool(s), %d pgbouncer(s), %d app(s)\n", len(cfg.Targets), len(cfg.Pools), len(cfg.PgBouncers), len(cfg.Apps))
+		fmt.Fprintf(stdout, "configuration OK: %d target(s), %d pool(s), %d pgbouncer(s), %d app(s), %d auth module(s)\n",
+			len(cfg.Targets), len(cfg.Pools), len(cfg.PgBouncers), len(cfg.Apps), len(cfg.AuthModules))
 		return 0
 	}
 	if command == adviseCmd.FullCommand() {
@@ -90,13 +92,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// The pool history outlives reloads: the new exporter feeds the same manager.
 	pools := health.NewManager(health.Options{Window: f.healthWindow})
-	exp, err := f.buildExporter(cfg, logger, pools.Observe)
+	holder := &exporterHolder{}
+	fleet := collector.NewFleetMetrics(holder.get)
+	exp, err := f.buildExporterWith(cfg, logger, pools.Observe, fleet)
 	if err != nil {
 		logger.Error("cannot start", "err", err)
 		return 1
 	}
-	holder := &exporterHolder{exp: exp}
+	holder.exp = exp
 	defer holder.close()
+	f.warnUncapped(cfg, logger)
 
 	static := prometheus.NewRegistry()
 	static.MustRegister(
@@ -104,6 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		pools,
+		fleet,
 	)
 
 	// The sampler keeps the pool history going when Prometheus scrapes rarely; it stops
@@ -111,7 +117,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	samplerCtx, stopSampler := context.WithCancel(context.Background())
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
-		pools.RunSampler(samplerCtx, f.healthSampleInterval, f.maxTimeout, func(ctx context.Context) { holder.get().Scrape(ctx) })
+		pools.RunSampler(samplerCtx, f.healthSampleInterval, f.maxTimeout, func(ctx context.Context) {
+			if f.scrapeTargets {
+				holder.get().Scrape(ctx)
+			} else {
+				// Probed targets: sample those connected now, so that the sampler neither
+				// connects a whole fleet nor keeps idle targets connected.
+				holder.get().ScrapeConnected(ctx)
+			}
+		})
 	})
 	defer func() { stopSampler(); sampler.Wait() }()
 
@@ -124,6 +138,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			Version:     version.Info(),
 			Links: []web.LandingLinks{
 				{Address: f.metricsPath, Text: "Metrics"},
+				{Address: probePath + "?target=NAME", Text: "Probe one target (names below)"},
 				{Address: health.PagePath, Text: "Pool health"},
 				{Address: health.PoolsPath, Text: "Pool health (JSON API)"},
 			},
@@ -145,7 +160,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		newExp, err := f.buildExporter(newCfg, logger, pools.Observe)
+		newExp, err := f.buildExporterWith(newCfg, logger, pools.Observe, fleet)
 		if err != nil {
 			return err
 		}
@@ -154,13 +169,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return err
 		}
 		holder.swap(newExp)
+		f.warnUncapped(newCfg, logger)
 		logger.Info("configuration reloaded", "targets", len(newCfg.Targets), "pools", len(newCfg.Pools))
 		return nil
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle(f.metricsPath, promhttp.InstrumentMetricHandler(static,
-		metricsHandler(holder.get, static, f.timeoutOffset, f.maxTimeout, logger)))
+	var metrics http.Handler = metricsHandler(holder.get, static, f.timeoutOffset, f.maxTimeout, logger)
+	if !f.scrapeTargets {
+		metrics = promhttp.HandlerFor(static, promhttp.HandlerOpts{
+			ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),
+			ErrorHandling: promhttp.ContinueOnError,
+		})
+	}
+	mux.Handle(f.metricsPath, promhttp.InstrumentMetricHandler(static, metrics))
+	mux.Handle(probePath, probeHandler(holder.get, f.timeoutOffset, f.maxTimeout, logger))
 	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.WriteHeader(http.StatusMethodNotAllowed)
@@ -260,6 +283,52 @@ func metricsHandler(exp func() *collector.Exporter, static prometheus.Gatherer, 
 	})
 }
 
+// probePath serves one target's metrics: /probe?target=NAME.
+const probePath = "/probe"
+
+// probeHandler scrapes the one configured target named by the target parameter, under the
+// same deadline as metricsHandler, and answers with that target's metrics only (nothing
+// process-wide: those are on the telemetry path). A missing or unknown name is a 400, before
+// anything connects.
+func probeHandler(exp func() *collector.Exporter, offset, maxTimeout time.Duration, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("target")
+		e := exp()
+		switch {
+		case name == "":
+			http.Error(w, "missing parameter target: /probe?target=NAME, where NAME is a target or pgbouncer name of the configuration (the landing page lists them)", http.StatusBadRequest)
+			return
+		case !e.HasTarget(name):
+			// Never echo what looks like a connection string: it may hold a password, and
+			// this exporter takes only names (the credentials stay in its configuration).
+			shown := strconv.Quote(name)
+			if strings.Contains(name, "://") || strings.Contains(name, "=") || len(name) > 200 {
+				shown = "(a connection string?)"
+			}
+			http.Error(w, "unknown target "+shown+": /probe takes the name of a configured target or pgbouncer, not a DSN (the landing page lists them)", http.StatusBadRequest)
+			return
+		}
+		timeout := scrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		c, err := e.ProbeCollector(ctx, name)
+		if err != nil { // the configuration was reloaded meanwhile
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(c); err != nil {
+			logger.Error("registering probe collector", "target", name, "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+			ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),
+			ErrorHandling: promhttp.ContinueOnError,
+		}).ServeHTTP(w, r)
+	})
+}
+
 // scrapeTimeout is Prometheus' scrape timeout minus offset, capped by maxTimeout; without a
 // usable header (missing, not a finite positive number) it is maxTimeout. An offset larger
 // than the timeout is ignored rather than leaving no time at all, and no deadline is shorter
@@ -282,14 +351,18 @@ func scrapeTimeout(header string, offset, maxTimeout time.Duration) time.Duratio
 // minScrapeTimeout is the shortest deadline a scrape gets, whatever the header says.
 const minScrapeTimeout = 10 * time.Millisecond
 
-func targetsHTML(targets []string) string {
+func targetsHTML(targets []landingItem) string {
 	if len(targets) == 0 {
 		return ""
 	}
 	var b strings.Builder
 	b.WriteString("<h2>Targets</h2><ul>")
 	for _, t := range targets {
-		b.WriteString("<li>" + html.EscapeString(t) + "</li>")
+		b.WriteString("<li>" + html.EscapeString(t.text))
+		if t.probe != "" {
+			b.WriteString(` <a href="` + html.EscapeString(probePath+"?target="+url.QueryEscape(t.probe)) + `">probe</a>`)
+		}
+		b.WriteString("</li>")
 	}
 	b.WriteString("</ul>")
 	return b.String()

@@ -158,6 +158,16 @@ func (t *PostgresTarget) Close() {
 	}
 }
 
+// ReleaseConnections closes the monitoring connections (and the app endpoints' idle HTTP
+// connections) but keeps the target usable: its next scrape connects again. A connection
+// in use is closed when it is returned. The exporter calls it for idle targets.
+func (t *PostgresTarget) ReleaseConnections() {
+	t.db.Reset()
+	if t.appClient != nil {
+		t.appClient.CloseIdleConnections()
+	}
+}
+
 // WatchApps adds the application endpoints that report this target's pools themselves
 // (dbpool-stats JSON): each is read on every scrape, in parallel with the server, as the
 // collector app:<name>. Call it before the first scrape.

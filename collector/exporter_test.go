@@ -1,0 +1,386 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+)
+
+// monitorBackendsQuery counts the exporter's long-lived monitoring sessions on a server.
+const monitorBackendsQuery = `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool_exporter'`
+
+// fleetTargets starts n servers and returns a function that builds one target per server
+// from a YAML file that lists them as host DSNs with an auth module, as a fleet's
+// configuration would.
+func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest.Postgres, func() []Target) {
+	t.Helper()
+	servers := make([]*pgtest.Postgres, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { servers[i] = testServer(t, pgtest.Options{}) })
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	var yaml strings.Builder
+	fmt.Fprintf(&yaml, "auth_modules:\n  monitor:\n    user: %s\n    password: %q\n    options: {sslmode: disable}\ntargets:\n", monitorRole, monitorPassword)
+	for i, pg := range servers {
+		fmt.Fprintf(&yaml, "  - name: db%d\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", i, pg.Host, pg.Port)
+	}
+	cfg, err := poolcfg.Parse([]byte(yaml.String()), "fleet.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultPostgresOptions()
+	if mutate != nil {
+		mutate(&opts)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return servers, func() []Target {
+		var targets []Target
+		for _, tc := range cfg.Targets {
+			if strings.Contains(tc.DSN.String(), monitorPassword) {
+				t.Fatalf("the combined DSN does not redact: %s", tc.DSN)
+			}
+			pt, err := NewPostgresTarget(tc.Name, tc.DSN, nil, opts, logger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			targets = append(targets, pt)
+		}
+		return targets
+	}
+}
+
+func probeGather(t *testing.T, e *Exporter, name string) map[string]*dto.MetricFamily {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.ProbeCollector(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// targetLabels returns the values of the target label over all series.
+func targetLabels(mfs map[string]*dto.MetricFamily) map[string]bool {
+	seen := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "target" {
+					seen[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	return seen
+}
+
+// TestProbeFleet: a probe scrapes exactly one server; an idle target closes its monitoring
+// connection and reconnects on the next probe; beyond the cap, the least recently used
+// target is disconnected first.
+func TestProbeFleet(t *testing.T) {
+	servers, targets := fleetTargets(t, 3, func(o *PostgresOptions) { o.Probe = false })
+	fleet := NewFleetMetrics(nil)
+	e := NewExporterWithOptions(targets(), ExporterOptions{MaxConnectedTargets: 2, Fleet: fleet})
+	fleet.exporter = func() *Exporter { return e }
+	defer e.Close()
+
+	// One probe touches one server.
+	mfs := probeGather(t, e, "db1")
+	if v := mustValue(t, mfs, "dbpool_up", map[string]string{"target": "db1"}); v != 1 {
+		t.Fatalf("dbpool_up{target=db1} = %v", v)
+	}
+	if got := targetLabels(mfs); len(got) != 1 || !got["db1"] {
+		t.Errorf("probe of db1 returned series of targets %v", got)
+	}
+	waitFor(t, servers[1], monitorBackendsQuery, 1)
+	waitFor(t, servers[0], monitorBackendsQuery, 0)
+	waitFor(t, servers[2], monitorBackendsQuery, 0)
+	if n := e.ConnectedTargets(); n != 1 {
+		t.Errorf("connected targets = %d, want 1", n)
+	}
+
+	// Cap 2: db1, db0, then db2 disconnects db1, the least recently used.
+	time.Sleep(10 * time.Millisecond) // distinct last-use times
+	probeGather(t, e, "db0")
+	time.Sleep(10 * time.Millisecond)
+	probeGather(t, e, "db2")
+	waitFor(t, servers[1], monitorBackendsQuery, 0)
+	waitFor(t, servers[0], monitorBackendsQuery, 1)
+	waitFor(t, servers[2], monitorBackendsQuery, 1)
+	if n := e.ConnectedTargets(); n != 2 {
+		t.Errorf("connected targets after the cap = %d, want 2", n)
+	}
+	if err := testutil.CollectAndCompare(fleet, strings.NewReader(`
+# HELP dbpool_exporter_connected_targets Targets that hold or may hold monitoring connections: scraped, and not disconnected since for being idle (--probe.idle-timeout) or over the cap (--probe.max-connected-targets).
+# TYPE dbpool_exporter_connected_targets gauge
+dbpool_exporter_connected_targets 2
+# HELP dbpool_exporter_target_disconnects_total Targets whose monitoring connections were closed, by reason: idle (not scraped for --probe.idle-timeout) or cap (least recently used when a probe needed a connection beyond --probe.max-connected-targets).
+# TYPE dbpool_exporter_target_disconnects_total counter
+dbpool_exporter_target_disconnects_total{reason="cap"} 1
+dbpool_exporter_target_disconnects_total{reason="idle"} 0
+`), "dbpool_exporter_connected_targets", "dbpool_exporter_target_disconnects_total"); err != nil {
+		t.Error(err)
+	}
+	assertLintClean(t, fleet)
+	e.Close()
+	for _, pg := range servers {
+		waitFor(t, pg, monitorBackendsQuery, 0)
+	}
+
+	// Idle: nothing probes for longer than the idle timeout; both backends go.
+	e = NewExporterWithOptions(targets(), ExporterOptions{IdleTimeout: time.Second, Fleet: fleet})
+	defer e.Close()
+	probeGather(t, e, "db0")
+	probeGather(t, e, "db2")
+	waitFor(t, servers[0], monitorBackendsQuery, 0)
+	waitFor(t, servers[2], monitorBackendsQuery, 0)
+	if n := e.ConnectedTargets(); n != 0 {
+		t.Errorf("connected targets after the idle timeout = %d, want 0", n)
+	}
+	// The next probe reconnects.
+	if v := mustValue(t, probeGather(t, e, "db0"), "dbpool_up", map[string]string{"target": "db0"}); v != 1 {
+		t.Errorf("dbpool_up after reconnecting = %v", v)
+	}
+	waitFor(t, servers[0], monitorBackendsQuery, 1)
+	if v, _ := value(gatherFleet(t, fleet), "dbpool_exporter_target_disconnects_total", map[string]string{"reason": "idle"}); v != 2 {
+		t.Errorf("idle disconnects = %v, want 2", v)
+	}
+}
+
+func gatherFleet(t *testing.T, fleet *FleetMetrics) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(fleet)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// TestProbeUnknownTargetDoesNotConnect: an unknown name is refused before anything dials;
+// the listener behind the configured target sees no connection until that target is probed.
+func TestProbeUnknownTargetDoesNotConnect(t *testing.T) {
+	ln, accepted := countingListener(t)
+	tgt := newTestTarget(t, fmt.Sprintf("postgres://u:ListenerS3cret@%s/db?sslmode=disable&connect_timeout=1", ln.Addr()), nil, nil, nil)
+	e := NewExporter([]Target{tgt}, nil)
+	for _, name := range []string{"", "nope", "DB", "postgres://u:p@h/db"} {
+		if _, err := e.Probe(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
+			t.Errorf("Probe(%q) = %v, want ErrUnknownTarget", name, err)
+		}
+		if _, err := e.ProbeCollector(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
+			t.Errorf("ProbeCollector(%q) = %v, want ErrUnknownTarget", name, err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("unknown targets made %d connection attempts", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := e.Probe(ctx, "db"); err != nil {
+		t.Fatal(err)
+	}
+	if n := accepted.Load(); n == 0 {
+		t.Error("probing the configured target did not reach its listener: the counter is broken")
+	}
+}
+
+// countingListener accepts TCP connections, counts them and never answers.
+func countingListener(t *testing.T) (net.Listener, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln, &n
+}
+
+// fakeTarget counts scrapes, releases and closes; inPlace makes it a ConnectionReleaser.
+type fakeTarget struct {
+	name                     string
+	scrapes, releases, close atomic.Int64
+	block                    chan struct{} // if not nil, Scrape waits for it
+}
+
+func (f *fakeTarget) Name() string { return f.name }
+func (f *fakeTarget) Scrape(context.Context) Result {
+	f.scrapes.Add(1)
+	if f.block != nil {
+		<-f.block
+	}
+	return Result{Metrics: []prometheus.Metric{prometheus.MustNewConstMetric(reopenHealth.up, prometheus.GaugeValue, 1, f.name)}}
+}
+func (f *fakeTarget) Close() { f.close.Add(1) }
+
+type releasingTarget struct{ *fakeTarget }
+
+func (r releasingTarget) ReleaseConnections() { r.releases.Add(1) }
+
+// TestExporterLRU: the cap disconnects the least recently used idle target, never a busy
+// one; a target that cannot release in place is closed and reopened.
+func TestExporterLRU(t *testing.T) {
+	a, b := &fakeTarget{name: "a"}, &fakeTarget{name: "b"}
+	bouncer := &fakeTarget{name: "bouncer"}
+	var reopened atomic.Int64
+	now := time.Unix(1000, 0)
+	var clock sync.Mutex
+	e := NewExporterWithOptions([]Target{releasingTarget{a}, releasingTarget{b}, bouncer}, ExporterOptions{
+		MaxConnectedTargets: 2,
+		Reopen: func(name string) (Target, error) {
+			reopened.Add(1)
+			return bouncer, nil
+		},
+	})
+	e.now = func() time.Time { clock.Lock(); defer clock.Unlock(); now = now.Add(time.Second); return now }
+	defer e.Close()
+	ctx := context.Background()
+	probe := func(name string) {
+		t.Helper()
+		if _, err := e.Probe(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	probe("a")
+	probe("b")
+	probe("a") // b is now the least recently used
+	if a.releases.Load()+b.releases.Load() != 0 || e.ConnectedTargets() != 2 {
+		t.Fatalf("within the cap: releases a=%d b=%d, connected %d", a.releases.Load(), b.releases.Load(), e.ConnectedTargets())
+	}
+	probe("bouncer")
+	if b.releases.Load() != 1 || a.releases.Load() != 0 {
+		t.Errorf("over the cap: releases a=%d b=%d, want b released", a.releases.Load(), b.releases.Load())
+	}
+	probe("b") // a (used before bouncer) is the least recently used
+	if a.releases.Load() != 1 {
+		t.Errorf("probe of b should release a (LRU): releases a=%d", a.releases.Load())
+	}
+	probe("a") // bouncer is the LRU: it cannot release in place, so it is closed
+	e.bg.Wait()
+	if bouncer.close.Load() != 1 {
+		t.Errorf("bouncer closes = %d, want 1", bouncer.close.Load())
+	}
+	probe("bouncer")
+	if reopened.Load() != 1 || bouncer.scrapes.Load() != 2 {
+		t.Errorf("bouncer reopened %d times, scraped %d, want 1 and 2", reopened.Load(), bouncer.scrapes.Load())
+	}
+
+	// A busy target is not disconnected: the cap is exceeded while it runs and restored
+	// when it ends.
+	e2 := NewExporterWithOptions([]Target{releasingTarget{&fakeTarget{name: "x", block: make(chan struct{})}}, releasingTarget{&fakeTarget{name: "y"}}},
+		ExporterOptions{MaxConnectedTargets: 1})
+	defer e2.Close()
+	x := e2.byName["x"].target.(releasingTarget)
+	y := e2.byName["y"].target.(releasingTarget)
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = e2.Probe(ctx, "x") }()
+	for x.scrapes.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := e2.Probe(ctx, "y"); err != nil {
+		t.Fatal(err)
+	}
+	if x.releases.Load() != 0 {
+		t.Error("a busy target was disconnected")
+	}
+	// y is idle now and x busy: y goes, to restore the cap.
+	if y.releases.Load() != 1 || e2.ConnectedTargets() != 1 {
+		t.Errorf("after the probe of y: y releases %d, connected %d", y.releases.Load(), e2.ConnectedTargets())
+	}
+	close(x.block)
+	<-done
+	if e2.ConnectedTargets() != 1 {
+		t.Errorf("connected = %d, want 1", e2.ConnectedTargets())
+	}
+}
+
+// TestExporterScrapeAllIsNotCapped: /metrics with every target connects them all; the
+// sampler's ScrapeConnected does not count as a use, so idle targets still go.
+func TestExporterScrapeAllIsNotCapped(t *testing.T) {
+	var fakes []*fakeTarget
+	var targets []Target
+	for _, n := range []string{"a", "b", "c"} {
+		f := &fakeTarget{name: n}
+		fakes = append(fakes, f)
+		targets = append(targets, releasingTarget{f})
+	}
+	e := NewExporterWithOptions(targets, ExporterOptions{MaxConnectedTargets: 1, IdleTimeout: 200 * time.Millisecond})
+	defer e.Close()
+	e.Scrape(context.Background())
+	if n := e.ConnectedTargets(); n != 3 {
+		t.Errorf("after Scrape: connected %d, want 3", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.ConnectedTargets() > 0 {
+		e.ScrapeConnected(context.Background())
+		if time.Now().After(deadline) {
+			t.Fatalf("ScrapeConnected kept %d targets connected past the idle timeout", e.ConnectedTargets())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, f := range fakes {
+		if f.releases.Load() != 1 {
+			t.Errorf("%s released %d times, want 1", f.name, f.releases.Load())
+		}
+	}
+	if r := e.ScrapeConnected(context.Background()); len(r.Metrics) != 0 {
+		t.Errorf("ScrapeConnected with nothing connected scraped %d series", len(r.Metrics))
+	}
+}
