@@ -30,13 +30,8 @@ const monitorBackendsQuery = `SELECT count(*) FROM pg_stat_activity WHERE applic
 func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest.Postgres, func() []Target) {
 	t.Helper()
 	servers := make([]*pgtest.Postgres, n)
-	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { servers[i] = testServer(t, pgtest.Options{}) })
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
+		servers[i] = testServer(t, pgtest.Options{})
 	}
 	var yaml strings.Builder
 	fmt.Fprintf(&yaml, "auth_modules:\n  monitor:\n    user: %s\n    password: %q\n    options: {sslmode: disable}\ntargets:\n", monitorRole, monitorPassword)

@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
+)
+
+// probeTargets are the exporter's target names, one PostgreSQL server each.
+var probeTargets = []string{"alpha", "beta", "gamma"}
+
+// readmePrometheusConfig returns the `# prometheus.yml` block of README's Multi-target
+// probing section, with its target list and exporter address replaced: the test runs the
+// documented relabel_configs, not a copy that could drift from them.
+func readmePrometheusConfig(t *testing.T, targets []string, exporterAddr string) string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(readme)
+	if i := strings.Index(section, "### Multi-target probing"); i >= 0 {
+		section = section[i:]
+	} else {
+		t.Fatal("README.md has no section Multi-target probing")
+	}
+	m := regexp.MustCompile("(?s)```yaml\n# prometheus.yml\n(.*?)```").FindStringSubmatch(section)
+	if m == nil {
+		t.Fatal("README.md: no ```yaml block starting with # prometheus.yml in Multi-target probing")
+	}
+	cfg := m[1]
+	targetsRe := regexp.MustCompile(`(?m)^(\s*- targets: )\[[^\]]*\](\s*#.*names from dbpool.yml.*)$`)
+	if !targetsRe.MatchString(cfg) || !strings.Contains(cfg, "dbpool-exporter:9930") || !strings.Contains(cfg, "__param_target") {
+		t.Fatalf("README's prometheus.yml changed shape; the test expects a probe target list marked "+
+			"'names from dbpool.yml', __param_target and the address dbpool-exporter:9930:\n%s", cfg)
+	}
+	cfg = targetsRe.ReplaceAllString(cfg, "${1}["+strings.Join(targets, ", ")+"]")
+	cfg = strings.ReplaceAll(cfg, "dbpool-exporter:9930", exporterAddr)
+	// Prometheus' defaults (1m) would make the test wait; the documented part is unchanged.
+	return "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n" + cfg
+}
+
+// TestProbeEndToEnd: a real Prometheus scrapes three PostgreSQL servers through one exporter
+// with README's relabel_configs: one series of dbpool_up per server, each with its own
+// instance label, and the exporter's own metrics in their own job.
+func TestProbeEndToEnd(t *testing.T) {
+	promBin := findBinary(t, "PROMETHEUS", "prometheus")
+	exporterBin := testbin.Exporter(t)
+	dir := t.TempDir() // first, so that it is removed after every process is gone
+
+	servers := make([]*pgtest.Postgres, len(probeTargets))
+	errs := make([]error, len(probeTargets))
+	var wg sync.WaitGroup
+	for i := range probeTargets {
+		wg.Go(func() { servers[i], errs[i] = pgtest.Start(pgtest.Options{}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("pgtest: start PostgreSQL: %v", err)
+		}
+		t.Cleanup(func() { _ = servers[i].Close() })
+	}
+	password := randomPassword(t)
+	var targets strings.Builder
+	for i, pg := range servers {
+		if err := pg.CreateRole("dbpool_monitor", password, false, "pg_monitor"); err != nil {
+			t.Fatal(err)
+		}
+		// Host DSNs without credentials: the auth module adds them.
+		fmt.Fprintf(&targets, "  - name: %s\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", probeTargets[i], pg.Host, pg.Port)
+	}
+	exporterCfg := filepath.Join(dir, "exporter.yml")
+	writeFile(t, exporterCfg, "auth_modules:\n  monitor:\n    user: dbpool_monitor\n    password_env: MONITOR_PASSWORD\n"+
+		"    options: {sslmode: disable}\ntargets:\n"+targets.String())
+	exporter, exporterAddr := startServer(t, dir, "exporter", exporterBin, []string{"MONITOR_PASSWORD=" + password}, "/metrics",
+		func(addr string) []string {
+			return []string{
+				"--web.listen-address=" + addr,
+				"--config.file=" + exporterCfg,
+				"--no-metrics.scrape-targets",
+				"--scrape.timeout-offset=200ms", // Prometheus' timeout here is 1s
+				"--log.level=info",
+			}
+		})
+
+	promDir := filepath.Join(dir, "prometheus")
+	if err := os.Mkdir(promDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	promCfg := filepath.Join(promDir, "prometheus.yml")
+	writeFile(t, promCfg, readmePrometheusConfig(t, probeTargets, exporterAddr))
+	promProc, promAddr := startServer(t, promDir, "prometheus", promBin, nil, "/-/ready", func(addr string) []string {
+		return []string{
+			"--config.file=" + promCfg,
+			"--storage.tsdb.path=" + filepath.Join(promDir, "data"),
+			"--web.listen-address=" + addr,
+			"--log.level=info",
+		}
+	})
+	prom := &prometheus{proc: promProc, addr: promAddr, config: promCfg, exporterAddr: exporterAddr}
+	checkAlive := func() {
+		t.Helper()
+		for _, p := range []*process{exporter, promProc} {
+			if p.exited() {
+				t.Fatalf("%s\n--- %s output (tail) ---\n%s", p.status(), p.name, p.logTail(30))
+			}
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("exporter output (tail):\n%s\nprometheus output (tail):\n%s", exporter.logTail(20), promProc.logTail(20))
+		}
+	})
+
+	// The exporter refuses what is not a configured name, before Prometheus is involved.
+	for _, q := range []string{"", "?target=delta", "?target=" + servers[0].DSN("dbpool_monitor", password, "")} {
+		code, body, err := httpGet("http://" + exporterAddr + "/probe" + q)
+		if err != nil || code != 400 || strings.Contains(string(body), password) {
+			t.Errorf("GET /probe%s: %d %q (err %v), want 400 without the password", strings.ReplaceAll(q, password, "xxxxx"), code, body, err)
+		}
+	}
+
+	waitFor(t, "Prometheus probing the three servers through the exporter", checkAlive, func() string {
+		up, err := prom.query(`dbpool_up{job="dbpool"} == 1`)
+		if err != nil {
+			return err.Error()
+		}
+		var got []string
+		instances := map[string]bool{}
+		for _, s := range up {
+			got = append(got, s.Metric["target"])
+			if s.Metric["instance"] != s.Metric["target"] {
+				return fmt.Sprintf("dbpool_up%v: instance should be the target name", s.Metric)
+			}
+			instances[s.Metric["instance"]] = true
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, probeTargets) || len(instances) != len(probeTargets) {
+			return fmt.Sprintf("dbpool_up == 1 for targets %v (instances %v), want %v, each its own instance", got, instances, probeTargets)
+		}
+		return ""
+	})
+
+	// Each probe carries only its own target: one dbpool_up series per scrape (instance).
+	for _, name := range probeTargets {
+		s, err := prom.query(fmt.Sprintf(`count by (target) ({job="dbpool", instance=%q, target!=""})`, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s) != 1 || s[0].Metric["target"] != name {
+			t.Errorf("probe of %s carries series of targets %v", name, s)
+		}
+	}
+	// No process-wide series in the probes; they are in the exporter's own job, which
+	// sees every target connected.
+	if s, err := prom.query(`{job="dbpool", __name__=~"go_.*|process_.*|dbpool_exporter_.*"}`); err != nil || len(s) != 0 {
+		t.Errorf("process-wide series in the probe job: %d (err %v)", len(s), err)
+	}
+	waitFor(t, "the exporter's own job", checkAlive, func() string {
+		s, err := prom.query(`dbpool_exporter_connected_targets{job="dbpool_exporter"}`)
+		if err != nil {
+			return err.Error()
+		}
+		if len(s) != 1 || s[0].Value[1] != "3" {
+			return fmt.Sprintf("dbpool_exporter_connected_targets = %v, want one series of 3", s)
+		}
+		if s, err := prom.query(`dbpool_up{job="dbpool_exporter"}`); err != nil || len(s) != 0 {
+			return fmt.Sprintf("/metrics with --no-metrics.scrape-targets has dbpool_up: %v (err %v)", s, err)
+		}
+		return ""
+	})
+}
