@@ -138,7 +138,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			Version:     version.Info(),
 			Links: []web.LandingLinks{
 				{Address: f.metricsPath, Text: "Metrics"},
-				{Address: probePath + "?target=NAME", Text: "Probe one target (names below)"},
 				{Address: health.PagePath, Text: "Pool health"},
 				{Address: health.PoolsPath, Text: "Pool health (JSON API)"},
 			},
