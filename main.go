@@ -174,7 +174,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	mux := http.NewServeMux()
-	var metrics http.Handler = metricsHandler(holder.get, static, f.timeoutOffset, f.maxTimeout, logger)
+	metrics := metricsHandler(holder.get, static, f.timeoutOffset, f.maxTimeout, logger)
 	if !f.scrapeTargets {
 		metrics = promhttp.HandlerFor(static, promhttp.HandlerOpts{
 			ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),

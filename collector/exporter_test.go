@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -46,7 +45,7 @@ func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest
 	if mutate != nil {
 		mutate(&opts)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.DiscardHandler)
 	return servers, func() []Target {
 		var targets []Target
 		for _, tc := range cfg.Targets {
@@ -279,7 +278,7 @@ func TestExporterLRU(t *testing.T) {
 	var clock sync.Mutex
 	e := NewExporterWithOptions([]Target{releasingTarget{a}, releasingTarget{b}, bouncer}, ExporterOptions{
 		MaxConnectedTargets: 2,
-		Reopen: func(name string) (Target, error) {
+		Reopen: func(string) (Target, error) {
 			reopened.Add(1)
 			return bouncer, nil
 		},
