@@ -2,8 +2,6 @@
 
 package poolsim
 
-import ()
-
 // WorkloadStats are one instance's pool numbers plus its request counters.
 type WorkloadStats struct {
 	PoolStats
