@@ -14,12 +14,12 @@ import (
 // targetBase is what every target shares: its name, its health series, failure logging,
 // password redaction, and the one collection in flight that concurrent scrapes join.
 type targetBase struct {
-	name   string
+	name    string
 	secrets []string // the DSN's and app URLs' passwords, scrubbed from logged errors
-	logger *slog.Logger
-	states *stateLogger
-	health *healthDescs
-	flight singleflight.Group
+	logger  *slog.Logger
+	states  *stateLogger
+	health  *healthDescs
+	flight  singleflight.Group
 }
 
 func newTargetBase(name, secret string, logger *slog.Logger) targetBase {
