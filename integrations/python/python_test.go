@@ -1,0 +1,340 @@
+// Package python_test runs the dbpool_stats Python package's tests (integrations/python/tests)
+// and the example application examples/loadapp.py against a real, throw-away PostgreSQL.
+//
+// They use Debian's /usr/bin/python3 with python3-sqlalchemy, python3-psycopg2,
+// python3-asyncpg and python3-greenlet (scripts/install-deps.sh installs them). A missing
+// interpreter or package fails the tests; it never skips them.
+package python_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/jackc/pgx/v5"
+)
+
+// python is Debian's interpreter: the one the Debian packages install into. (A python3
+// earlier on PATH, e.g. from pyenv, does not see them.)
+const python = "/usr/bin/python3"
+
+func dir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(file)
+}
+
+// requirePython fails the test when the interpreter or the packages are missing.
+func requirePython(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command(python, "-c",
+		"import sqlalchemy, psycopg2, asyncpg, greenlet; print(sqlalchemy.__version__)").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s with SQLAlchemy, psycopg2, asyncpg and greenlet is needed "+
+			"(run scripts/install-deps.sh): %v\n%s", python, err, out)
+	}
+	t.Logf("SQLAlchemy %s", strings.TrimSpace(string(out)))
+}
+
+// sqlalchemyURL turns a pgtest DSN (postgres://user:pw@host:port/db?sslmode=disable)
+// into a SQLAlchemy URL with the given driver and no query (asyncpg rejects sslmode).
+func sqlalchemyURL(t *testing.T, dsn, driver string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Scheme = "postgresql+" + driver
+	u.RawQuery = ""
+	return u.String()
+}
+
+type server struct {
+	pg       *pgtest.Postgres
+	appDSN   string // pgtest DSN of the application role
+	password string
+}
+
+func startServer(t *testing.T) server {
+	t.Helper()
+	pg := pgtest.StartT(t, pgtest.Options{MaxConnections: 100})
+	const password = "app-secret-1"
+	if err := pg.CreateRole("dbpool_app", password, false); err != nil {
+		t.Fatal(err)
+	}
+	return server{pg: pg, appDSN: pg.DSN("dbpool_app", password, ""), password: password}
+}
+
+func TestPythonUnittests(t *testing.T) {
+	requirePython(t)
+	s := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, python, "-m", "unittest", "discover", "-v", "-s", "tests", "-t", ".")
+	cmd.Dir = dir()
+	cmd.Env = append(os.Environ(),
+		"DBPOOL_TEST_DSN="+sqlalchemyURL(t, s.appDSN, "psycopg2"),
+		"DBPOOL_TEST_ASYNC_DSN="+sqlalchemyURL(t, s.appDSN, "asyncpg"),
+		"DBPOOL_TEST_ADMIN_DSN="+sqlalchemyURL(t, s.pg.SuperuserDSN(""), "psycopg2"),
+		"PYTHONPATH="+dir(),
+		"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
+		"DBPOOL_STATS_DIR=",
+	)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("python unittests failed after %s: %v\n%s", time.Since(start).Round(time.Millisecond), err, out)
+	}
+	t.Logf("python unittests passed in %s:\n%s", time.Since(start).Round(time.Millisecond), lastLines(string(out), 40))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type document struct {
+	Format    string     `json:"format"`
+	Version   int        `json:"version"`
+	Instances []instance `json:"instances"`
+}
+
+type instance struct {
+	Pool      string `json:"pool"`
+	Instance  string `json:"instance"`
+	PID       int    `json:"pid"`
+	PoolClass string `json:"pool_class"`
+	Settings  struct {
+		PoolSize    *int     `json:"pool_size"`
+		MaxOverflow *int     `json:"max_overflow"`
+		Timeout     *float64 `json:"timeout_seconds"`
+		Recycle     float64  `json:"recycle_seconds"`
+		PrePing     bool     `json:"pre_ping"`
+		Echo        bool     `json:"echo"`
+	} `json:"settings"`
+	Status struct {
+		PoolSize   *int `json:"pool_size"`
+		CheckedOut *int `json:"checked_out"`
+		CheckedIn  *int `json:"checked_in"`
+		Overflow   *int `json:"overflow"`
+		Total      *int `json:"total_connections"`
+	} `json:"status"`
+	Pending   int `json:"pending_checkouts"`
+	Checkouts struct {
+		Count    int     `json:"count"`
+		Failed   int     `json:"failed"`
+		Sum      float64 `json:"sum_seconds"`
+		Timeouts int     `json:"timeouts"`
+		Buckets  []struct {
+			Le    float64 `json:"le"`
+			Count int     `json:"count"`
+		} `json:"buckets"`
+	} `json:"checkouts"`
+	Connects int `json:"connects"`
+}
+
+type truth struct {
+	PID                int `json:"pid"`
+	CheckedOut         int `json:"checked_out"`
+	Overflow           int `json:"overflow"`
+	CheckedIn          int `json:"checked_in"`
+	TimeoutsSeen       int `json:"timeouts_seen"`
+	CheckoutsAttempted int `json:"checkouts_attempted"`
+	Held               int `json:"held"`
+}
+
+func fetch(t *testing.T, method, u string, v any) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s: %s: %s", method, u, resp.Status, body)
+	}
+	if strings.HasSuffix(u, "/dbpool") && resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("Content-Type = %q", resp.Header.Get("Content-Type"))
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("%s %s: %v\n%s", method, u, err, body)
+	}
+}
+
+func TestLoadApp(t *testing.T) {
+	requirePython(t)
+	s := startServer(t)
+	const appName = "loadapp-gotest"
+	var out lockedBuffer
+	pr, pw := io.Pipe()
+	cmd := exec.Command(python, filepath.Join(dir(), "examples", "loadapp.py"),
+		"--dsn", s.appDSN, // postgres://...: loadapp adds the driver
+		"--listen", "127.0.0.1:0",
+		"--pool-size", "5", "--max-overflow", "2", "--pool-timeout", "5",
+		"--concurrency", "0",
+		"--application-name", appName,
+		"--name", "api")
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "DBPOOL_STATS_DIR=")
+	cmd.Stdout = io.MultiWriter(&out, pw)
+	cmd.Stderr = &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait(); pw.Close() }()
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+				lines <- rest
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	var statsURL string
+	select {
+	case statsURL = <-lines:
+	case err := <-done:
+		killed = true
+		t.Fatalf("loadapp exited before listening: %v\n%s", err, out.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no 'listening on' line within 20 s:\n%s", out.String())
+	}
+	if !strings.HasPrefix(statsURL, "http://127.0.0.1:") || !strings.HasSuffix(statsURL, "/dbpool") {
+		t.Fatalf("listening line: %q", statsURL)
+	}
+	base := strings.TrimSuffix(statsURL, "/dbpool")
+
+	var doc document
+	fetch(t, http.MethodGet, statsURL, &doc)
+	if doc.Format != "dbpool-stats" || doc.Version != 1 || len(doc.Instances) != 1 {
+		t.Fatalf("document: %+v", doc)
+	}
+	in := doc.Instances[0]
+	if in.Pool != "api" || in.PID != cmd.Process.Pid || in.PoolClass != "QueuePool" ||
+		!strings.HasSuffix(in.Instance, fmt.Sprintf(":%d", cmd.Process.Pid)) {
+		t.Errorf("instance: %+v", in)
+	}
+	if in.Settings.PoolSize == nil || *in.Settings.PoolSize != 5 || in.Settings.MaxOverflow == nil ||
+		*in.Settings.MaxOverflow != 2 || in.Settings.Timeout == nil || *in.Settings.Timeout != 5 ||
+		in.Settings.Recycle != 3600 || !in.Settings.PrePing || in.Settings.Echo {
+		t.Errorf("settings: %+v", in.Settings)
+	}
+	if len(in.Checkouts.Buckets) != 15 || in.Checkouts.Buckets[14].Le != 30 {
+		t.Errorf("buckets: %+v", in.Checkouts.Buckets)
+	}
+	var tr truth
+	fetch(t, http.MethodGet, base+"/truth", &tr)
+	if tr.PID != cmd.Process.Pid || tr.CheckedOut != 0 {
+		t.Errorf("truth before hold: %+v", tr)
+	}
+
+	fetch(t, http.MethodPost, base+"/hold?n=3", &tr)
+	if tr.CheckedOut != 3 || tr.Held != 3 {
+		t.Errorf("truth after hold: %+v", tr)
+	}
+	fetch(t, http.MethodGet, base+"/truth", &tr)
+	fetch(t, http.MethodGet, statsURL, &doc)
+	in = doc.Instances[0]
+	if tr.CheckedOut != 3 || in.Status.CheckedOut == nil || *in.Status.CheckedOut != 3 {
+		t.Errorf("checked_out: truth %d, stats %v", tr.CheckedOut, in.Status.CheckedOut)
+	}
+	if in.Status.Overflow == nil || *in.Status.Overflow != tr.Overflow || *in.Status.Overflow != -2 ||
+		in.Status.Total == nil || *in.Status.Total != 3 || in.Status.CheckedIn == nil || *in.Status.CheckedIn != tr.CheckedIn {
+		t.Errorf("status %+v vs truth %+v", in.Status, tr)
+	}
+	if in.Checkouts.Count != tr.CheckoutsAttempted || in.Checkouts.Count != 3 || in.Connects != 3 || in.Pending != 0 {
+		t.Errorf("checkouts %+v, connects %d, pending %d vs truth %+v", in.Checkouts, in.Connects, in.Pending, tr)
+	}
+
+	// The server sees the application_name, for the activity source's matchers.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.pg.SuperuserDSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx,
+		"SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND usename = 'dbpool_app'",
+		appName).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Errorf("backends with application_name %s: %d, want 3", appName, n)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed = true
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Errorf("loadapp exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("loadapp still running 10 s after SIGKILL")
+	}
+	if err := syscall.Kill(cmd.Process.Pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("process %d still exists after SIGKILL: %v", cmd.Process.Pid, err)
+	}
+}

@@ -1,0 +1,300 @@
+"""create_engine() (QueuePool) against the real PostgreSQL."""
+
+import os
+import threading
+import time
+
+import dbpool_stats
+from sqlalchemy import exc, text
+from sqlalchemy.pool import NullPool
+
+from .support import PoolTestCase, terminate
+
+
+def status_now(pool):
+    return {
+        "pool_size": pool.size(),
+        "max_overflow": pool._max_overflow,
+        "checked_out": pool.checkedout(),
+        "checked_in": pool.checkedin(),
+        "overflow": pool.overflow(),
+        "total_connections": pool.size() + pool.overflow(),
+    }
+
+
+class SyncEngineTest(PoolTestCase):
+    def test_status_equals_pool_while_connections_are_held(self):
+        e = self.engine(pool_size=3, max_overflow=4, pool_timeout=5, pool_recycle=3600, pool_pre_ping=True)
+        stats = dbpool_stats.instrument(e, name="api")
+        self.assertIs(dbpool_stats.instrument(e, name="api"), stats, "instrumenting twice returns the same")
+        held = []
+        opened = 0
+        try:
+            for k in (0, 2, 3, 5, 7):
+                while len(held) < k:
+                    c = e.connect()
+                    c.execute(text("SELECT 1"))
+                    held.append(c)
+                    opened += 1
+                snap = stats.snapshot()
+                want = status_now(e.pool)
+                self.assertEqual(snap["status"], want, "holding %d" % k)
+                self.assertEqual(snap["status"]["checked_out"], k)
+                self.assertEqual(snap["status"]["overflow"], k - 3)
+                self.assertEqual(snap["pending_checkouts"], 0)
+            for c in held[3:]:
+                c.close()  # overflow connections are closed on return
+            del held[3:]
+            snap = stats.snapshot()
+            self.assertEqual(snap["status"], status_now(e.pool))
+            self.assertEqual(snap["status"]["checked_out"], 3)
+            # QueuePool keeps returned connections while its queue has room.
+            self.assertEqual(snap["status"]["overflow"], 3)
+            self.assertEqual(snap["status"]["checked_in"], 3)
+        finally:
+            for c in held:
+                c.close()
+        snap = stats.snapshot()
+        self.assertEqual(snap["status"], status_now(e.pool))
+        self.assertEqual(snap["status"]["checked_in"], 3)
+        self.assertEqual(snap["pool"], "api")
+        self.assertEqual(snap["pid"], os.getpid())
+        self.assertTrue(snap["instance"].endswith(":%d" % os.getpid()), snap["instance"])
+        self.assertEqual(snap["pool_class"], "QueuePool")
+        self.assertEqual(
+            snap["settings"],
+            {"pool_size": 3, "max_overflow": 4, "timeout_seconds": 5.0, "recycle_seconds": 3600, "pre_ping": True, "echo": False},
+        )
+        self.assertEqual(snap["checkouts"]["count"], opened)
+        self.assertEqual(snap["checkouts"]["failed"], 0)
+        self.assertEqual(snap["checkouts"]["timeouts"], 0)
+        self.assertEqual(snap["connects"], 7)
+        self.assertEqual(snap["closes"], 4)
+        self.assertHistogram(snap["checkouts"])
+        self.assertEqual(snap["checkouts"]["buckets"][-1]["count"], opened)
+        self.assertAlmostEqual(time.time(), snap["collected_at"], delta=5)
+
+    def test_defaults_recycle_never_and_echo(self):
+        e = self.engine(echo=True)
+        e.echo = False  # keep the test output quiet; echo is read at snapshot time
+        snap = dbpool_stats.instrument(e).snapshot()
+        self.assertEqual(snap["pool"], "default")
+        self.assertEqual(snap["settings"]["recycle_seconds"], -1)
+        self.assertEqual(snap["settings"]["pre_ping"], False)
+        self.assertEqual(snap["settings"]["pool_size"], 5)
+        self.assertEqual(snap["settings"]["max_overflow"], 10)
+        self.assertEqual(snap["settings"]["timeout_seconds"], 30.0)
+        e.echo = "debug"
+        self.assertIs(dbpool_stats.instrument(e).snapshot()["settings"]["echo"], True)
+        e.echo = False
+
+    def test_timeouts_under_thread_load(self):
+        e = self.engine(pool_size=1, max_overflow=0, pool_timeout=0.2)
+        stats = dbpool_stats.instrument(e, name="tight")
+        threads, rounds = 6, 4
+        seen = {"timeouts": 0, "ok": 0, "other": []}
+        lock = threading.Lock()
+
+        def worker():
+            for _ in range(rounds):
+                try:
+                    with e.connect() as c:
+                        c.execute(text("SELECT pg_sleep(0.15)"))
+                    with lock:
+                        seen["ok"] += 1
+                except exc.TimeoutError:
+                    with lock:
+                        seen["timeouts"] += 1
+                except Exception as err:  # pragma: no cover - reported below
+                    with lock:
+                        seen["other"].append(repr(err))
+
+        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        self.assertEqual(seen["other"], [])
+        self.assertGreater(seen["timeouts"], 0, "the load must produce pool timeouts")
+        snap = stats.snapshot()
+        co = snap["checkouts"]
+        self.assertEqual(co["count"], threads * rounds, "one observation per checkout attempt")
+        self.assertEqual(co["timeouts"], seen["timeouts"])
+        self.assertEqual(co["failed"], seen["timeouts"])
+        self.assertEqual(co["count"] - co["failed"], seen["ok"])
+        self.assertHistogram(co)
+        self.assertEqual(co["buckets"][-1]["count"], co["count"])
+        # A timed-out checkout waited at least pool_timeout (0.2 s).
+        le_01 = [b["count"] for b in co["buckets"] if b["le"] == 0.1][0]
+        self.assertLessEqual(le_01, co["count"] - co["timeouts"])
+        self.assertGreaterEqual(co["sum_seconds"], 0.2 * co["timeouts"])
+        self.assertEqual(snap["pending_checkouts"], 0)
+        self.assertEqual(snap["longest_checkout_wait_seconds"], 0.0)
+
+    def test_pending_checkouts_and_longest_wait(self):
+        e = self.engine(pool_size=1, max_overflow=0, pool_timeout=5)
+        stats = dbpool_stats.instrument(e)
+        held = e.connect()
+        got = threading.Event()
+
+        def waiter():
+            with e.connect():
+                got.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        try:
+            time.sleep(0.4)
+            snap = stats.snapshot()
+            self.assertEqual(snap["pending_checkouts"], 1)
+            self.assertGreaterEqual(snap["longest_checkout_wait_seconds"], 0.35)
+            self.assertLess(snap["longest_checkout_wait_seconds"], 5)
+            self.assertFalse(got.is_set())
+        finally:
+            held.close()
+            t.join(10)
+        self.assertTrue(got.is_set())
+        snap = stats.snapshot()
+        self.assertEqual(snap["pending_checkouts"], 0)
+        self.assertEqual(snap["longest_checkout_wait_seconds"], 0.0)
+        self.assertEqual(snap["checkouts"]["count"], 2)
+        # The waiter's checkout took >= 0.4 s and is in the histogram.
+        le_025 = [b["count"] for b in snap["checkouts"]["buckets"] if b["le"] == 0.25][0]
+        self.assertEqual(le_025, 1)
+        self.assertGreaterEqual(snap["checkouts"]["sum_seconds"], 0.35)
+
+    def test_pre_ping_failure(self):
+        e = self.engine(pool_size=1, max_overflow=0, pool_pre_ping=True)
+        stats = dbpool_stats.instrument(e)
+        with e.connect() as c:
+            pid = c.execute(text("SELECT pg_backend_pid()")).scalar()
+        terminate(pid)
+        with e.connect() as c:  # pre-ping finds the dead connection and reconnects
+            pid2 = c.execute(text("SELECT pg_backend_pid()")).scalar()
+        self.assertNotEqual(pid, pid2)
+        snap = stats.snapshot()
+        self.assertEqual(snap["pre_ping_failures"], 1)
+        self.assertEqual(snap["invalidations"], 1)
+        self.assertEqual(snap["connects"], 2)
+        self.assertEqual(snap["recycles"], 0)
+        self.assertEqual(snap["checkouts"]["count"], 2)
+        self.assertEqual(snap["checkouts"]["failed"], 0)
+
+    def test_recycle(self):
+        e = self.engine(pool_size=1, pool_recycle=1)
+        stats = dbpool_stats.instrument(e)
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+        with e.connect() as c:  # young: not recycled
+            c.execute(text("SELECT 1"))
+        self.assertEqual(stats.snapshot()["recycles"], 0)
+        time.sleep(1.2)
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+        snap = stats.snapshot()
+        self.assertEqual(snap["recycles"], 1)
+        self.assertEqual(snap["connects"], 2)
+        self.assertEqual(snap["closes"], 1)
+        self.assertEqual(snap["settings"]["recycle_seconds"], 1)
+        self.assertEqual(snap["invalidations"], 0)
+
+    def test_invalidations(self):
+        e = self.engine(pool_size=2)
+        stats = dbpool_stats.instrument(e)
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+            c.invalidate()
+        snap = stats.snapshot()
+        self.assertEqual(snap["invalidations"], 1)
+        self.assertEqual(snap["pre_ping_failures"], 0)
+        raw = e.raw_connection()
+        raw.invalidate(soft=True)
+        raw.close()
+        with e.connect() as c:  # the soft-invalidated connection is replaced here
+            c.execute(text("SELECT 1"))
+        snap = stats.snapshot()
+        self.assertEqual(snap["invalidations"], 1)
+        self.assertEqual(snap["soft_invalidations"], 1)
+        self.assertEqual(snap["recycles"], 0, "replacement after invalidation is not an age recycle")
+        self.assertEqual(snap["connects"], 3)
+
+    def test_engine_dispose_keeps_counting(self):
+        e = self.engine(pool_size=2)
+        stats = dbpool_stats.instrument(e)
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+        old = e.pool
+        e.dispose()
+        self.assertIsNot(e.pool, old)
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+        snap = stats.snapshot()
+        self.assertEqual(snap["checkouts"]["count"], 2)
+        self.assertEqual(snap["connects"], 2, "pool events survive Pool.recreate()")
+        self.assertEqual(snap["status"], status_now(e.pool))
+
+    def test_nullpool_and_odd_pools_never_break_the_application(self):
+        e = self.engine(poolclass=NullPool)
+        stats = dbpool_stats.instrument(e, name="null")
+        for _ in range(3):
+            with e.connect() as c:
+                self.assertEqual(c.execute(text("SELECT 1")).scalar(), 1)
+        snap = stats.snapshot()
+        self.assertEqual(snap["pool_class"], "NullPool")
+        self.assertEqual(set(snap["status"].values()), {None})
+        self.assertIsNone(snap["settings"]["pool_size"])
+        self.assertIsNone(snap["settings"]["max_overflow"])
+        self.assertIsNone(snap["settings"]["timeout_seconds"])
+        self.assertEqual(snap["checkouts"]["count"], 3)
+        self.assertEqual(snap["connects"], 3)
+        self.assertEqual(snap["closes"], 3)
+        self.assertEqual(snap["recycles"], 0)
+
+    def test_broken_stats_code_never_raises_into_checkouts(self):
+        e = self.engine(pool_size=1)
+        stats = dbpool_stats.instrument(e, name="broken")
+
+        class Broken:
+            def __enter__(self):
+                raise RuntimeError("bug in the stats code")
+
+            def __exit__(self, *a):
+                return False
+
+        stats._lock = Broken()
+        for _ in range(3):
+            with e.connect() as c:
+                self.assertEqual(c.execute(text("SELECT 1")).scalar(), 1)
+        c = e.connect()
+        c.invalidate()
+        c.close()
+        # A broken snapshot leaves the document valid; the other engines still show.
+        ok = self.engine(pool_size=1)
+        dbpool_stats.instrument(ok, name="ok")
+        import json
+
+        doc = json.loads(dbpool_stats.render_json())
+        self.assertEqual([i["pool"] for i in doc["instances"]], ["ok"])
+        # Pool methods that fail give nulls, not exceptions.
+        stats._lock = __import__("threading").Lock()
+        e.pool.size = lambda: 1 / 0
+        snap = stats.snapshot()
+        self.assertIsNone(snap["status"]["pool_size"])
+        self.assertIsNone(snap["status"]["total_connections"])
+
+    def test_uninstrument(self):
+        e = self.engine(pool_size=1)
+        stats = dbpool_stats.instrument(e)
+        with e.connect():
+            pass
+        dbpool_stats.uninstrument(e)
+        self.assertNotIn("connect", e.pool.__dict__)
+        with e.connect():
+            pass
+        self.assertEqual(stats._count, 1)
+        self.assertEqual(dbpool_stats.snapshot()["instances"], [])
+        dbpool_stats.uninstrument(object())  # unknown: ignored
+
+    def test_instrument_rejects_non_engines(self):
+        with self.assertRaises(TypeError):
+            dbpool_stats.instrument("postgresql://")
