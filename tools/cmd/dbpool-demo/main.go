@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +45,13 @@ pools:
     pool_size: 8
     max_overflow: 0
     timeout: 2s
+%[4]s`
+
+// appsConfig points the exporter at the Python application's own report of its pool.
+const appsConfig = `apps:
+  - name: %s
+    url: %s
+    pool: %s
 `
 
 const workerName = "worker"
@@ -72,6 +78,7 @@ func main() {
 
 type options struct {
 	exporter, poolsim string
+	python            string
 	listen            string
 	duration          time.Duration
 	interval          time.Duration
@@ -85,6 +92,7 @@ func run() int {
 	app := kingpin.New("dbpool-demo", "Runs a throwaway PostgreSQL, a simulated pooled application and dbpool_exporter, and prints what the exporter sees.")
 	app.Flag("exporter", "Path to the dbpool_exporter binary (default: build it).").StringVar(&o.exporter)
 	app.Flag("poolsim", "Path to the poolsim binary (default: build it).").StringVar(&o.poolsim)
+	app.Flag("python", "Python with SQLAlchemy and psycopg2 that runs the api pools as a real SQLAlchemy application reporting its own pool (integrations/python); empty, or a Python without them, simulates them with poolsim instead.").Default("/usr/bin/python3").StringVar(&o.python)
 	app.Flag("listen", "Address of the exporter's web server.").Default("127.0.0.1:9930").StringVar(&o.listen)
 	app.Flag("duration", "Stop after this long; 0 runs until Ctrl-C.").Default("0").DurationVar(&o.duration)
 	app.Flag("interval", "How often to print the summary.").Default("3s").DurationVar(&o.interval)
@@ -154,13 +162,25 @@ func demo(ctx context.Context, o options) error {
 	if err := os.WriteFile(envFile, []byte(appEnv), 0o600); err != nil {
 		return err
 	}
-	configFile := filepath.Join(work, "dbpool.yml")
-	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(exporterConfig, appName, o.instances, workerName)), 0o600); err != nil {
-		return err
-	}
 	simStatus, workerMetrics := freeAddr(), freeAddr()
 	if simStatus == "" || workerMetrics == "" {
 		return errors.New("no free loopback port")
+	}
+
+	// The api pools: a real SQLAlchemy application that reports its own pool when Python has
+	// SQLAlchemy, else poolsim's simulation. Either reads the same .env.
+	api, err := startAPI(ctx, work, o, pg, appPW, simStatus)
+	if err != nil {
+		return err
+	}
+	defer stop(api.proc)
+	apps := ""
+	if api.statsURL != "" {
+		apps = fmt.Sprintf(appsConfig, appName, api.statsURL, poolName)
+	}
+	configFile := filepath.Join(work, "dbpool.yml")
+	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(exporterConfig, appName, o.instances, workerName, apps)), 0o600); err != nil {
+		return err
 	}
 
 	exporterLog := filepath.Join(work, "exporter.log")
@@ -176,23 +196,6 @@ func demo(ctx context.Context, o options) error {
 		return err
 	}
 	defer stop(exporter)
-
-	// The application reads the same .env; poolsim takes DB_* from its environment.
-	simEnv := append(envLines(appEnv), "DATABASE_URL="+pg.DSN(appRole, appPW, "postgres"))
-	sim, err := start(filepath.Join(work, "poolsim.log"), simEnv, o.poolsim,
-		"--app-name="+appName,
-		"--instances="+strconv.Itoa(o.instances),
-		"--rate="+strconv.FormatFloat(o.rate, 'f', -1, 64),
-		"--query-time="+o.queryTime.String(),
-		"--idle-in-tx-share=0.003", "--idle-in-tx-time=20s",
-		"--long-query-share=0.0005", "--long-query-time=40s",
-		"--hold-extra=10ms",
-		"--status.listen="+simStatus,
-		"--report-interval=0")
-	if err != nil {
-		return err
-	}
-	defer stop(sim)
 
 	// A Go worker on a real pgxpool, through PgBouncer: its own exact checkout numbers, and
 	// PgBouncer's view of the same traffic. PgBouncer's transaction pooling needs pgx's
@@ -218,14 +221,14 @@ dbpool_exporter is running.
   metrics:        %s
   landing page:   http://%s/
   pool health:    http://%s/pools (JSON: /api/v1/pools)
-  application:    pool "%s": %d instances of a simulated SQLAlchemy-style QueuePool (%s),
-                  straight to PostgreSQL; true numbers at http://%s/status
+  application:    pool "%s": %s (%s),
+                  straight to PostgreSQL; its own numbers at %s
   worker:         pool "%s": a Go service on pgxpool (8 connections) through PgBouncer (pool
                   "app/app", size 3 + reserve 2); its own exact metrics at http://%s/metrics
   try:            curl -s %s | grep -E '^dbpool_(utilization_ratio|in_use_connections|pending_checkouts|longest_query_seconds)'
 Ctrl-C stops everything.
 
-`, metricsURL, o.listen, o.listen, appName, o.instances, strings.Join(envLines(appEnv), " "), simStatus,
+`, metricsURL, o.listen, o.listen, appName, api.describe, strings.Join(envLines(appEnv), " "), api.truthURL,
 		workerName, workerMetrics, metricsURL)
 
 	ticker := time.NewTicker(o.interval)
@@ -241,7 +244,7 @@ Ctrl-C stops everything.
 		case <-exporter.Done():
 			return fmt.Errorf("exporter exited:\n%s", exporter.Tail(20))
 		case <-ticker.C:
-			printSummary(metricsURL, "http://"+simStatus+"/status", "http://"+workerMetrics+"/metrics")
+			printSummary(metricsURL, api, "http://"+workerMetrics+"/metrics")
 		}
 	}
 }

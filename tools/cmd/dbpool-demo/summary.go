@@ -14,9 +14,9 @@ import (
 	"github.com/dbpool/dbpool_exporter/internal/health"
 )
 
-// printSummary prints one line per pool of what the exporter sees, and the simulated
+// printSummary prints one line per pool and source of what the exporter sees, and the
 // application's own numbers for the same moment.
-func printSummary(metricsURL, simURL, workerURL string) {
+func printSummary(metricsURL string, api *apiApp, workerURL string) {
 	mfs, err := scrape(metricsURL)
 	if err != nil {
 		fmt.Println("scrape failed:", err)
@@ -25,13 +25,13 @@ func printSummary(metricsURL, simURL, workerURL string) {
 	fmt.Printf("%s  dbpool_up: postgres %g, pgbouncer %g  probe login %.1f ms\n", time.Now().Format("15:04:05"),
 		get(mfs, "dbpool_up", map[string]string{"target": "demo"}), get(mfs, "dbpool_up", map[string]string{"target": "pgbouncer"}),
 		1000*get(mfs, "dbpool_probe_connect_seconds", nil))
-	for _, pool := range poolNames(mfs) {
-		if pool == "dbpool_exporter" {
+	for _, v := range poolViews(mfs) {
+		if v.pool == "dbpool_exporter" {
 			continue // the exporter's own connection
 		}
-		l := map[string]string{"pool": pool}
+		l := map[string]string{"pool": v.pool, "source": v.source}
 		capacity := get(mfs, "dbpool_max_connections", l)
-		line := fmt.Sprintf("  pool %-14s in use %3.0f", pool, get(mfs, "dbpool_in_use_connections", l))
+		line := fmt.Sprintf("  pool %-14s in use %3.0f", v.pool, get(mfs, "dbpool_in_use_connections", l))
 		if capacity > 0 {
 			line += fmt.Sprintf("/%-3.0f (%3.0f%%)  overflow %2.0f/%-3.0f", capacity, 100*get(mfs, "dbpool_utilization_ratio", l),
 				get(mfs, "dbpool_overflow_connections", l), get(mfs, "dbpool_max_overflow_connections", l)*get(mfs, "dbpool_instances", l))
@@ -39,14 +39,17 @@ func printSummary(metricsURL, simURL, workerURL string) {
 		line += fmt.Sprintf("  open %3.0f", get(mfs, "dbpool_open_connections", l))
 		if has(mfs, "dbpool_longest_query_seconds", l) {
 			line += fmt.Sprintf("  idle in tx %2.0f  longest query %5.1fs",
-				get(mfs, "dbpool_connections", map[string]string{"pool": pool, "state": "idle in transaction"}),
+				get(mfs, "dbpool_connections", map[string]string{"pool": v.pool, "source": v.source, "state": "idle in transaction"}),
 				get(mfs, "dbpool_longest_query_seconds", l))
 		}
 		if has(mfs, "dbpool_pending_checkouts", l) {
 			line += fmt.Sprintf("  waiting %2.0f  longest wait %4.0f ms  avg wait %s", get(mfs, "dbpool_pending_checkouts", l),
 				1000*get(mfs, "dbpool_longest_checkout_wait_seconds", l), avgCheckout(mfs, l))
 		}
-		fmt.Printf("%s   [%s]\n", line, source(mfs, pool))
+		if has(mfs, "dbpool_checkout_timeouts_total", l) {
+			line += fmt.Sprintf("  timeouts %.0f", get(mfs, "dbpool_checkout_timeouts_total", l))
+		}
+		fmt.Printf("%s   [%s]\n", line, describeSource(v.source))
 	}
 	if wm, err := scrape(workerURL); err == nil {
 		l := map[string]string{"pool": workerName}
@@ -54,20 +57,7 @@ func printSummary(metricsURL, simURL, workerURL string) {
 			get(wm, "dbpool_in_use_connections", l), get(wm, "dbpool_max_connections", l), get(wm, "dbpool_pending_checkouts", l),
 			avgCheckout(wm, l), get(wm, "dbpool_checkout_timeouts_total", l))
 	}
-	var truth struct {
-		Total struct {
-			CheckedOut int     `json:"checked_out"`
-			Open       int     `json:"open"`
-			Overflow   int     `json:"overflow"`
-			Pending    int     `json:"pending"`
-			Timeouts   float64 `json:"timeouts_total"`
-		} `json:"total"`
-	}
-	if err := getJSON(simURL, &truth); err == nil {
-		t := truth.Total
-		fmt.Printf("  application's own count: checked out %d, open %d, overflow %d, waiting %d, timeouts %.0f\n",
-			t.CheckedOut, t.Open, t.Overflow, t.Pending, t.Timeouts)
-	}
+	api.printTruth()
 }
 
 // printAdvice prints the exporter's health warnings and recommended .env lines for pool.
@@ -123,31 +113,36 @@ func avgCheckout(mfs map[string]*dto.MetricFamily, l map[string]string) string {
 	return "n/a"
 }
 
-// source names who observes the pool, from dbpool_pool_info.
-func source(mfs map[string]*dto.MetricFamily, pool string) string {
-	for _, src := range []string{"activity", "pgbouncer", "pgxpool"} {
-		if has(mfs, "dbpool_pool_info", map[string]string{"pool": pool, "source": src}) {
-			if src == "activity" {
-				return "activity: estimate"
-			}
-			return src + ": exact"
-		}
+// describeSource says how far a source's numbers can be trusted.
+func describeSource(src string) string {
+	if src == "activity" {
+		return "activity: estimate from pg_stat_activity"
 	}
-	return "?"
+	return src + ": exact"
 }
 
-func poolNames(mfs map[string]*dto.MetricFamily) []string {
-	var names []string
+// poolView is one pool as one source sees it.
+type poolView struct{ pool, source string }
+
+// poolViews lists the (pool, source) pairs of the scrape, in its order: a pool that the
+// application reports itself is there twice, its exact and its server-side view.
+func poolViews(mfs map[string]*dto.MetricFamily) []poolView {
+	var views []poolView
 	if mf, ok := mfs["dbpool_open_connections"]; ok {
 		for _, m := range mf.GetMetric() {
+			var v poolView
 			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "pool" {
-					names = append(names, lp.GetValue())
+				switch lp.GetName() {
+				case "pool":
+					v.pool = lp.GetValue()
+				case "source":
+					v.source = lp.GetValue()
 				}
 			}
+			views = append(views, v)
 		}
 	}
-	return names
+	return views
 }
 
 func scrape(url string) (map[string]*dto.MetricFamily, error) {
