@@ -10,9 +10,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -26,6 +25,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dbpool/dbpool_exporter/bench/benchkit"
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 )
@@ -33,16 +33,6 @@ import (
 const (
 	monitorRole = "bench_monitor"
 	appRole     = "bench_app"
-	// benchAppName starts with the exporter's own application_name, so ActivityQuery leaves
-	// the benchmark's monitoring sessions out exactly as it leaves out the exporter's: the
-	// bare query and the scrape then read the same rows.
-	benchAppName = collector.ApplicationName + "_bench"
-	// dialers bounds concurrent logins: SCRAM costs CPU on both sides and the postmaster
-	// forks one backend per login.
-	dialers = 16
-	// appNames are spread round-robin over the sessions: api-N match the configured pool
-	// (10 instances), worker-N fall into the exporter's per-application groups.
-	appNamesPerKind = 10
 )
 
 type options struct {
@@ -140,18 +130,18 @@ func bench(ctx context.Context, o options) (err error) {
 	defer os.RemoveAll(work)
 
 	maxLevel := o.backends[len(o.backends)-1]
-	say("starting a throwaway PostgreSQL (max_connections %d)", maxLevel+300)
+	benchkit.Say("starting a throwaway PostgreSQL (max_connections %d)", maxLevel+300)
 	pg, err := pgtest.Start(pgtest.Options{MaxConnections: maxLevel + 300})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		say("stopping PostgreSQL")
+		benchkit.Say("stopping PostgreSQL")
 		if cerr := pg.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	monitorPW, appPW := randomPassword(), randomPassword()
+	monitorPW, appPW := benchkit.RandomPassword(), benchkit.RandomPassword()
 	if err := pg.CreateRole(monitorRole, monitorPW, false, "pg_monitor"); err != nil {
 		return err
 	}
@@ -159,11 +149,11 @@ func bench(ctx context.Context, o options) (err error) {
 		return err
 	}
 	// Lock waiters queue on this table behind one session that holds it.
-	if err := pg.Exec(ctx, "CREATE TABLE bench_lock (id int); GRANT ALL ON bench_lock TO "+appRole); err != nil {
+	if err := benchkit.CreateLockTable(ctx, pg, appRole); err != nil {
 		return err
 	}
 
-	monitor, err := connect(ctx, pg.DSN(monitorRole, monitorPW, ""), benchAppName)
+	monitor, err := benchkit.Connect(ctx, pg.DSN(monitorRole, monitorPW, ""), benchkit.AppName)
 	if err != nil {
 		return fmt.Errorf("monitoring connection: %w", err)
 	}
@@ -172,16 +162,16 @@ func bench(ctx context.Context, o options) (err error) {
 	if err := monitor.QueryRow(ctx, "SHOW server_version").Scan(&serverVersion); err != nil {
 		return err
 	}
-	printHost(serverVersion)
+	benchkit.PrintHost(serverVersion)
 
 	appCfg, err := pgx.ParseConfig(pg.DSN(appRole, appPW, ""))
 	if err != nil {
 		return err
 	}
-	sessions := newSessionSet(appCfg)
+	sessions := benchkit.NewSessionSet(appCfg)
 	defer func() {
-		say("cancelling background queries and closing %d sessions", sessions.len())
-		sessions.close(pg)
+		benchkit.Say("cancelling background queries and closing %d sessions", sessions.Len())
+		sessions.Close(pg)
 	}()
 
 	monitorDSN := pg.DSN(monitorRole, monitorPW, "")
@@ -194,10 +184,10 @@ func bench(ctx context.Context, o options) (err error) {
 		{"probe on (default)", ""},
 		{"probe off", "--no-collector.probe"},
 	}
-	var exporters []*exporterProc
+	var exporters []*benchkit.Exporter
 	defer func() {
 		for _, e := range exporters {
-			e.stop()
+			e.Stop()
 		}
 	}()
 	for _, v := range variants {
@@ -226,16 +216,16 @@ func bench(ctx context.Context, o options) (err error) {
 	client := &http.Client{Timeout: 30 * time.Second}
 	var results []levelResult
 	for _, n := range o.backends {
-		want := mixFor(n)
-		say("opening sessions up to %d backends: %s", n, want)
+		want := benchkit.MixFor(n)
+		benchkit.Say("opening sessions up to %d backends: %s", n, want)
 		start := time.Now()
-		if err := sessions.grow(ctx, want); err != nil {
+		if err := sessions.Grow(ctx, want); err != nil {
 			return err
 		}
-		if err := waitForMix(ctx, monitor, want); err != nil {
+		if err := benchkit.WaitForMix(ctx, monitor, appRole, want); err != nil {
 			return err
 		}
-		say("  %d sessions ready in %.1fs; measuring", n, time.Since(start).Seconds())
+		benchkit.Say("  %d sessions ready in %.1fs; measuring", n, time.Since(start).Seconds())
 		r, err := measure(ctx, o, n, client, exporters, monitor, pgb)
 		if err != nil {
 			return err
@@ -243,30 +233,19 @@ func bench(ctx context.Context, o options) (err error) {
 		results = append(results, r)
 	}
 	printResults(o, results)
-	fmt.Printf("\nmeasured in %.0fs; load average at the end %s\n", time.Since(began).Seconds(), loadAvg())
+	fmt.Printf("\nmeasured in %.0fs; load average at the end %s\n", time.Since(began).Seconds(), benchkit.LoadAvg())
 	return nil
 }
 
-// callerDBEnv are the variables of the caller's environment that could change what a child
-// process connects to; the children do not get them.
-var callerDBEnv = []string{"PG", "DB_", "DATA_SOURCE_NAME=", "DATABASE_URL="}
-
-func say(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
-}
-
-// connect opens one pgx connection with the given application_name.
-func connect(ctx context.Context, dsn, appName string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, err
-	}
-	cfg.RuntimeParams["application_name"] = appName
-	return pgx.ConnectConfig(ctx, cfg)
-}
-
-func randomPassword() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
+// startExporter starts dbpool_exporter watching dsn and waits until it is healthy.
+func startExporter(ctx context.Context, bin, label, dsn string, args []string) (*benchkit.Exporter, error) {
+	return benchkit.StartExporter(ctx, benchkit.ExporterSpec{
+		Label: label,
+		Path:  bin,
+		Args: func(host string, port int) []string {
+			return append([]string{"--web.listen-address=" + net.JoinHostPort(host, strconv.Itoa(port))}, args...)
+		},
+		Env:       []string{"DATA_SOURCE_NAME=" + dsn},
+		ReadyPath: "/-/healthy",
+	})
 }
