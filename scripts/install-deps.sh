@@ -4,8 +4,10 @@
 # promtool (package prometheus), Alertmanager/amtool, gcc and libc6-dev
 # (`go test -race` needs cgo), Debian's Python 3 with SQLAlchemy, asyncpg, psycopg2,
 # greenlet, pip and setuptools (integrations/python), Node.js with npm when npx is missing
-# (`make lint` runs dockerfilelint through npx) and, with --with-chromium,
-# Chromium (dashboard screenshots).
+# (`make lint` runs dockerfilelint through npx), with --with-chromium,
+# Chromium (dashboard screenshots) and, with --with-peers, the exporters that
+# `make bench-peers` compares against: prometheus-postgres-exporter and
+# prometheus-pgbouncer-exporter.
 #
 # It installs only what is missing, so running it twice is cheap. The Debian
 # packages start system services after install; the tests start their own
@@ -15,14 +17,16 @@
 set -euo pipefail
 
 usage() {
-	echo "usage: $0 [--with-chromium]" >&2
+	echo "usage: $0 [--with-chromium] [--with-peers]" >&2
 	exit 2
 }
 
 with_chromium=0
+with_peers=0
 for arg in "$@"; do
 	case "$arg" in
 	--with-chromium) with_chromium=1 ;;
+	--with-peers) with_peers=1 ;;
 	-h | --help) usage ;;
 	*)
 		echo "unknown argument: $arg" >&2
@@ -78,6 +82,7 @@ have() {
 		[[ -x /usr/bin/python3 && -n "$(pkg_version "$1")" ]]
 		;;
 	nodejs) find_bin node >/dev/null ;;
+	prometheus-postgres-exporter | prometheus-pgbouncer-exporter) find_bin "$1" >/dev/null ;;
 	npm) find_bin npm >/dev/null && find_bin npx >/dev/null ;;
 	*) return 1 ;;
 	esac
@@ -92,6 +97,9 @@ if ! command -v npx >/dev/null 2>&1; then
 fi
 if ((with_chromium)); then
 	wanted+=(chromium)
+fi
+if ((with_peers)); then
+	wanted+=(prometheus-postgres-exporter prometheus-pgbouncer-exporter)
 fi
 
 missing=()
@@ -157,6 +165,7 @@ if ((${#missing[@]} > 0)); then
 		pgbouncer) units=(pgbouncer) ;;
 		prometheus) units=(prometheus) ;;
 		prometheus-alertmanager) units=(prometheus-alertmanager) ;;
+		prometheus-postgres-exporter | prometheus-pgbouncer-exporter) units=("$pkg") ;;
 		*) units=() ;;
 		esac
 		for u in "${units[@]}"; do
@@ -217,5 +226,18 @@ report npm "$(find_bin npm || true)" --version
 report npx "$(find_bin npx || true)" --version
 if ((with_chromium)); then
 	report chromium "$(find_bin chromium || true)" --version
+fi
+if ((with_peers)); then
+	# postgres_exporter prints its version on stderr; the Python pgbouncer exporter has no
+	# --version, so the Debian package version stands in for both.
+	for peer in prometheus-postgres-exporter prometheus-pgbouncer-exporter; do
+		path=$(find_bin "$peer" || true)
+		if [[ -z "$path" ]]; then
+			echo "$peer: MISSING" >&2
+			fail=1
+		else
+			echo "$peer: $path ($(pkg_version "$peer"))"
+		fi
+	done
 fi
 exit "$fail"
