@@ -351,7 +351,9 @@ func TestBinaryRunPgxpool(t *testing.T) {
 	}
 	addr := p.addrs["/metrics"]
 	pools := []string{"binpgx-0", "binpgx-1"}
-	series := func(name, pool string) string { return fmt.Sprintf(`%s{pool=%q,source="pgxpool",target="pgt"}`, name, pool) }
+	series := func(name, pool string) string {
+		return fmt.Sprintf(`%s{pool=%q,source="pgxpool",target="pgt"}`, name, pool)
+	}
 
 	// Every instance at capacity, under its own application_name.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
