@@ -12,7 +12,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build deps test unit lint fmt vet alerts demo bench clean tidy-check dockerfile-lint
+.PHONY: all build deps test unit lint fmt vet alerts demo bench bench-peers clean tidy-check dockerfile-lint
 
 all: build
 
@@ -55,6 +55,14 @@ demo: deps build
 
 bench: deps build
 	./bench/run.sh
+
+# The same throwaway PostgreSQL and PgBouncer watched by dbpool_exporter, Debian's
+# prometheus-postgres-exporter and prometheus-pgbouncer-exporter (installed by deps). Prints
+# figures next to the targets, asserts nothing (bench/README.md, "Peers"). ARGS: flags.
+bench-peers: DEPS_FLAGS += --with-peers
+bench-peers: deps build
+	$(GO) build -o .bin/bench-peers ./bench/peers
+	./.bin/bench-peers --exporter ./$(BIN) $(ARGS)
 
 clean:
 	rm -rf $(BIN) .bin

@@ -9,15 +9,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/alecthomas/kingpin/v2"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dbpool/dbpool_exporter/collector"
@@ -169,4 +174,108 @@ func BareQuery(ctx context.Context, conn *pgx.Conn) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Since(start), nil
+}
+
+// ParseLevels parses --backends: comma-separated positive numbers in increasing order
+// (sessions are added between levels, never closed).
+func ParseLevels(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		if len(out) > 0 && n <= out[len(out)-1] {
+			return nil, fmt.Errorf("levels must increase: %d after %d", n, out[len(out)-1])
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Run runs a benchmark until it ends or Ctrl-C/SIGTERM cancels its context, and returns the
+// exit status: 0, 1 on an error (printed after "name: "), 130 when interrupted. The benchmark
+// stops everything it started before it returns.
+func Run(name string, bench func(ctx context.Context) error) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := bench(ctx); err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintf(os.Stderr, "%s: interrupted; what it started is gone\n", name)
+			return 130
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// Flags are the command-line flags every benchmark has.
+type Flags struct {
+	Exporter        string
+	Backends        []int
+	Scrapes, Warmup int
+	levels          string
+}
+
+// Register adds --exporter, --backends (default levels), --scrapes and --warmup to app.
+func (f *Flags) Register(app *kingpin.Application, levels, backendsHelp string) {
+	app.Flag("exporter", "Path to the dbpool_exporter binary.").Default("./dbpool_exporter").StringVar(&f.Exporter)
+	app.Flag("backends", "Comma-separated numbers of application sessions, in increasing order."+backendsHelp).Default(levels).StringVar(&f.levels)
+	app.Flag("scrapes", "Measured scrapes per exporter and level.").Default("100").IntVar(&f.Scrapes)
+	app.Flag("warmup", "Unmeasured scrapes (and queries) per exporter and level.").Default("10").IntVar(&f.Warmup)
+}
+
+// Validate parses --backends, checks the numbers and makes --exporter an absolute path to
+// an existing file, after app.Parse.
+func (f *Flags) Validate() error {
+	abs, err := filepath.Abs(f.Exporter)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return fmt.Errorf("exporter binary: %w (run make build)", err)
+	}
+	f.Exporter = abs
+	if f.Backends, err = ParseLevels(f.levels); err != nil {
+		return fmt.Errorf("--backends: %w", err)
+	}
+	if f.Scrapes < 1 || f.Warmup < 0 {
+		return errors.New("--scrapes must be at least 1, --warmup at least 0")
+	}
+	return nil
+}
+
+// Main parses the command line of app (which has f registered), validates f and then check
+// (may be nil), and runs bench under Run. A bad command line exits 2.
+func Main(app *kingpin.Application, f *Flags, check func() error, bench func(ctx context.Context) error) int {
+	kingpin.MustParse(app.Parse(os.Args[1:]))
+	err := f.Validate()
+	if err == nil && check != nil {
+		err = check()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", app.Name, err)
+		return 2
+	}
+	return Run(app.Name, bench)
+}
+
+// AtLeast is a check for Main: the flag's value *v must be at least min.
+func AtLeast(flag string, v *int, min int) func() error {
+	return func() error {
+		if *v < min {
+			return fmt.Errorf("%s must be at least %d", flag, min)
+		}
+		return nil
+	}
+}
+
+// Stop closes c (e.g. the throwaway PostgreSQL) at the end of a benchmark, saying so, and
+// keeps its error in *err unless there already is one: defer benchkit.Stop(&err, ...).
+func Stop(err *error, what string, c io.Closer) {
+	Say("stopping %s", what)
+	if cerr := c.Close(); cerr != nil && *err == nil {
+		*err = cerr
+	}
 }

@@ -287,3 +287,44 @@ FROM pg_stat_activity WHERE usename = $1`
 func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
+
+// Roles is what Prepare made on a throwaway server.
+type Roles struct {
+	// Monitor is a connection of the monitoring role (pg_monitor) whose application_name
+	// is AppName: the bare query and the benchmark's own sampling use it.
+	Monitor    *pgx.Conn
+	MonitorDSN string
+	// App logs in application sessions (NewSessionSet).
+	App *pgx.ConnConfig
+}
+
+// Prepare creates a monitoring role with pg_monitor and an application role, LockTable, and
+// the monitoring connection, and prints the host line. Close the connection when done.
+func Prepare(ctx context.Context, pg *pgtest.Postgres, monitorRole, appRole string) (*Roles, error) {
+	monitorPW, appPW := RandomPassword(), RandomPassword()
+	if err := pg.CreateRole(monitorRole, monitorPW, false, "pg_monitor"); err != nil {
+		return nil, err
+	}
+	if err := pg.CreateRole(appRole, appPW, false); err != nil {
+		return nil, err
+	}
+	// Lock waiters queue on this table behind one session that holds it.
+	if err := CreateLockTable(ctx, pg, appRole); err != nil {
+		return nil, err
+	}
+	app, err := pgx.ParseConfig(pg.DSN(appRole, appPW, ""))
+	if err != nil {
+		return nil, err
+	}
+	r := &Roles{MonitorDSN: pg.DSN(monitorRole, monitorPW, ""), App: app}
+	if r.Monitor, err = Connect(ctx, r.MonitorDSN, AppName); err != nil {
+		return nil, fmt.Errorf("monitoring connection: %w", err)
+	}
+	var serverVersion string
+	if err := r.Monitor.QueryRow(ctx, "SHOW server_version").Scan(&serverVersion); err != nil {
+		r.Monitor.Close(context.Background())
+		return nil, err
+	}
+	PrintHost(serverVersion)
+	return r, nil
+}

@@ -14,16 +14,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/dbpool/dbpool_exporter/bench/benchkit"
 	"github.com/dbpool/dbpool_exporter/collector"
@@ -36,61 +32,18 @@ const (
 )
 
 type options struct {
-	exporter string
-	backends []int
-	scrapes  int
-	warmup   int
-	queries  int
+	benchkit.Flags
+	queries int
 }
 
 func main() { os.Exit(run()) }
 
 func run() int {
 	var o options
-	var levels string
 	app := kingpin.New("scrape", "Benchmarks dbpool_exporter's scrape against the bare pg_stat_activity query on a throwaway PostgreSQL.")
-	app.Flag("exporter", "Path to the dbpool_exporter binary.").Default("./dbpool_exporter").StringVar(&o.exporter)
-	app.Flag("backends", "Comma-separated numbers of application sessions, in increasing order.").Default("10,500,2000").StringVar(&levels)
-	app.Flag("scrapes", "Measured scrapes per exporter and level.").Default("100").IntVar(&o.scrapes)
-	app.Flag("warmup", "Unmeasured scrapes and queries per exporter and level.").Default("10").IntVar(&o.warmup)
+	o.Register(app, "10,500,2000", "")
 	app.Flag("queries", "Measured bare queries (pgx, and pgbench transactions) per level.").Default("100").IntVar(&o.queries)
-	kingpin.MustParse(app.Parse(os.Args[1:]))
-	var err error
-	if o.backends, err = parseLevels(levels); err != nil {
-		fmt.Fprintln(os.Stderr, "scrape: --backends:", err)
-		return 2
-	}
-	if o.scrapes < 1 || o.queries < 1 || o.warmup < 0 {
-		fmt.Fprintln(os.Stderr, "scrape: --scrapes and --queries must be at least 1, --warmup at least 0")
-		return 2
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := bench(ctx, o); err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(os.Stderr, "scrape: interrupted; sessions, exporters and PostgreSQL are gone")
-			return 130
-		}
-		fmt.Fprintln(os.Stderr, "scrape:", err)
-		return 1
-	}
-	return 0
-}
-
-func parseLevels(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive number", f)
-		}
-		if len(out) > 0 && n <= out[len(out)-1] {
-			return nil, fmt.Errorf("levels must increase: %d after %d", n, out[len(out)-1])
-		}
-		out = append(out, n)
-	}
-	return out, nil
+	return benchkit.Main(app, &o.Flags, benchkit.AtLeast("--queries", &o.queries, 1), func(ctx context.Context) error { return bench(ctx, o) })
 }
 
 // levelResult is everything measured at one number of backends.
@@ -116,65 +69,33 @@ type exporterResult struct {
 
 func bench(ctx context.Context, o options) (err error) {
 	began := time.Now()
-	exporterBin, err := filepath.Abs(o.exporter)
-	if err != nil {
-		return err
-	}
-	if _, err := os.Stat(exporterBin); err != nil {
-		return fmt.Errorf("exporter binary: %w (run make build)", err)
-	}
+	exporterBin := o.Exporter
 	work, err := os.MkdirTemp("", "dbpool-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
 
-	maxLevel := o.backends[len(o.backends)-1]
+	maxLevel := o.Backends[len(o.Backends)-1]
 	benchkit.Say("starting a throwaway PostgreSQL (max_connections %d)", maxLevel+300)
 	pg, err := pgtest.Start(pgtest.Options{MaxConnections: maxLevel + 300})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		benchkit.Say("stopping PostgreSQL")
-		if cerr := pg.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	monitorPW, appPW := benchkit.RandomPassword(), benchkit.RandomPassword()
-	if err := pg.CreateRole(monitorRole, monitorPW, false, "pg_monitor"); err != nil {
-		return err
-	}
-	if err := pg.CreateRole(appRole, appPW, false); err != nil {
-		return err
-	}
-	// Lock waiters queue on this table behind one session that holds it.
-	if err := benchkit.CreateLockTable(ctx, pg, appRole); err != nil {
-		return err
-	}
-
-	monitor, err := benchkit.Connect(ctx, pg.DSN(monitorRole, monitorPW, ""), benchkit.AppName)
+	defer benchkit.Stop(&err, "PostgreSQL", pg)
+	roles, err := benchkit.Prepare(ctx, pg, monitorRole, appRole)
 	if err != nil {
-		return fmt.Errorf("monitoring connection: %w", err)
+		return err
 	}
+	monitor := roles.Monitor
 	defer monitor.Close(context.Background())
-	var serverVersion string
-	if err := monitor.QueryRow(ctx, "SHOW server_version").Scan(&serverVersion); err != nil {
-		return err
-	}
-	benchkit.PrintHost(serverVersion)
-
-	appCfg, err := pgx.ParseConfig(pg.DSN(appRole, appPW, ""))
-	if err != nil {
-		return err
-	}
-	sessions := benchkit.NewSessionSet(appCfg)
+	sessions := benchkit.NewSessionSet(roles.App)
 	defer func() {
 		benchkit.Say("cancelling background queries and closing %d sessions", sessions.Len())
 		sessions.Close(pg)
 	}()
 
-	monitorDSN := pg.DSN(monitorRole, monitorPW, "")
+	monitorDSN := roles.MonitorDSN
 	common := []string{
 		"--pool.application-name-regex=api-(?P<instance>[0-9]+)",
 		"--pool.instances=10",
@@ -210,12 +131,12 @@ func bench(ctx context.Context, o options) (err error) {
 		bin:    filepath.Join(pg.BinDir, "pgbench"),
 		script: script,
 		host:   pg.Host, port: pg.Port,
-		user: monitorRole, password: monitorPW,
+		user: monitorRole, password: roles.Monitor.Config().Password,
 	}
 
 	client := &http.Client{Timeout: 30 * time.Second}
 	var results []levelResult
-	for _, n := range o.backends {
+	for _, n := range o.Backends {
 		want := benchkit.MixFor(n)
 		benchkit.Say("opening sessions up to %d backends: %s", n, want)
 		start := time.Now()

@@ -21,10 +21,10 @@ func measure(ctx context.Context, o options, n int, client *http.Client, exporte
 	for i, e := range exporters {
 		r.exporters[i].label = e.Label
 	}
-	for round := -o.warmup; round < max(o.scrapes, o.queries); round++ {
+	for round := -o.Warmup; round < max(o.Scrapes, o.queries); round++ {
 		measured := round >= 0
 		for i, e := range exporters {
-			if round >= o.scrapes {
+			if round >= o.Scrapes {
 				break
 			}
 			d, body, err := benchkit.ScrapeOnce(ctx, client, e.URL)

@@ -9,7 +9,7 @@ import (
 
 func printResults(o options, results []levelResult) {
 	fmt.Println()
-	fmt.Printf("Scrape latency: %d sequential GET /metrics per exporter and level (after %d warm-up), interleaved with\n", o.scrapes, o.warmup)
+	fmt.Printf("Scrape latency: %d sequential GET /metrics per exporter and level (after %d warm-up), interleaved with\n", o.Scrapes, o.Warmup)
 	fmt.Printf("%d runs of the bare activity query over pgx; pgbench avg: -M prepared -t %d -c 1 with the same query.\n", o.queries, o.queries)
 	fmt.Println("ratio = scrape / bare query (pgx), at the same percentile. RSS: exporter VmRSS after the level.")
 	fmt.Println()
