@@ -303,6 +303,7 @@ func instanceStats(in *appInstance) (PoolStats, error) {
 		}
 		p.Checkouts = cs
 	}
+	p.Processes = []ProcessStats{{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts}}
 	if in.Connects != nil || in.Invalidations != nil || in.Recycles != nil || in.PrePingFailures != nil {
 		p.Lifecycle = &LifecycleStats{
 			Opened:          in.Connects,
@@ -326,6 +327,7 @@ func (p *PoolStats) addInstances(q *PoolStats) {
 		p.States[state] += n
 	}
 	p.Pending = addPtr(p.Pending, q.Pending)
+	p.Processes = append(p.Processes, q.Processes...)
 	if q.LongestWaitSeconds != nil && (p.LongestWaitSeconds == nil || *q.LongestWaitSeconds > *p.LongestWaitSeconds) {
 		p.LongestWaitSeconds = ptrTo(*q.LongestWaitSeconds)
 	}
@@ -356,7 +358,9 @@ func (p *PoolStats) addInstances(q *PoolStats) {
 }
 
 // mergeAppPools sums the samples of the app endpoints that report the same pool, in place
-// of the per-endpoint ones, and returns the metrics of the merged samples.
+// of the per-endpoint ones, and returns the metrics of the merged samples. Two endpoints that
+// report the same process (one application listed twice) would add it twice, so the second
+// endpoint's copy is left out, counts included.
 func mergeAppPools(pools []PoolStats, descs *poolDescs) ([]PoolStats, []prometheus.Metric) {
 	var out []PoolStats
 	merged := map[string]int{} // pool -> index in out
@@ -367,7 +371,9 @@ func mergeAppPools(pools []PoolStats, descs *poolDescs) ([]PoolStats, []promethe
 			continue
 		}
 		if j, ok := merged[p.Pool]; ok {
-			out[j].addInstances(&p)
+			if !sharesProcess(&out[j], &p) {
+				out[j].addInstances(&p)
+			}
 			continue
 		}
 		merged[p.Pool] = len(out)
@@ -378,6 +384,20 @@ func mergeAppPools(pools []PoolStats, descs *poolDescs) ([]PoolStats, []promethe
 		ms = descs.appendMetrics(ms, &out[j])
 	}
 	return out, ms
+}
+
+// sharesProcess reports whether q reports a process that p has already.
+func sharesProcess(p, q *PoolStats) bool {
+	seen := make(map[string]bool, len(p.Processes))
+	for _, pr := range p.Processes {
+		seen[pr.Process] = true
+	}
+	for _, pr := range q.Processes {
+		if seen[pr.Process] {
+			return true
+		}
+	}
+	return false
 }
 
 func finiteNonNegative(x float64) bool { return x >= 0 && !math.IsInf(x, 0) && !math.IsNaN(x) }

@@ -187,6 +187,27 @@ dbpool_connection_recycles_total{pool="api",source="app",target="db"} 6
 # HELP dbpool_checkout_timeout_seconds Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever.
 # TYPE dbpool_checkout_timeout_seconds gauge
 dbpool_checkout_timeout_seconds{pool="api",source="app",target="db"} 0.5
+# HELP dbpool_process_in_use_connections Connections one process of the pool group has checked out.
+# TYPE dbpool_process_in_use_connections gauge
+dbpool_process_in_use_connections{pool="api",process="a:1",source="app",target="db"} 2
+dbpool_process_in_use_connections{pool="api",process="a:2",source="app",target="db"} 4
+dbpool_process_in_use_connections{pool="api",process="b:1",source="app",target="db"} 1
+# HELP dbpool_process_checkout_timeouts_total Checkouts of one process that gave up waiting because its pool was exhausted.
+# TYPE dbpool_process_checkout_timeouts_total counter
+dbpool_process_checkout_timeouts_total{pool="api",process="a:1",source="app",target="db"} 2
+dbpool_process_checkout_timeouts_total{pool="api",process="a:2",source="app",target="db"} 0
+dbpool_process_checkout_timeouts_total{pool="api",process="b:1",source="app",target="db"} 1
+# HELP dbpool_process_checkout_duration_seconds Time callers of one process waited to check out a connection (_sum and _count only; the pool's histogram has the buckets).
+# TYPE dbpool_process_checkout_duration_seconds histogram
+dbpool_process_checkout_duration_seconds_bucket{pool="api",process="a:1",source="app",target="db",le="+Inf"} 10
+dbpool_process_checkout_duration_seconds_sum{pool="api",process="a:1",source="app",target="db"} 1.5
+dbpool_process_checkout_duration_seconds_count{pool="api",process="a:1",source="app",target="db"} 10
+dbpool_process_checkout_duration_seconds_bucket{pool="api",process="a:2",source="app",target="db",le="+Inf"} 20
+dbpool_process_checkout_duration_seconds_sum{pool="api",process="a:2",source="app",target="db"} 1.5
+dbpool_process_checkout_duration_seconds_count{pool="api",process="a:2",source="app",target="db"} 20
+dbpool_process_checkout_duration_seconds_bucket{pool="api",process="b:1",source="app",target="db",le="+Inf"} 5
+dbpool_process_checkout_duration_seconds_sum{pool="api",process="b:1",source="app",target="db"} 1.5
+dbpool_process_checkout_duration_seconds_count{pool="api",process="b:1",source="app",target="db"} 5
 # HELP dbpool_up 1 if the exporter reached the target over its monitoring connection during this scrape.
 # TYPE dbpool_up gauge
 dbpool_up{target="db"} 0
@@ -200,7 +221,8 @@ dbpool_scrape_success{collector="app:b",target="db"} 1
 		"dbpool_in_use_connections", "dbpool_open_connections", "dbpool_overflow_connections", "dbpool_connections",
 		"dbpool_instances", "dbpool_max_connections", "dbpool_utilization_ratio", "dbpool_pending_checkouts",
 		"dbpool_checkout_timeouts_total", "dbpool_checkout_duration_seconds", "dbpool_pre_ping_failures_total",
-		"dbpool_connection_recycles_total", "dbpool_checkout_timeout_seconds", "dbpool_up", "dbpool_scrape_success"); err != nil {
+		"dbpool_connection_recycles_total", "dbpool_checkout_timeout_seconds", "dbpool_up", "dbpool_scrape_success",
+		"dbpool_process_in_use_connections", "dbpool_process_checkout_timeouts_total", "dbpool_process_checkout_duration_seconds"); err != nil {
 		t.Fatal(err)
 	}
 	assertLintClean(t, c)
@@ -282,6 +304,29 @@ func (w withoutOwnPool) Collect(ch chan<- prometheus.Metric) {
 		}) {
 			ch <- m
 		}
+	}
+}
+
+// TestAppEndpointListedTwice: one application reachable under two URLs reports the same
+// processes twice; they are counted once.
+func TestAppEndpointListedTwice(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, appDocJSON(appInstanceJSON("api", "h:1", 3, 0, 1, 3, 7, 0)))
+	}))
+	defer srv.Close()
+	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
+	tgt := newTestTarget(t, closedPortDSN(t), pools, nil, func(o *PostgresOptions) { o.Probe = false })
+	other := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	if err := tgt.WatchApps([]poolcfg.App{
+		{Name: "ip", URL: mustAppURL(t, srv.URL), Pool: "api"},
+		{Name: "name", URL: mustAppURL(t, other), Pool: "api"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gatherWithin(t, tgt, 2*time.Second)
+	app := map[string]string{"source": "app"}
+	if in, n := mustValue(t, mfs, "dbpool_in_use_connections", app), mustValue(t, mfs, "dbpool_instances", app); in != 3 || n != 1 {
+		t.Errorf("in use %v over %v instances, want the one process's 3 once", in, n)
 	}
 }
 

@@ -46,6 +46,10 @@ type PoolStats struct {
 	// Lifecycle is set by sources that see connections being opened and replaced (app).
 	Lifecycle *LifecycleStats
 
+	// Processes breaks the pool group down by process, where the source reports each one
+	// (app: every worker process is an instance); at most maxProcessSeries are exported.
+	Processes []ProcessStats
+
 	// Sessions is set by the activity source only.
 	Sessions *SessionStats
 }
@@ -59,6 +63,20 @@ type CheckoutStats struct {
 	Buckets  map[float64]uint64
 	Timeouts *uint64
 }
+
+// ProcessStats is one process's pool within a pool group.
+type ProcessStats struct {
+	Process   string // the source's name for the process, e.g. host:pid
+	InUse     int
+	Open      int
+	Overflow  int
+	Pending   *int
+	Checkouts *CheckoutStats // Buckets unused: the per-process histogram carries only _sum and _count
+}
+
+// maxProcessSeries caps the per-process series of one pool: a pool group of thousands of
+// processes is still summed in the pool series, but not broken down.
+const maxProcessSeries = 200
 
 // LifecycleStats are cumulative counters of what happened to a pool's connections; a nil
 // field is not observed by the source.
@@ -131,6 +149,12 @@ type poolDescs struct {
 	invalidations            *prometheus.Desc
 	recycles                 *prometheus.Desc
 	prePingFailures          *prometheus.Desc
+	processInUse             *prometheus.Desc
+	processOpen              *prometheus.Desc
+	processOverflow          *prometheus.Desc
+	processPending           *prometheus.Desc
+	processCheckoutDuration  *prometheus.Desc
+	processCheckoutTimeouts  *prometheus.Desc
 }
 
 // poolLabels are on every pool series. source tells the views of one pool apart: the
@@ -170,6 +194,12 @@ func newPoolDescs() *poolDescs {
 		invalidations:            newPoolDesc("connection_invalidations_total", "Connections the pool discarded as broken (invalidated)."),
 		recycles:                 newPoolDesc("connection_recycles_total", "Connections the pool replaced because they reached the recycle age (DB_POOL_RECYCLE)."),
 		prePingFailures:          newPoolDesc("pre_ping_failures_total", "Pre-pings (DB_POOL_PRE_PING) that found a connection dead before handing it out."),
+		processInUse:             newPoolDesc("process_in_use_connections", "Connections one process of the pool group has checked out.", "process"),
+		processOpen:              newPoolDesc("process_open_connections", "Connections one process of the pool group has open.", "process"),
+		processOverflow:          newPoolDesc("process_overflow_connections", "Connections one process has open beyond its pool size: max(0, open - pool size).", "process"),
+		processPending:           newPoolDesc("process_pending_checkouts", "Callers of one process waiting for a connection right now.", "process"),
+		processCheckoutDuration:  newPoolDesc("process_checkout_duration_seconds", "Time callers of one process waited to check out a connection (_sum and _count only; the pool's histogram has the buckets).", "process"),
+		processCheckoutTimeouts:  newPoolDesc("process_checkout_timeouts_total", "Checkouts of one process that gave up waiting because its pool was exhausted.", "process"),
 	}
 }
 
@@ -180,6 +210,7 @@ func (d *poolDescs) describe(ch chan<- *prometheus.Desc) {
 		d.checkoutDuration, d.checkoutTimeouts, d.longestCheckoutWait, d.longestQuery,
 		d.longestTransaction, d.longestIdleInTransaction, d.oldestConnection, d.lockWaiting,
 		d.connectionsOpened, d.invalidations, d.recycles, d.prePingFailures,
+		d.processInUse, d.processOpen, d.processOverflow, d.processPending, d.processCheckoutDuration, d.processCheckoutTimeouts,
 	} {
 		ch <- desc
 	}
@@ -234,6 +265,21 @@ func (d *poolDescs) appendMetrics(ms []prometheus.Metric, p *PoolStats) []promet
 		optionalCounter(d.invalidations, l.Invalidations)
 		optionalCounter(d.recycles, l.Recycles)
 		optionalCounter(d.prePingFailures, l.PrePingFailures)
+	}
+	for i := range p.Processes[:min(len(p.Processes), maxProcessSeries)] {
+		pr := &p.Processes[i]
+		gauge(d.processInUse, float64(pr.InUse), pr.Process)
+		gauge(d.processOpen, float64(pr.Open), pr.Process)
+		gauge(d.processOverflow, float64(pr.Overflow), pr.Process)
+		if pr.Pending != nil {
+			gauge(d.processPending, float64(*pr.Pending), pr.Process)
+		}
+		if c := pr.Checkouts; c != nil {
+			ms = append(ms, prometheus.MustNewConstHistogram(d.processCheckoutDuration, c.Count, c.DurationSeconds, nil, p.Target, p.Pool, p.Source, pr.Process))
+			if c.Timeouts != nil {
+				ms = append(ms, prometheus.MustNewConstMetric(d.processCheckoutTimeouts, prometheus.CounterValue, float64(*c.Timeouts), p.Target, p.Pool, p.Source, pr.Process))
+			}
+		}
 	}
 	if p.LongestWaitSeconds != nil {
 		gauge(d.longestCheckoutWait, *p.LongestWaitSeconds)

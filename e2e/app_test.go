@@ -341,6 +341,9 @@ apps:
 				if c := s.must(t, "dbpool_max_connections", app("web")); c != 9 {
 					t.Errorf("capacity %v, want 3 x (2 + 1)", c)
 				}
+				if n := len(s["dbpool_process_in_use_connections"].GetMetric()); n != 3+2 { // web's 3 workers, api and jobs one each
+					t.Errorf("%d dbpool_process_in_use_connections series, want one per process (5)", n)
+				}
 				break
 			}
 			if time.Now().After(deadline) {
