@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -255,104 +254,6 @@ func (e *Exporter) scrapeEntry(ctx context.Context, en *entry, use, probe bool) 
 
 var reopenHealth = newHealthDescs()
 
-// enforceCapLocked releases the least recently used idle targets other than keep while
-// more than MaxConnectedTargets are connected. It returns the targets to close.
-func (e *Exporter) enforceCapLocked(keep *entry) []Target {
-	if e.opts.MaxConnectedTargets <= 0 {
-		return nil
-	}
-	var victims []Target
-	for n := e.connectedLocked(); n > e.opts.MaxConnectedTargets; n-- {
-		var lru *entry
-		for _, en := range e.entries {
-			if en == keep || !en.connected || en.busy > 0 || !e.releasable(en) {
-				continue
-			}
-			if lru == nil || en.lastUsed.Before(lru.lastUsed) {
-				lru = en
-			}
-		}
-		if lru == nil {
-			break // the others are all busy: the cap is restored when they are done
-		}
-		if t := e.releaseLocked(lru, releaseCap); t != nil {
-			victims = append(victims, t)
-		}
-	}
-	return victims
-}
-
-func (e *Exporter) releasable(en *entry) bool { return en.inPlace || e.opts.Reopen != nil }
-
-// releaseLocked marks en released and closes its connections in place, or returns the
-// target for the caller to close outside the lock.
-func (e *Exporter) releaseLocked(en *entry, reason string) Target {
-	en.connected = false
-	e.opts.Logger.Debug("closing the connections of a target", "target", en.name, "reason", reason)
-	if e.opts.Fleet != nil {
-		e.opts.Fleet.countRelease(reason)
-	}
-	if r, ok := en.target.(ConnectionReleaser); ok {
-		r.ReleaseConnections()
-		return nil
-	}
-	t := en.target
-	en.target = nil
-	return t
-}
-
-// closeInBackground closes released targets without holding up the scrape that released
-// them; after Close has begun, it closes them at once (Close waits for the background).
-func (e *Exporter) closeInBackground(targets []Target) {
-	if len(targets) == 0 {
-		return
-	}
-	e.mu.Lock()
-	closed := e.closed
-	if !closed {
-		e.bg.Add(len(targets))
-	}
-	e.mu.Unlock()
-	for _, t := range targets {
-		if closed {
-			t.Close()
-			continue
-		}
-		go func() {
-			defer e.bg.Done()
-			t.Close()
-		}()
-	}
-}
-
-// sweep releases idle targets until Close.
-func (e *Exporter) sweep() {
-	period := min(max(e.opts.IdleTimeout/4, 10*time.Millisecond), 30*time.Second)
-	ticker := time.NewTicker(period)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-e.stop:
-			return
-		case <-ticker.C:
-		}
-		e.mu.Lock()
-		var victims []Target
-		now := e.now()
-		for _, en := range e.entries {
-			if en.connected && en.busy == 0 && e.releasable(en) && now.Sub(en.lastUsed) >= e.opts.IdleTimeout {
-				if t := e.releaseLocked(en, releaseIdle); t != nil {
-					victims = append(victims, t)
-				}
-			}
-		}
-		e.mu.Unlock()
-		for _, t := range victims {
-			t.Close() // here, not in the background: Close may already be waiting for bg
-		}
-	}
-}
-
 // Close stops the sweeper and closes every target's connections.
 func (e *Exporter) Close() {
 	e.mu.Lock()
@@ -415,65 +316,5 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, m := range r.Metrics {
 		ch <- m
-	}
-}
-
-// FleetMetrics are the exporter's own series about its targets: how many are configured and
-// connected, the cap, and how often targets were disconnected. They belong on /metrics, not
-// on /probe, and outlive reloads: exporter returns the current Exporter.
-type FleetMetrics struct {
-	exporter     func() *Exporter
-	idle, cap    atomic.Uint64
-	targets      *prometheus.Desc
-	connected    *prometheus.Desc
-	maxConnected *prometheus.Desc
-	disconnects  *prometheus.Desc
-}
-
-// NewFleetMetrics returns the collector of the fleet series of the Exporter that exporter
-// returns at the time of each scrape.
-func NewFleetMetrics(exporter func() *Exporter) *FleetMetrics {
-	desc := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "exporter", name), help, labels, nil)
-	}
-	return &FleetMetrics{
-		exporter: exporter,
-		targets:  desc("targets", "Configured targets (PostgreSQL servers and PgBouncers) that /metrics or /probe can scrape."),
-		connected: desc("connected_targets", "Targets that hold or may hold monitoring connections: scraped, and not disconnected "+
-			"since for being idle (--probe.idle-timeout) or over the cap (--probe.max-connected-targets)."),
-		maxConnected: desc("max_connected_targets", "The cap on connected targets (--probe.max-connected-targets) that a probe enforces; absent without a cap."),
-		disconnects: desc("target_disconnects_total", "Targets whose monitoring connections were closed, by reason: idle (not scraped for "+
-			"--probe.idle-timeout) or cap (least recently used when a probe needed a connection beyond --probe.max-connected-targets).", "reason"),
-	}
-}
-
-func (m *FleetMetrics) countRelease(reason string) {
-	if reason == releaseCap {
-		m.cap.Add(1)
-	} else {
-		m.idle.Add(1)
-	}
-}
-
-// Describe sends every descriptor of the fleet series.
-func (m *FleetMetrics) Describe(ch chan<- *prometheus.Desc) {
-	ch <- m.targets
-	ch <- m.connected
-	ch <- m.maxConnected
-	ch <- m.disconnects
-}
-
-// Collect sends the fleet series of the current Exporter.
-func (m *FleetMetrics) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(m.disconnects, prometheus.CounterValue, float64(m.idle.Load()), releaseIdle)
-	ch <- prometheus.MustNewConstMetric(m.disconnects, prometheus.CounterValue, float64(m.cap.Load()), releaseCap)
-	e := m.exporter()
-	if e == nil {
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(m.targets, prometheus.GaugeValue, float64(len(e.entries)))
-	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, float64(e.ConnectedTargets()))
-	if e.opts.MaxConnectedTargets > 0 {
-		ch <- prometheus.MustNewConstMetric(m.maxConnected, prometheus.GaugeValue, float64(e.opts.MaxConnectedTargets))
 	}
 }

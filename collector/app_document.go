@@ -1,0 +1,201 @@
+package collector
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
+)
+
+// The dbpool-stats document an app endpoint answers, and how one instance of it becomes a
+// pool sample.
+
+// appDocFormat and appDocVersion identify the dbpool-stats JSON contract (README,
+// integrations/python/README.md). Fields may be added within a version; the exporter
+// ignores fields it does not know.
+const (
+	appDocFormat  = "dbpool-stats"
+	appDocVersion = 1
+)
+
+type appDoc struct {
+	Format    *string       `json:"format"`
+	Version   *int          `json:"version"`
+	Instances []appInstance `json:"instances"`
+}
+
+type appInstance struct {
+	Pool     string `json:"pool"`
+	Instance string `json:"instance"`
+	Settings struct {
+		PoolSize       int      `json:"pool_size"`
+		MaxOverflow    int      `json:"max_overflow"`
+		TimeoutSeconds *float64 `json:"timeout_seconds"`
+		RecycleSeconds float64  `json:"recycle_seconds"`
+		PrePing        bool     `json:"pre_ping"`
+		Echo           bool     `json:"echo"`
+	} `json:"settings"`
+	Status *struct {
+		CheckedOut       int `json:"checked_out"`
+		CheckedIn        int `json:"checked_in"`
+		Overflow         int `json:"overflow"`
+		TotalConnections int `json:"total_connections"`
+	} `json:"status"`
+	PendingCheckouts           *int     `json:"pending_checkouts"`
+	LongestCheckoutWaitSeconds *float64 `json:"longest_checkout_wait_seconds"`
+	Checkouts                  *struct {
+		Count      uint64  `json:"count"`
+		SumSeconds float64 `json:"sum_seconds"`
+		Buckets    []struct {
+			LE    float64 `json:"le"`
+			Count uint64  `json:"count"`
+		} `json:"buckets"`
+		Timeouts *uint64 `json:"timeouts"`
+	} `json:"checkouts"`
+	Connects        *uint64 `json:"connects"`
+	Invalidations   *uint64 `json:"invalidations"`
+	Recycles        *uint64 `json:"recycles"`
+	PrePingFailures *uint64 `json:"pre_ping_failures"`
+}
+
+// parseAppDoc decodes a dbpool-stats document and checks its format and version.
+func parseAppDoc(body []byte) (*appDoc, error) {
+	var doc appDoc
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("not a dbpool-stats JSON document: %v", err)
+	}
+	switch {
+	case doc.Format == nil || *doc.Format != appDocFormat:
+		return nil, fmt.Errorf(`not a dbpool-stats document: "format" must be %q`, appDocFormat)
+	case doc.Version == nil:
+		return nil, errors.New(`dbpool-stats document without "version"`)
+	case *doc.Version != appDocVersion:
+		return nil, fmt.Errorf("dbpool-stats version %d: this exporter reads version %d", *doc.Version, appDocVersion)
+	}
+	return &doc, nil
+}
+
+// selectInstances keeps the instances of appPool, or all when it is empty; an endpoint that
+// reports several pools then must be told which one this is.
+func selectInstances(doc *appDoc, appPool string) ([]appInstance, error) {
+	var out []appInstance
+	pools := map[string]bool{}
+	seen := map[string]bool{}
+	for _, in := range doc.Instances {
+		if in.Instance == "" {
+			return nil, errors.New(`an instance without "instance"`)
+		}
+		pools[in.Pool] = true
+		if appPool != "" && in.Pool != appPool {
+			continue
+		}
+		key := in.Pool + "\x00" + in.Instance
+		if seen[key] {
+			return nil, fmt.Errorf("instance %q of pool %q is reported twice", in.Instance, in.Pool)
+		}
+		seen[key] = true
+		out = append(out, in)
+	}
+	if appPool == "" && len(pools) > 1 {
+		names := make([]string, 0, len(pools))
+		for p := range pools {
+			names = append(names, fmt.Sprintf("%q", p))
+		}
+		slices.Sort(names)
+		return nil, fmt.Errorf("the endpoint reports several pools (%s): set app_pool to the one this is", strings.Join(names, ", "))
+	}
+	return out, nil
+}
+
+// instanceStats turns one instance into a pool sample of one instance, refusing values that
+// no pool can have.
+func instanceStats(in *appInstance) (PoolStats, error) {
+	st := in.Status
+	if st == nil {
+		return PoolStats{}, errors.New(`no "status"`)
+	}
+	s := in.Settings
+	switch {
+	case st.CheckedOut < 0 || st.CheckedIn < 0 || st.TotalConnections < 0:
+		return PoolStats{}, fmt.Errorf("negative connection count in status (checked_out %d, checked_in %d, total_connections %d)",
+			st.CheckedOut, st.CheckedIn, st.TotalConnections)
+	case s.PoolSize < 0 || s.MaxOverflow < -1:
+		return PoolStats{}, fmt.Errorf("settings pool_size %d, max_overflow %d: not a pool's", s.PoolSize, s.MaxOverflow)
+	case !finiteNonNegative(s.RecycleSeconds) && s.RecycleSeconds != -1:
+		return PoolStats{}, fmt.Errorf("settings recycle_seconds %v: must be -1 (never) or a number of seconds", s.RecycleSeconds)
+	}
+	p := PoolStats{
+		Source:     SourceApp,
+		Exact:      true,
+		Configured: true,
+		Instances:  1,
+		Settings: poolcfg.Settings{
+			PoolSize:    s.PoolSize,
+			MaxOverflow: max(s.MaxOverflow, 0), // SQLAlchemy's -1 means "no limit": no known capacity
+			PrePing:     s.PrePing,
+			Echo:        s.Echo,
+		},
+		// SQLAlchemy reserves a slot (overflow) before it opens the connection, so the total
+		// can run ahead of checked out + checked in, never behind.
+		Open:     max(st.TotalConnections, st.CheckedOut+st.CheckedIn),
+		InUse:    st.CheckedOut,
+		Overflow: max(0, st.Overflow),
+	}
+	if t := s.TimeoutSeconds; t != nil && finiteNonNegative(*t) {
+		p.Settings.Timeout = seconds(*t)
+	}
+	if s.RecycleSeconds > 0 {
+		p.Settings.Recycle = seconds(s.RecycleSeconds)
+	}
+	p.States = map[string]int{StateCheckedOut: st.CheckedOut, StateCheckedIn: st.CheckedIn}
+	if n := p.Open - st.CheckedOut - st.CheckedIn; n > 0 {
+		p.States[StateConnecting] = n
+	}
+	if n := in.PendingCheckouts; n != nil {
+		if *n < 0 {
+			return PoolStats{}, fmt.Errorf("pending_checkouts %d is negative", *n)
+		}
+		p.Pending = ptrTo(*n)
+	}
+	if w := in.LongestCheckoutWaitSeconds; w != nil {
+		if !finiteNonNegative(*w) {
+			return PoolStats{}, fmt.Errorf("longest_checkout_wait_seconds %v: must be a number of seconds", *w)
+		}
+		p.LongestWaitSeconds = ptrTo(*w)
+	}
+	if c := in.Checkouts; c != nil {
+		cs := &CheckoutStats{Count: c.Count, DurationSeconds: c.SumSeconds, Buckets: make(map[float64]uint64, len(c.Buckets)), Timeouts: c.Timeouts}
+		if !finiteNonNegative(c.SumSeconds) {
+			return PoolStats{}, fmt.Errorf("checkouts.sum_seconds %v: must be a number of seconds", c.SumSeconds)
+		}
+		prevLE, prevCount := math.Inf(-1), uint64(0)
+		for _, b := range c.Buckets {
+			if !(b.LE > prevLE) || math.IsInf(b.LE, 0) || b.Count < prevCount || b.Count > c.Count {
+				return PoolStats{}, fmt.Errorf("checkouts.buckets: le %v count %d after le %v count %d of %d checkouts: "+
+					"bounds must rise and counts must be cumulative", b.LE, b.Count, prevLE, prevCount, c.Count)
+			}
+			cs.Buckets[b.LE] = b.Count
+			prevLE, prevCount = b.LE, b.Count
+		}
+		p.Checkouts = cs
+	}
+	p.Processes = []ProcessStats{{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts}}
+	if in.Connects != nil || in.Invalidations != nil || in.Recycles != nil || in.PrePingFailures != nil {
+		p.Lifecycle = &LifecycleStats{
+			Opened:          in.Connects,
+			Invalidations:   in.Invalidations,
+			Recycles:        in.Recycles,
+			PrePingFailures: in.PrePingFailures,
+		}
+	}
+	return p, nil
+}
+
+func finiteNonNegative(x float64) bool { return x >= 0 && !math.IsInf(x, 0) && !math.IsNaN(x) }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
