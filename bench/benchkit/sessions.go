@@ -37,7 +37,7 @@ const (
 	// Dialers bounds concurrent logins: SCRAM costs CPU on both sides and the postmaster
 	// forks one backend per login.
 	Dialers = 16
-	// AppNamesPerKind: application names are spread round-robin over the sessions: api-N
+	// AppNamesPerKind is how many application names of each kind the sessions are spread over, round-robin: api-N
 	// (N < AppNamesPerKind, the configured pool) and worker-N (grouped per application).
 	AppNamesPerKind = 10
 )
