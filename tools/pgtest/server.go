@@ -81,6 +81,19 @@ func (p *Postgres) PostmasterPID() (int, error) {
 	return pid, nil
 }
 
+// Freeze stops the postmaster with SIGSTOP: established sessions keep working, new logins
+// hang. thaw (SIGCONT) may be called more than once; Stop and Close also thaw.
+func (p *Postgres) Freeze() (thaw func(), err error) {
+	pid, err := p.PostmasterPID()
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return nil, fmt.Errorf("pgtest: freeze postmaster: %w", err)
+	}
+	return func() { _ = syscall.Kill(pid, syscall.SIGCONT) }, nil
+}
+
 // Stop shuts the server down the way `pg_ctl stop -m fast` does (SIGINT:
 // roll back open transactions, disconnect clients, checkpoint) and keeps the
 // data directory for Restart. Stopping a stopped server is a no-op.
