@@ -12,7 +12,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build deps test unit lint fmt vet alerts demo bench bench-peers clean tidy-check dockerfile-lint
+.PHONY: all build deps test unit lint fmt vet alerts demo bench bench-peers faults clean tidy-check dockerfile-lint
 
 all: build
 
@@ -45,6 +45,12 @@ alerts:
 # The race detector needs cgo.
 unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 12m ./...
+
+# The fault matrix alone (e2e/faults_test.go, also part of `make test`): the exporter binary
+# against stopped, frozen, locked and full servers, odd names, parallel scrapes, TLS. -v shows
+# the line each scenario prints and the summary.
+faults: deps
+	CGO_ENABLED=1 $(GO) test -race -count=1 -v -run '^TestFaults$$' ./e2e
 
 test: DEPS_FLAGS += --with-chromium
 test: deps lint tidy-check alerts unit
