@@ -120,31 +120,7 @@ func scrapeExporter(t *testing.T, addr string) (exporterScrape, time.Duration) {
 // value is the value of the series of name whose labels include want (a histogram's count);
 // ok is false when there is none.
 func (s exporterScrape) value(name string, want map[string]string) (float64, bool) {
-	mf := s[name]
-	if mf == nil {
-		return 0, false
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		case m.GetHistogram() != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
+	return testbin.SeriesValue(s, name, want)
 }
 
 func (s exporterScrape) must(t *testing.T, name string, want map[string]string) float64 {

@@ -20,13 +20,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // python is Debian's interpreter: the one the Debian packages install into. (A python3
@@ -111,24 +112,6 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type document struct {
 	Format    string     `json:"format"`
 	Version   int        `json:"version"`
@@ -210,7 +193,7 @@ func TestLoadApp(t *testing.T) {
 	requirePython(t)
 	s := startServer(t)
 	const appName = "loadapp-gotest"
-	var out lockedBuffer
+	var out testbin.Buffer
 	pr, pw := io.Pipe()
 	cmd := exec.Command(python, filepath.Join(dir(), "examples", "loadapp.py"),
 		"--dsn", s.appDSN, // postgres://...: loadapp adds the driver

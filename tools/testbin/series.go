@@ -1,0 +1,34 @@
+package testbin
+
+import dto "github.com/prometheus/client_model/go"
+
+// SeriesValue returns the value of the first series of name in mfs whose labels include
+// want: a gauge's or counter's value, a histogram's sample count. ok is false when there is
+// no such series.
+func SeriesValue(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (v float64, ok bool) {
+	mf, found := mfs[name]
+	if !found {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
