@@ -115,13 +115,9 @@ func (c *Config) AppsForTarget(target string) []App {
 	return apps
 }
 
-// validateApps checks the app endpoints against the pools; w places problems in the file.
-func (c *Config) validateApps(w *where) []error {
-	var errs []error
-	say := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s%s: %s", w.at(path), path, fmt.Sprintf(format, args...)))
-	}
-	bad := func(path, value, problem string) { errs = append(errs, valueError(w.at(path), path, value, problem)) }
+// validateApps checks the app endpoints against the pools; say and bad report a problem at
+// a key path, as in validate.
+func (c *Config) validateApps(w *where, say func(path, format string, args ...any), bad func(path, value, problem string)) {
 	pools := map[string]bool{}
 	var poolNames []string
 	for _, p := range c.Pools {
@@ -162,5 +158,4 @@ func (c *Config) validateApps(w *where) []error {
 			bad(path+".pool", a.Pool, "unknown pool (pools: "+strings.Join(poolNames, ", ")+")")
 		}
 	}
-	return errs
 }

@@ -124,7 +124,8 @@ func (c *Config) validate(w *where) []error {
 				fmt.Sprintf("must be between 1 and %d", maxInstances))
 		}
 	}
-	return append(errs, c.validateApps(w)...)
+	c.validateApps(w, say, bad)
+	return errs
 }
 
 func printable(s string) bool {
