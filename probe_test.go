@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,41 +16,8 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
-
-// silentListener accepts TCP connections, counts them and never answers: a database that
-// hangs after accept.
-func silentListener(t *testing.T) (string, *atomic.Int64) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n atomic.Int64
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln.Addr().String(), &n
-}
 
 // testExporter builds the daemon's exporter from a YAML file and flags, as run does.
 func testExporter(t *testing.T, yaml string, args ...string) *collector.Exporter {
@@ -80,8 +45,8 @@ func testExporter(t *testing.T, yaml string, args ...string) *collector.Exporter
 
 func TestProbeHandler(t *testing.T) {
 	const secret = "Probe-S3cret-4711"
-	pgAddr, pgAccepted := silentListener(t)
-	bouncerAddr, bouncerAccepted := silentListener(t)
+	pgAddr, pgAccepted := testbin.SilentListener(t)
+	bouncerAddr, bouncerAccepted := testbin.SilentListener(t)
 	exp := testExporter(t, fmt.Sprintf(`auth_modules:
   monitor: {user: monitor, password: %q, options: {sslmode: disable}}
 targets:

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // monitorBackendsQuery counts the exporter's long-lived monitoring sessions on a server.
@@ -189,8 +189,8 @@ func gatherFleet(t *testing.T, fleet *FleetMetrics) map[string]*dto.MetricFamily
 // TestProbeUnknownTargetDoesNotConnect: an unknown name is refused before anything dials;
 // the listener behind the configured target sees no connection until that target is probed.
 func TestProbeUnknownTargetDoesNotConnect(t *testing.T) {
-	ln, accepted := countingListener(t)
-	tgt := newTestTarget(t, fmt.Sprintf("postgres://u:ListenerS3cret@%s/db?sslmode=disable&connect_timeout=1", ln.Addr()), nil, nil, nil)
+	addr, accepted := testbin.SilentListener(t)
+	tgt := newTestTarget(t, fmt.Sprintf("postgres://u:ListenerS3cret@%s/db?sslmode=disable&connect_timeout=1", addr), nil, nil, nil)
 	e := NewExporter([]Target{tgt}, nil)
 	for _, name := range []string{"", "nope", "DB", "postgres://u:p@h/db"} {
 		if _, err := e.Probe(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
@@ -212,39 +212,6 @@ func TestProbeUnknownTargetDoesNotConnect(t *testing.T) {
 	if n := accepted.Load(); n == 0 {
 		t.Error("probing the configured target did not reach its listener: the counter is broken")
 	}
-}
-
-// countingListener accepts TCP connections, counts them and never answers.
-func countingListener(t *testing.T) (net.Listener, *atomic.Int64) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n atomic.Int64
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln, &n
 }
 
 // fakeTarget counts scrapes, releases and closes; inPlace makes it a ConnectionReleaser.
