@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,6 +94,22 @@ func TestWaitReadyExitAndTimeout(t *testing.T) {
 	err = p.WaitReady(context.Background(), time.Minute, 10*time.Millisecond, func() error { return Abort(fatal) })
 	if !errors.Is(err, fatal) {
 		t.Errorf("WaitReady = %v, want the aborting error", err)
+	}
+}
+
+func TestWaitMatch(t *testing.T) {
+	p, err := Start(Spec{Path: "sh", Args: []string{"-c", "sleep 0.1; echo listening on 127.0.0.1:1234; exec sleep 60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(syscall.SIGKILL, 0)
+	m, err := p.WaitMatch(context.Background(), 10*time.Second, regexp.MustCompile(`(?m)^listening on (\S+)$`))
+	if err != nil || len(m) != 2 || m[1] != "127.0.0.1:1234" {
+		t.Errorf("WaitMatch = %q, %v", m, err)
+	}
+	_, err = p.WaitMatch(context.Background(), 50*time.Millisecond, regexp.MustCompile("never"))
+	if err == nil || !strings.Contains(err.Error(), "no output matching never") {
+		t.Errorf("WaitMatch = %v, want a timeout naming the pattern", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"time"
 )
 
@@ -47,6 +48,19 @@ func (p *Process) WaitReady(ctx context.Context, timeout, interval time.Duration
 		case <-time.After(interval):
 		}
 	}
+}
+
+// WaitMatch waits, as WaitReady does, until the process's output matches re, and returns the
+// match and its submatches (FindStringSubmatch); it is for a child that logs where it listens.
+func (p *Process) WaitMatch(ctx context.Context, timeout time.Duration, re *regexp.Regexp) ([]string, error) {
+	var m []string
+	err := p.WaitReady(ctx, timeout, 20*time.Millisecond, func() error {
+		if m = re.FindStringSubmatch(p.Output()); m == nil {
+			return fmt.Errorf("no output matching %s", re)
+		}
+		return nil
+	})
+	return m, err
 }
 
 // tailLines is how much of the output a failure message quotes.
