@@ -42,18 +42,11 @@ func startLoadApp(t *testing.T, dir, name string, args ...string) *loadApp {
 	t.Helper()
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
 	p := startProcess(t, dir, name, debianPython, nil, append([]string{"-u", script}, args...)...)
-	var url string
-	err := p.WaitReady(context.Background(), 30*time.Second, 50*time.Millisecond, func() error {
-		if m := listeningRe.FindStringSubmatch(p.Output()); m != nil {
-			url = m[1]
-			return nil
-		}
-		return fmt.Errorf("no %q line yet", "listening on")
-	})
+	m, err := p.WaitMatch(context.Background(), 30*time.Second, listeningRe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &loadApp{process: p, url: url, base: strings.TrimSuffix(url, "/dbpool")}
+	return &loadApp{process: p, url: m[1], base: strings.TrimSuffix(m[1], "/dbpool")}
 }
 
 // appTruth is what loadapp.py measures directly on its SQLAlchemy pool (/truth).

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,12 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dbpool/dbpool_exporter/tools/childproc"
-	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // findBinary returns the program named by $envVar, else the first of names found on PATH or
@@ -52,30 +49,26 @@ type process struct {
 	*childproc.Process
 }
 
-// startProcess starts bin and registers its termination with t.Cleanup. args and env are
-// never printed: DSNs with passwords may be among them. env is the complete environment
-// (nil: a minimal one), so that DB_* or DATABASE_URL of the caller cannot change what the
-// programs do.
-func startProcess(t *testing.T, dir, name, bin string, env []string, args ...string) *process {
-	t.Helper()
-	cp, err := childproc.Start(childproc.Spec{
+// spec describes bin as a child whose output goes to dir/name.log. env is the complete
+// environment (nil: a minimal one), so that DB_* or DATABASE_URL of the caller cannot change
+// what the programs do.
+func spec(dir, name, bin string, env []string) childproc.Spec {
+	return childproc.Spec{
 		Name:    name,
 		Path:    bin,
-		Args:    args,
 		Env:     append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "LC_ALL=C"}, env...),
 		Dir:     dir,
 		LogFile: filepath.Join(dir, name+".log"),
-	})
-	if err != nil {
-		t.Fatalf("start %s (%s): %v", name, bin, err)
 	}
-	p := &process{name: name, Process: cp}
-	t.Cleanup(func() {
-		if err := p.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
-			t.Log(err)
-		}
-	})
-	return p
+}
+
+// startProcess starts bin (see spec) and stops it when the test ends (testbin.StartProcess).
+// args and env are never printed: DSNs with passwords may be among them.
+func startProcess(t *testing.T, dir, name, bin string, env []string, args ...string) *process {
+	t.Helper()
+	s := spec(dir, name, bin, env)
+	s.Args = args
+	return &process{name: name, Process: testbin.StartProcess(t, s)}
 }
 
 func (p *process) exited() bool { return p.Exited() }
@@ -91,37 +84,12 @@ func (p *process) status() string {
 	return fmt.Sprintf("%s exited (%v)", p.name, p.Err())
 }
 
-// errPortTaken means the server lost the race for its free port to another process.
-var errPortTaken = errors.New("port taken")
-
-// startServer starts a server on a free loopback port and waits until readyPath answers 200.
-// Between finding a free port and the server binding it another process may take it; then
-// the server exits and startServer tries again with another port.
+// startServer starts bin (see spec) on a free loopback port and waits until readyPath
+// answers 200 (testbin.StartServer, which tries another port when the first was taken).
 func startServer(t *testing.T, dir, name, bin string, env []string, readyPath string, args func(addr string) []string) (*process, string) {
 	t.Helper()
-	var lastErr error
-	for range 3 {
-		port, err := pgtest.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		p := startProcess(t, dir, name, bin, env, args(addr)...)
-		err = p.WaitReady(context.Background(), 60*time.Second, 100*time.Millisecond, childproc.HTTPReady("http://"+addr+readyPath))
-		if errors.Is(err, childproc.ErrExited) && strings.Contains(p.Output(), "address already in use") {
-			err = fmt.Errorf("%w: %w", errPortTaken, err)
-		}
-		if err == nil {
-			return p, addr
-		}
-		lastErr = err
-		if !errors.Is(err, errPortTaken) {
-			break
-		}
-		t.Logf("%s: port %d was taken, trying another", name, port)
-	}
-	t.Fatalf("%s did not start: %v", name, lastErr)
-	return nil, ""
+	cp, addr := testbin.StartServer(t, testbin.ServerSpec{Spec: spec(dir, name, bin, env), Args: args, ReadyPath: readyPath})
+	return &process{name: name, Process: cp}, addr
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}

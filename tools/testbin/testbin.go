@@ -1,6 +1,7 @@
 // Package testbin is tooling, not product: it builds the project's binaries for tests that
 // run them as a user would, and holds the small helpers those tests share: a buffer for a
-// child's output, an HTTP GET, and a free loopback address.
+// child's output, an HTTP GET, a free loopback address, and the start of a child process or
+// server that stops when the test ends.
 package testbin
 
 import (
