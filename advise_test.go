@@ -6,13 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -308,21 +308,19 @@ func TestDaemonServesAdvice(t *testing.T) {
 	}
 	for _, command := range [][]string{nil, {"serve"}} {
 		t.Run(fmt.Sprintf("command %v", command), func(t *testing.T) {
-			addr := testbin.FreeAddr(t)
-			args := append(command, "--web.listen-address="+addr, "--pg.dsn="+pg.DSN("monitor", "Mon-Pw-2", "postgres"),
-				"--pg.target-name=db", "--health.window=10s", "--health.sample-interval=1s")
-			cmd := exec.Command(bin, args...)
-			cmd.Env = cleanEnv()
-			var logs bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &logs, &logs
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-			base := "http://" + addr
 			// The sampler alone fills the history: after MinHistory (a tenth of the window)
-			// the recommendation is a metric.
+			// the recommendation is a metric. The deadline includes the start.
 			deadline := time.Now().Add(20 * time.Second)
+			exporter, addr := testbin.StartServer(t, testbin.ServerSpec{
+				Spec: childproc.Spec{Name: "exporter", Path: bin, Env: cleanEnv()},
+				Args: func(addr string) []string {
+					return append(command, "--web.listen-address="+addr, "--pg.dsn="+pg.DSN("monitor", "Mon-Pw-2", "postgres"),
+						"--pg.target-name=db", "--health.window=10s", "--health.sample-interval=1s")
+				},
+				ReadyPath: "/metrics",
+				Timeout:   20 * time.Second,
+			})
+			base := "http://" + addr
 			for {
 				if resp, err := http.Get(base + "/metrics"); err == nil {
 					var b bytes.Buffer
@@ -334,7 +332,7 @@ func TestDaemonServesAdvice(t *testing.T) {
 					}
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("no recommendation metrics; logs:\n%s", logs.String())
+					t.Fatalf("no recommendation metrics; logs:\n%s", exporter.Output())
 				}
 				time.Sleep(200 * time.Millisecond)
 			}

@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -57,26 +58,31 @@ func runBinary(t *testing.T, bin string, env []string, args ...string) (code int
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(cleanEnv(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code = cmd.ProcessState.ExitCode()
-	if err != nil && code < 0 {
+	var out testbin.Buffer
+	stderr, err := childproc.Run(ctx, childproc.Spec{Path: bin, Args: args, Env: append(cleanEnv(), env...), Stdout: &out})
+	var ee *exec.ExitError
+	if err != nil && (!errors.As(err, &ee) || ee.ExitCode() < 0) {
 		t.Fatalf("%v: %v", args, err)
 	}
-	return code, out.String(), errb.String()
+	if ee != nil {
+		code = ee.ExitCode()
+	}
+	return code, out.String(), stderr
 }
 
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DB_") && !strings.HasPrefix(kv, "DATA_SOURCE_NAME=") {
-			env = append(env, kv)
-		}
-	}
-	return env
+// cleanEnv is the environment without the DB_* settings and DSN of the developer's shell.
+func cleanEnv() []string { return childproc.Environ("DB_", "DATA_SOURCE_NAME=") }
+
+// startExporter starts the exporter on a free port with a clean DB_* environment and waits
+// until it answers /-/healthy; it is stopped when the test ends.
+func startExporter(t *testing.T, bin string, env []string, args ...string) (*childproc.Process, string) {
+	t.Helper()
+	return testbin.StartServer(t, testbin.ServerSpec{
+		Spec:      childproc.Spec{Name: "exporter", Path: bin, Env: append(cleanEnv(), env...)},
+		Args:      func(addr string) []string { return append([]string{"--web.listen-address", addr}, args...) },
+		ReadyPath: "/-/healthy",
+		Timeout:   15 * time.Second,
+	})
 }
 
 func TestBinary(t *testing.T) {
@@ -178,17 +184,8 @@ func TestBinary(t *testing.T) {
 			}
 		}
 		writeConfig("first", "")
-		addr := testbin.FreeAddr(t)
-		cmd := exec.Command(bin, "--web.listen-address", addr, "--config.file", cfgFile)
-		cmd.Env = append(cleanEnv(), "RELOAD_TEST_DSN="+dsn)
-		logs := &testbin.Buffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		exporter, addr := startExporter(t, bin, []string{"RELOAD_TEST_DSN=" + dsn}, "--config.file", cfgFile)
 		base := "http://" + addr
-		waitUp(t, base, logs)
 		post := func() int {
 			t.Helper()
 			resp, err := http.Post(base+"/-/reload", "", nil)
@@ -203,7 +200,7 @@ func TestBinary(t *testing.T) {
 		}
 		writeConfig("second", "")
 		if code := post(); code != 200 {
-			t.Fatalf("reload of a good config: status %d\n%s", code, logs.String())
+			t.Fatalf("reload of a good config: status %d\n%s", code, exporter.Output())
 		}
 		_, body := testbin.Get(t, base+"/metrics")
 		if !strings.Contains(body, `dbpool_up{target="second"} 1`) || strings.Contains(body, `target="first"`) {
@@ -220,12 +217,12 @@ func TestBinary(t *testing.T) {
 		if _, body := testbin.Get(t, base+"/metrics"); !strings.Contains(body, `dbpool_up{target="second"} 1`) {
 			t.Errorf("after a failed reload the running configuration is gone")
 		}
-		if !strings.Contains(logs.String(), "bogus_key") {
-			t.Errorf("the failed reload's log does not name the bad key:\n%s", logs.String())
+		if !strings.Contains(exporter.Output(), "bogus_key") {
+			t.Errorf("the failed reload's log does not name the bad key:\n%s", exporter.Output())
 		}
 		// SIGHUP reloads too.
 		writeConfig("fourth", "")
-		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		if err := syscall.Kill(exporter.Pid(), syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
@@ -234,28 +231,15 @@ func TestBinary(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("SIGHUP did not reload:\n%s", logs.String())
+				t.Fatalf("SIGHUP did not reload:\n%s", exporter.Output())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	t.Run("serve and shut down", func(t *testing.T) {
-		addr := testbin.FreeAddr(t)
-		cmd := exec.Command(bin, "--web.listen-address", addr, "--pool.application-name-regex", `api-(?P<instance>\d+)`,
-			"--pool.instances", "2", "--log.level", "debug")
-		cmd.Env = append(cleanEnv(), "DATA_SOURCE_NAME="+dsn, "DB_POOL_SIZE=4", "DB_MAX_OVERFLOW=6")
-		var logs bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		defer func() {
-			_ = cmd.Process.Kill()
-		}()
+		exporter, addr := startExporter(t, bin, []string{"DATA_SOURCE_NAME=" + dsn, "DB_POOL_SIZE=4", "DB_MAX_OVERFLOW=6"},
+			"--pool.application-name-regex", `api-(?P<instance>\d+)`, "--pool.instances", "2", "--log.level", "debug")
 		base := "http://" + addr
-		waitUp(t, base, &logs)
 		code, body := testbin.Get(t, base+"/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics status %d", code)
@@ -288,40 +272,19 @@ func TestBinary(t *testing.T) {
 		} else {
 			resp.Body.Close()
 		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
+		if err := exporter.Stop(syscall.SIGTERM, 15*time.Second); err != nil {
+			t.Fatalf("no exit 15 s after SIGTERM: %v", err)
 		}
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatal("no exit 15 s after SIGTERM")
+		if err := exporter.Err(); err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, exporter.Output())
 		}
-		for name, text := range map[string]string{"metrics": body, "landing page": landing, "logs": logs.String()} {
+		for name, text := range map[string]string{"metrics": body, "landing page": landing, "logs": exporter.Output()} {
 			if strings.Contains(text, password) {
 				t.Errorf("password appears in %s", name)
 			}
 		}
-		if !strings.Contains(logs.String(), "shutting down") {
-			t.Errorf("no shutdown log line:\n%s", logs.String())
+		if !strings.Contains(exporter.Output(), "shutting down") {
+			t.Errorf("no shutdown log line:\n%s", exporter.Output())
 		}
 	})
-}
-
-// waitUp waits until the exporter at base answers /-/healthy.
-func waitUp(t *testing.T, base string, logs fmt.Stringer) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if resp, err := http.Get(base + "/-/healthy"); err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exporter did not start; logs:\n%s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
