@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
@@ -18,7 +19,7 @@ import (
 // every second, so that the dashboard's queries can be run the way Grafana runs them.
 type livePrometheus struct {
 	base string
-	logs *testbin.Buffer
+	proc *childproc.Process
 }
 
 const livePrometheusConfig = `global:
@@ -41,31 +42,15 @@ func startPrometheus(t *testing.T, exporterAddr string) *livePrometheus {
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(livePrometheusConfig, exporterAddr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := testbin.FreeAddr(t)
-	cmd := exec.Command(bin,
-		"--config.file="+cfg,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr,
-	)
-	p := &livePrometheus{base: "http://" + addr, logs: &testbin.Buffer{}}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	proc, addr := testbin.StartServer(t, testbin.ServerSpec{
+		Spec: childproc.Spec{Name: "prometheus", Path: bin},
+		Args: func(addr string) []string {
+			return []string{"--config.file=" + cfg, "--storage.tsdb.path=" + filepath.Join(dir, "data"), "--web.listen-address=" + addr}
+		},
+		ReadyPath: "/-/ready",
+		Timeout:   30 * time.Second,
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := httpGet(p.base + "/-/ready"); err == nil {
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Prometheus not ready after 30s; output:\n%s", p.logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return &livePrometheus{base: "http://" + addr, proc: proc}
 }
 
 // query runs an instant query and returns the number of series in the result.
@@ -105,7 +90,7 @@ func (p *livePrometheus) waitSamples(t *testing.T, n int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Prometheus did not get %d good scrapes of the exporter in 60s; output:\n%s", n, p.logs.String())
+			t.Fatalf("Prometheus did not get %d good scrapes of the exporter in 60s; output:\n%s", n, p.proc.Output())
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

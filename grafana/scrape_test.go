@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -139,34 +139,31 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 
 	appURL := startLoadApp(t, fmt.Sprintf("postgresql+psycopg2://app:%s@127.0.0.1:%d/postgres", appPassword, pg.Port))
 
-	addr := testbin.FreeAddr(t)
-	cmd := exec.Command(bin,
-		"--web.listen-address="+addr,
-		"--pg.dsn="+pg.DSN("monitor", monitorPassword, "postgres"),
-		"--pgbouncer.dsn="+bouncer.AdminDSN(),
-		"--pool.application-name=loadapp",
-		"--app.url="+appURL,
-		// A short window and sample interval so that the pool history behind
-		// dbpool_recommended_* fills within seconds.
-		"--health.window=20s",
-		"--health.sample-interval=1s",
-	)
-	cmd.Env = cleanEnv()
-	var logs testbin.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	// The deadline includes the start.
+	deadline := time.Now().Add(scrapeDeadline)
+	exporter, addr := testbin.StartServer(t, testbin.ServerSpec{
+		Spec: childproc.Spec{Name: "exporter", Path: bin, Env: cleanEnv()},
+		Args: func(addr string) []string {
+			return []string{
+				"--web.listen-address=" + addr,
+				"--pg.dsn=" + pg.DSN("monitor", monitorPassword, "postgres"),
+				"--pgbouncer.dsn=" + bouncer.AdminDSN(),
+				"--pool.application-name=loadapp",
+				"--app.url=" + appURL,
+				// A short window and sample interval so that the pool history behind
+				// dbpool_recommended_* fills within seconds.
+				"--health.window=20s",
+				"--health.sample-interval=1s",
+			}
+		},
+		ReadyPath: "/metrics",
+		Timeout:   scrapeDeadline,
 	})
 
 	var (
 		got  map[string]series
 		body []byte
 	)
-	deadline := time.Now().Add(scrapeDeadline)
 	for {
 		if err := query(); err != nil {
 			t.Fatalf("query through PgBouncer: %v", err)
@@ -183,7 +180,7 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		}
 		if time.Now().After(deadline) {
 			if got == nil {
-				t.Fatalf("no /metrics answer from the exporter: %v; logs:\n%s", err, logs.String())
+				t.Fatalf("no /metrics answer from the exporter: %v; logs:\n%s", err, exporter.Output())
 			}
 			break
 		}
@@ -225,30 +222,19 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 func startLoadApp(t *testing.T, dsn string) string {
 	t.Helper()
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
-	cmd := exec.Command("/usr/bin/python3", "-u", script, "--dsn", dsn, "--name", "default",
-		"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.1",
-		"--concurrency", "3", "--query-seconds", "0.05", "--application-name", "loadapp")
-	cmd.Env = cleanEnv()
-	var out testbin.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start loadapp.py with Debian's python3 (make deps installs python3-sqlalchemy): %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	p := testbin.StartProcess(t, childproc.Spec{
+		Name: "loadapp.py",
+		Path: "/usr/bin/python3",
+		Args: []string{"-u", script, "--dsn", dsn, "--name", "default",
+			"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.1",
+			"--concurrency", "3", "--query-seconds", "0.05", "--application-name", "loadapp"},
+		Env: cleanEnv(),
 	})
-	re := regexp.MustCompile(`listening on (http://\S+/dbpool)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := re.FindStringSubmatch(out.String()); m != nil {
-			return m[1]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("loadapp.py did not start serving in 30s:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	m, err := p.WaitMatch(context.Background(), 30*time.Second, regexp.MustCompile(`listening on (http://\S+/dbpool)`))
+	if err != nil {
+		t.Fatalf("loadapp.py did not start serving (Debian's python3 with python3-sqlalchemy: make deps): %v", err)
 	}
+	return m[1]
 }
 
 // scrapeDeadline bounds the wait for all wanted series. The slowest are dbpool_recommended_*,
@@ -280,16 +266,7 @@ func httpGet(url string) ([]byte, error) {
 
 // cleanEnv is the environment without DB_* settings and DSNs of the developer's shell, so
 // that the exporter sees only the flags of the test.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "DB_") || strings.HasPrefix(kv, "DATA_SOURCE_NAME=") || strings.HasPrefix(kv, "PGBOUNCER_DSN=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
+func cleanEnv() []string { return childproc.Environ("DB_", "DATA_SOURCE_NAME=", "PGBOUNCER_DSN=") }
 
 func TestParseExposition(t *testing.T) {
 	const text = `# TYPE c_total counter
