@@ -7,7 +7,6 @@
 package python_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -26,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -85,31 +86,24 @@ func TestPythonUnittests(t *testing.T) {
 	s := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "-m", "unittest", "discover", "-v", "-s", "tests", "-t", ".")
-	cmd.Dir = dir()
-	cmd.Env = append(os.Environ(),
-		"DBPOOL_TEST_DSN="+sqlalchemyURL(t, s.appDSN, "psycopg2"),
-		"DBPOOL_TEST_ASYNC_DSN="+sqlalchemyURL(t, s.appDSN, "asyncpg"),
-		"DBPOOL_TEST_ADMIN_DSN="+sqlalchemyURL(t, s.pg.SuperuserDSN(""), "psycopg2"),
-		"PYTHONPATH="+dir(),
-		"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
-		"DBPOOL_STATS_DIR=",
-	)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	out, err := childproc.Run(ctx, childproc.Spec{
+		Path: python,
+		Args: []string{"-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."},
+		Dir:  dir(),
+		Env: append(os.Environ(),
+			"DBPOOL_TEST_DSN="+sqlalchemyURL(t, s.appDSN, "psycopg2"),
+			"DBPOOL_TEST_ASYNC_DSN="+sqlalchemyURL(t, s.appDSN, "asyncpg"),
+			"DBPOOL_TEST_ADMIN_DSN="+sqlalchemyURL(t, s.pg.SuperuserDSN(""), "psycopg2"),
+			"PYTHONPATH="+dir(),
+			"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
+			"DBPOOL_STATS_DIR=",
+		),
+	})
 	if err != nil {
 		t.Fatalf("python unittests failed after %s: %v\n%s", time.Since(start).Round(time.Millisecond), err, out)
 	}
-	t.Logf("python unittests passed in %s:\n%s", time.Since(start).Round(time.Millisecond), lastLines(string(out), 40))
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	t.Logf("python unittests passed in %s:\n%s", time.Since(start).Round(time.Millisecond), childproc.Tail(out, 40))
 }
 
 type document struct {
@@ -193,52 +187,26 @@ func TestLoadApp(t *testing.T) {
 	requirePython(t)
 	s := startServer(t)
 	const appName = "loadapp-gotest"
-	var out testbin.Buffer
-	pr, pw := io.Pipe()
-	cmd := exec.Command(python, filepath.Join(dir(), "examples", "loadapp.py"),
-		"--dsn", s.appDSN, // postgres://...: loadapp adds the driver
-		"--listen", "127.0.0.1:0",
-		"--pool-size", "5", "--max-overflow", "2", "--pool-timeout", "5",
-		"--concurrency", "0",
-		"--application-name", appName,
-		"--name", "api")
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "DBPOOL_STATS_DIR=")
-	cmd.Stdout = io.MultiWriter(&out, pw)
-	cmd.Stderr = &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); pw.Close() }()
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			<-done
-		}
+	p := testbin.StartProcess(t, childproc.Spec{
+		Name: "loadapp",
+		Path: python,
+		Args: []string{filepath.Join(dir(), "examples", "loadapp.py"),
+			"--dsn", s.appDSN, // postgres://...: loadapp adds the driver
+			"--listen", "127.0.0.1:0",
+			"--pool-size", "5", "--max-overflow", "2", "--pool-timeout", "5",
+			"--concurrency", "0",
+			"--application-name", appName,
+			"--name", "api"},
+		Env: append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "DBPOOL_STATS_DIR="),
 	})
-
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if rest, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
-				lines <- rest
-				break
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	var statsURL string
-	select {
-	case statsURL = <-lines:
-	case err := <-done:
-		killed = true
-		t.Fatalf("loadapp exited before listening: %v\n%s", err, out.String())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no 'listening on' line within 20 s:\n%s", out.String())
+	m, err := p.WaitMatch(context.Background(), 20*time.Second, regexp.MustCompile(`(?m)^listening on (.*)$`))
+	switch {
+	case errors.Is(err, childproc.ErrExited):
+		t.Fatalf("loadapp exited before listening: %v", err)
+	case err != nil:
+		t.Fatalf("no 'listening on' line within 20 s: %v", err)
 	}
+	statsURL := m[1]
 	if !strings.HasPrefix(statsURL, "http://127.0.0.1:") || !strings.HasSuffix(statsURL, "/dbpool") {
 		t.Fatalf("listening line: %q", statsURL)
 	}
@@ -250,8 +218,8 @@ func TestLoadApp(t *testing.T) {
 		t.Fatalf("document: %+v", doc)
 	}
 	in := doc.Instances[0]
-	if in.Pool != "api" || in.PID != cmd.Process.Pid || in.PoolClass != "QueuePool" ||
-		!strings.HasSuffix(in.Instance, fmt.Sprintf(":%d", cmd.Process.Pid)) {
+	if in.Pool != "api" || in.PID != p.Pid() || in.PoolClass != "QueuePool" ||
+		!strings.HasSuffix(in.Instance, fmt.Sprintf(":%d", p.Pid())) {
 		t.Errorf("instance: %+v", in)
 	}
 	if in.Settings.PoolSize == nil || *in.Settings.PoolSize != 5 || in.Settings.MaxOverflow == nil ||
@@ -264,7 +232,7 @@ func TestLoadApp(t *testing.T) {
 	}
 	var tr truth
 	fetch(t, http.MethodGet, base+"/truth", &tr)
-	if tr.PID != cmd.Process.Pid || tr.CheckedOut != 0 {
+	if tr.PID != p.Pid() || tr.CheckedOut != 0 {
 		t.Errorf("truth before hold: %+v", tr)
 	}
 
@@ -304,20 +272,19 @@ func TestLoadApp(t *testing.T) {
 		t.Errorf("backends with application_name %s: %d, want 3", appName, n)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(p.Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	killed = true
 	select {
-	case err := <-done:
+	case <-p.Done():
 		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		if err := p.Err(); !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Errorf("loadapp exit: %v", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("loadapp still running 10 s after SIGKILL")
 	}
-	if err := syscall.Kill(cmd.Process.Pid, 0); !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("process %d still exists after SIGKILL: %v", cmd.Process.Pid, err)
+	if err := syscall.Kill(p.Pid(), 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("process %d still exists after SIGKILL: %v", p.Pid(), err)
 	}
 }
