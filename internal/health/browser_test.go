@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -45,11 +46,10 @@ func runChromium(t *testing.T, bin string, args ...string) string {
 	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir=" + profile}
-	cmd := exec.CommandContext(ctx, bin, append(base, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("chromium %v: %v\n%s", args, err, errb.String())
+	// Run, not exec: on a timeout it kills Chromium's whole process group, its helpers too.
+	var out testbin.Buffer
+	if stderr, err := childproc.Run(ctx, childproc.Spec{Path: bin, Args: append(base, args...), Stdout: &out}); err != nil {
+		t.Fatalf("chromium %v: %v\n%s", args, err, stderr)
 	}
 	return out.String()
 }
