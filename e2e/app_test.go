@@ -49,6 +49,11 @@ func startLoadApp(t *testing.T, dir, name string, args ...string) *loadApp {
 	return &loadApp{process: p, url: m[1], base: strings.TrimSuffix(m[1], "/dbpool")}
 }
 
+// withBasicAuth puts scraper:password into an http URL.
+func withBasicAuth(u, password string) string {
+	return strings.Replace(u, "http://", "http://scraper:"+password+"@", 1)
+}
+
 // appTruth is what loadapp.py measures directly on its SQLAlchemy pool (/truth).
 type appTruth struct {
 	CheckedOut         int `json:"checked_out"`
@@ -158,6 +163,9 @@ func TestAppSourceEndToEnd(t *testing.T) {
 	if err := pg.CreateRole("app", appPW, false); err != nil {
 		t.Fatal(err)
 	}
+	// Basic-auth credentials in two of the app URLs (loadapp ignores them): the password must
+	// show nowhere either.
+	appURLPW := randomPassword(t)
 	dsn := func(driver string) string {
 		return fmt.Sprintf("postgresql+%s://app:%s@127.0.0.1:%d/postgres", driver, appPW, pg.Port)
 	}
@@ -188,7 +196,7 @@ apps:
   - {name: held, url: %q, pool: api}
   - {name: busy, url: %q, pool: jobs}
   - {name: workers, url: %q, pool: web}
-`, pg.DSN("dbpool_monitor", monitorPW, "postgres"), held.url, busy.url, workers.url))
+`, pg.DSN("dbpool_monitor", monitorPW, "postgres"), withBasicAuth(held.url, appURLPW), withBasicAuth(busy.url, appURLPW), workers.url))
 	exporter, addr := startServer(t, dir, "exporter", exporterBin, nil, "/metrics", func(addr string) []string {
 		return []string{"--web.listen-address=" + addr, "--config.file=" + cfg, "--health.sample-interval=0"}
 	})
@@ -347,8 +355,22 @@ apps:
 		if _, ok := s.value("dbpool_in_use_connections", activity("jobs")); !ok {
 			t.Error("the activity view of the killed application's pool is gone")
 		}
-		if log := exporter.Output(); !strings.Contains(log, `collector=app:busy`) || strings.Contains(log, appPW) || strings.Contains(log, monitorPW) {
+		if log := exporter.Output(); !strings.Contains(log, `collector=app:busy`) || strings.Contains(log, appPW) || strings.Contains(log, monitorPW) || strings.Contains(log, appURLPW) {
 			t.Errorf("exporter log should name the failed endpoint and no password:\n%s", exporter.logTail(20))
+		}
+		for _, page := range []string{"/", "/metrics", "/api/v1/pools", "/pools"} {
+			code, body, err := httpGet("http://" + addr + page)
+			if err != nil || code != 200 {
+				t.Errorf("GET %s: %d %v", page, code, err)
+			}
+			for _, pw := range []string{appPW, monitorPW, appURLPW} {
+				if strings.Contains(string(body), pw) {
+					t.Errorf("GET %s shows a password", page)
+				}
+			}
+			if page == "/" && !strings.Contains(string(body), "app held") {
+				t.Errorf("the landing page does not list the app endpoints:\n%s", body)
+			}
 		}
 	})
 }
