@@ -112,6 +112,12 @@ class AsyncEngineTest(PoolTestCase):
                 async with ae.connect() as c:
                     pid = (await c.execute(text("SELECT pg_backend_pid()"))).scalar()
                 await asyncio.get_running_loop().run_in_executor(None, terminate, pid)
+                # Let asyncpg take in the server's goodbye (the FATAL and the closed socket)
+                # before the pre-ping: if the ping is sent while that is still arriving,
+                # SQLAlchemy 1.4's asyncpg adapter sees InternalClientError ("another
+                # operation is in progress"), which it does not count as a disconnect, and
+                # the checkout fails instead of being pre-pinged and replaced.
+                await asyncio.sleep(0.5)
                 async with ae.connect() as c:
                     pid2 = (await c.execute(text("SELECT pg_backend_pid()"))).scalar()
                 self.assertNotEqual(pid, pid2)
