@@ -70,17 +70,7 @@ func probeGather(t *testing.T, e *Exporter, name string) map[string]*dto.MetricF
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
+	return testbin.Gather(t, c)
 }
 
 // targetLabels returns the values of the target label over all series.

@@ -70,17 +70,7 @@ func gather(t *testing.T, tgt Target, timeout time.Duration) map[string]*dto.Met
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx))
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
+	return testbin.Gather(t, NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx))
 }
 
 // value returns the value of the series of name whose labels include want.

@@ -23,6 +23,7 @@ import (
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // deterministicFamilies are the series of a pgxpool whose values a test can know exactly;
@@ -144,25 +145,10 @@ func newPgxPool(t *testing.T, dsn string, maxConns int32, instrument bool, next 
 	return pool, tracer
 }
 
-func gatherFamilies(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
-}
-
 // pendingOf returns dbpool_pending_checkouts of the only pool, -1 if absent.
 func pendingOf(t *testing.T, c prometheus.Collector) int {
 	t.Helper()
-	mf, ok := gatherFamilies(t, c)["dbpool_pending_checkouts"]
+	mf, ok := testbin.Gather(t, c)["dbpool_pending_checkouts"]
 	if !ok {
 		return -1
 	}
@@ -197,7 +183,7 @@ func compare(t *testing.T, c prometheus.Collector, w poolWant) {
 // cumulative, with the +Inf count equal to the sample count.
 func histogramOf(t *testing.T, c prometheus.Collector) *dto.Histogram {
 	t.Helper()
-	mf, ok := gatherFamilies(t, c)["dbpool_checkout_duration_seconds"]
+	mf, ok := testbin.Gather(t, c)["dbpool_checkout_duration_seconds"]
 	if !ok {
 		t.Fatal("no dbpool_checkout_duration_seconds")
 	}
@@ -526,7 +512,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 			case tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
 				t.Fatalf("acquire: got %v, want %v", err, tt.wantErr)
 			}
-			mfs := gatherFamilies(t, c)
+			mfs := testbin.Gather(t, c)
 			got := map[string]float64{
 				"checkouts": mfs["dbpool_checkouts_total"].GetMetric()[0].GetCounter().GetValue(),
 				"histogram": float64(mfs["dbpool_checkout_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount()),

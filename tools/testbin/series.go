@@ -1,6 +1,11 @@
 package testbin
 
-import dto "github.com/prometheus/client_model/go"
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 // SeriesValue returns the value of the first series of name in mfs whose labels include
 // want: a gauge's or counter's value, a histogram's sample count. ok is false when there is
@@ -31,4 +36,21 @@ next:
 		}
 	}
 	return 0, false
+}
+
+// Gather collects c through a pedantic registry, which also checks that c's metrics are
+// consistent with what it describes, and returns the metric families by name.
+func Gather(t testing.TB, c prometheus.Collector) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
 }
