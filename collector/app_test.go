@@ -155,7 +155,7 @@ dbpool_overflow_connections{pool="api",source="app",target="db"} 3
 # TYPE dbpool_connections gauge
 dbpool_connections{pool="api",source="app",state="checked_in",target="db"} 2
 dbpool_connections{pool="api",source="app",state="checked_out",target="db"} 7
-# HELP dbpool_instances Configured number of processes that each hold one such pool.
+# HELP dbpool_instances Processes that each hold one such pool: as configured, or for the app source those that reported.
 # TYPE dbpool_instances gauge
 dbpool_instances{pool="api",source="app",target="db"} 3
 # HELP dbpool_max_connections Capacity of the pool group: instances x (pool size + max overflow).

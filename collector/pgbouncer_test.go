@@ -514,7 +514,7 @@ dbpool_checkout_timeout_seconds{pool="app/app",source="pgbouncer",target="bounce
 dbpool_checkout_timeout_seconds{pool="app/postgres",source="pgbouncer",target="bouncer"} 7
 dbpool_checkout_timeout_seconds{pool="big/app",source="pgbouncer",target="bouncer"} 7
 dbpool_checkout_timeout_seconds{pool="big/postgres",source="pgbouncer",target="bouncer"} 7
-# HELP dbpool_instances Configured number of processes that each hold one such pool.
+# HELP dbpool_instances Processes that each hold one such pool: as configured, or for the app source those that reported.
 # TYPE dbpool_instances gauge
 dbpool_instances{pool="app/app",source="pgbouncer",target="bouncer"} 1
 dbpool_instances{pool="app/postgres",source="pgbouncer",target="bouncer"} 1

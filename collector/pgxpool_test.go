@@ -56,7 +56,7 @@ var familyHelp = [][3]string{
 	{"dbpool_checkout_timeout_seconds", "gauge", "Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever."},
 	{"dbpool_recycle_seconds", "gauge", "Configured connection age after which the pool replaces it (DB_POOL_RECYCLE); 0 means never."},
 	{"dbpool_pre_ping_enabled", "gauge", "1 if the pool tests connections before use (DB_POOL_PRE_PING)."},
-	{"dbpool_instances", "gauge", "Configured number of processes that each hold one such pool."},
+	{"dbpool_instances", "gauge", "Processes that each hold one such pool: as configured, or for the app source those that reported."},
 	{"dbpool_utilization_ratio", "gauge", "In-use connections over the pool group's capacity (0..1)."},
 	{"dbpool_overflow_connections", "gauge", "Connections beyond the pool size: per instance max(0, open - pool size), summed."},
 	{"dbpool_open_connections", "gauge", "Connections the pool group has open (in use plus idle)."},

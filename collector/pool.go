@@ -174,7 +174,7 @@ func newPoolDescs() *poolDescs {
 		checkoutTimeout:          newPoolDesc("checkout_timeout_seconds", "Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever."),
 		recycle:                  newPoolDesc("recycle_seconds", "Configured connection age after which the pool replaces it (DB_POOL_RECYCLE); 0 means never."),
 		prePing:                  newPoolDesc("pre_ping_enabled", "1 if the pool tests connections before use (DB_POOL_PRE_PING)."),
-		instances:                newPoolDesc("instances", "Configured number of processes that each hold one such pool."),
+		instances:                newPoolDesc("instances", "Processes that each hold one such pool: as configured, or for the app source those that reported."),
 		open:                     newPoolDesc("open_connections", "Connections the pool group has open (in use plus idle)."),
 		inUse:                    newPoolDesc("in_use_connections", "Connections checked out or busy; never counts idle ones. A lower bound for the activity source."),
 		connections:              newPoolDesc("connections", "Open connections by state, a disjoint breakdown of dbpool_open_connections in the source's own state names.", "state"),
