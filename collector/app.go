@@ -104,6 +104,9 @@ func (e *appEndpoint) fetch(ctx context.Context) (*appDoc, error) {
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // lets the connection be reused
+		if resp.StatusCode/100 == 3 {
+			return nil, fmt.Errorf("GET %s: HTTP %s: redirects are not followed (basic-auth credentials must not go elsewhere); configure the URL it redirects to", e.url, resp.Status)
+		}
 		return nil, fmt.Errorf("GET %s: HTTP %s", e.url, resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAppDocument+1))

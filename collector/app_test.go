@@ -248,6 +248,10 @@ func TestAppEndpointFailures(t *testing.T) {
 		http.Error(w, "worker restarting", http.StatusServiceUnavailable)
 	}))
 	defer failing.Close()
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/dbpool/", http.StatusTemporaryRedirect)
+	}))
+	defer redirect.Close()
 	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, `{"format": "dbpool-stats", "version": 1, "instances": [{"instance": "x", "status": {"checked_out": -4}}]}`)
 	}))
@@ -270,13 +274,14 @@ func TestAppEndpointFailures(t *testing.T) {
 		{Name: "good", URL: mustAppURL(t, good.URL), Pool: "api"},
 		{Name: "failing", URL: mustAppURL(t, failing.URL), Pool: "api"},
 		{Name: "garbage", URL: mustAppURL(t, garbage.URL), Pool: "api"},
+		{Name: "redirect", URL: mustAppURL(t, redirect.URL+"/dbpool"), Pool: "api"},
 		{Name: "hanging", URL: mustAppURL(t, hanging.URL), Pool: "api"},
 		{Name: "down", URL: mustAppURL(t, down), Pool: "api"},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	mfs := gatherWithin(t, tgt, 2*time.Second)
-	for name, want := range map[string]float64{"app:good": 1, "app:failing": 0, "app:garbage": 0, "app:hanging": 0, "app:down": 0} {
+	for name, want := range map[string]float64{"app:good": 1, "app:failing": 0, "app:garbage": 0, "app:hanging": 0, "app:down": 0, "app:redirect": 0} {
 		if got := mustValue(t, mfs, "dbpool_scrape_success", map[string]string{"collector": name}); got != want {
 			t.Errorf("dbpool_scrape_success{collector=%q} = %v, want %v", name, got, want)
 		}
@@ -284,7 +289,7 @@ func TestAppEndpointFailures(t *testing.T) {
 	if got := mustValue(t, mfs, "dbpool_in_use_connections", map[string]string{"source": "app"}); got != 1 {
 		t.Errorf("in use from the good endpoint = %v, want 1", got)
 	}
-	for _, want := range []string{"HTTP 503 Service Unavailable", "negative connection count", "connection refused", "context deadline exceeded"} {
+	for _, want := range []string{"HTTP 503 Service Unavailable", "redirects are not followed", "negative connection count", "connection refused", "context deadline exceeded"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs.String())
 		}
