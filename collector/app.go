@@ -59,9 +59,9 @@ func newAppClient() *http.Client {
 	}
 }
 
-// collect fetches the endpoint once and sums its instances into one sample of the pool. An
-// endpoint that reports no instance yet (nothing instrumented, or every worker starting)
-// succeeds with no sample.
+// collect fetches the endpoint once and returns one sample per instance; the target adds up
+// the instances of all its endpoints per pool (mergeAppPools). An endpoint that reports no
+// instance yet (nothing instrumented, or every worker starting) succeeds with no sample.
 func (e *appEndpoint) collect(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
 	doc, err := e.fetch(ctx)
 	if err != nil {
@@ -71,23 +71,16 @@ func (e *appEndpoint) collect(ctx context.Context) ([]prometheus.Metric, []PoolS
 	if err != nil {
 		return nil, nil, err
 	}
-	var sum *PoolStats
+	out := make([]PoolStats, 0, len(instances))
 	for i := range instances {
 		p, err := instanceStats(&instances[i])
 		if err != nil {
 			return nil, nil, fmt.Errorf("instance %q: %w", instances[i].Instance, err)
 		}
 		p.Target, p.Pool = e.target, e.pool
-		if sum == nil {
-			sum = &p
-		} else {
-			sum.addInstances(&p)
-		}
+		out = append(out, p)
 	}
-	if sum == nil {
-		return nil, nil, nil
-	}
-	return nil, []PoolStats{*sum}, nil
+	return nil, out, nil
 }
 
 func (e *appEndpoint) fetch(ctx context.Context) (*appDoc, error) {

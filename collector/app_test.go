@@ -343,3 +343,53 @@ func TestWatchAppsRefusesForeignPool(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestAppPoolCountersNeverFall: the pool's counters hold the last values of a process that
+// missed a scrape, continue when it is back, fold in a process whose counters restarted, and
+// keep a process gone for good; they never fall, so rate() sees no false reset.
+func TestAppPoolCountersNeverFall(t *testing.T) {
+	instance := func(name string, count, timeouts uint64) PoolStats {
+		return PoolStats{Target: "db", Pool: "api", Source: SourceApp, Exact: true, Configured: true, Instances: 1,
+			Open: 2, InUse: 1, States: map[string]int{StateCheckedOut: 1, StateCheckedIn: 1},
+			Checkouts: &CheckoutStats{Count: count, DurationSeconds: float64(count) / 100,
+				Buckets: map[float64]uint64{0.01: count / 2, 30: count}, Timeouts: &timeouts},
+			Processes: []ProcessStats{{Process: name, InUse: 1, Open: 2}}}
+	}
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	steps := []struct {
+		name         string
+		at           time.Duration
+		instances    []PoolStats
+		count, tmo   uint64
+		inUse, procs int
+	}{
+		{"two processes", 0, []PoolStats{instance("a", 10, 5), instance("b", 7, 3)}, 17, 8, 2, 2},
+		{"b's endpoint missed the scrape", 15 * time.Second, []PoolStats{instance("a", 12, 6)}, 19, 9, 1, 1},
+		{"b is back", 30 * time.Second, []PoolStats{instance("a", 12, 6), instance("b", 9, 4)}, 21, 10, 2, 2},
+		{"a restarted its counters under the same name", 45 * time.Second, []PoolStats{instance("a", 2, 1), instance("b", 9, 4)}, 23, 11, 2, 2},
+		{"a and b gone for good, c new", 20 * time.Minute, []PoolStats{instance("c", 1, 0)}, 24, 11, 1, 1},
+		{"reported twice", 20*time.Minute + 15*time.Second, []PoolStats{instance("c", 3, 0), instance("c", 3, 0)}, 26, 11, 1, 1},
+	}
+	var c appCounters
+	descs := newPoolDescs()
+	var prevCount, prevTimeouts uint64
+	for _, st := range steps {
+		pools, ms := c.mergeAppPools(append([]PoolStats{{Pool: "other", Source: SourceActivity}}, st.instances...), descs, start.Add(st.at))
+		if len(pools) != 2 || pools[0].Pool != "other" || len(ms) == 0 {
+			t.Fatalf("%s: pools %+v", st.name, pools)
+		}
+		p := pools[1]
+		got := p.Checkouts
+		if got.Count != st.count || *got.Timeouts != st.tmo || p.InUse != st.inUse || len(p.Processes) != st.procs || p.Instances != st.procs {
+			t.Errorf("%s: checkouts %d, timeouts %d, in use %d, %d processes, %d instances; want %d, %d, %d, %d",
+				st.name, got.Count, *got.Timeouts, p.InUse, len(p.Processes), p.Instances, st.count, st.tmo, st.inUse, st.procs)
+		}
+		if got.Count < prevCount || *got.Timeouts < prevTimeouts {
+			t.Errorf("%s: a counter fell: %d -> %d checkouts, %d -> %d timeouts", st.name, prevCount, got.Count, prevTimeouts, *got.Timeouts)
+		}
+		if got.Buckets[30] != got.Count || got.Buckets[0.01] > got.Buckets[30] {
+			t.Errorf("%s: buckets %v do not add up to %d checkouts", st.name, got.Buckets, got.Count)
+		}
+		prevCount, prevTimeouts = got.Count, *got.Timeouts
+	}
+}

@@ -88,8 +88,9 @@ type PostgresTarget struct {
 
 	ownPool *PgxpoolCollector
 
-	apps      []*appEndpoint
-	appClient *http.Client
+	apps        []*appEndpoint
+	appClient   *http.Client
+	appCounters appCounters
 }
 
 // NewPostgresTarget prepares a target; it does not connect until the first scrape, so that
@@ -229,7 +230,7 @@ func (t *PostgresTarget) jobs(reached *atomic.Bool) []job {
 func (t *PostgresTarget) finish(res *Result) {
 	if len(t.apps) > 0 {
 		var ms []prometheus.Metric
-		res.Pools, ms = mergeAppPools(res.Pools, t.poolDesc)
+		res.Pools, ms = t.appCounters.mergeAppPools(res.Pools, t.poolDesc, time.Now())
 		res.Metrics = append(res.Metrics, ms...)
 	}
 	for _, own := range t.ownPool.Samples() {
