@@ -66,17 +66,17 @@ type observed struct {
 // itself (app) and pg_stat_activity sees the same pool, the exact numbers win; the activity
 // sample is kept beside it for idle-in-transaction and query ages.
 func preferExact(pools []collector.PoolStats) []observed {
-	app := map[key]int{}
+	app := map[key]bool{}
 	for i := range pools {
 		if pools[i].Source == collector.SourceApp {
-			app[key{pools[i].Target, pools[i].Pool}] = i
+			app[key{pools[i].Target, pools[i].Pool}] = true
 		}
 	}
 	out := make([]observed, 0, len(pools))
 	server := map[key]*collector.PoolStats{}
 	for i := range pools {
 		p := &pools[i]
-		if _, ok := app[key{p.Target, p.Pool}]; ok && p.Source == collector.SourceActivity {
+		if app[key{p.Target, p.Pool}] && p.Source == collector.SourceActivity {
 			server[key{p.Target, p.Pool}] = p
 			continue
 		}
