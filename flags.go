@@ -51,7 +51,7 @@ type flags struct {
 func addFlags(app *kingpin.Application) *flags {
 	f := &flags{}
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&f.metricsPath)
-	app.Flag("config.file", "YAML file describing targets and pools (see README). Without it, one target comes from --pg.dsn and one pool from the DB_* settings.").PlaceHolder("FILE").StringVar(&f.configFile)
+	app.Flag("config.file", "YAML file describing targets and pools (see docs/configuration.md). Without it, one target comes from --pg.dsn and one pool from the DB_* settings.").PlaceHolder("FILE").StringVar(&f.configFile)
 	app.Flag("config.check", "Validate the configuration, print a summary and exit (0 valid, 1 invalid).").BoolVar(&f.configCheck)
 	app.Flag("pool.env-file", "The application's .env file with DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, DB_POOL_RECYCLE, DB_POOL_PRE_PING, DB_ECHO. Variables in the environment win over the file.").PlaceHolder("FILE").StringVar(&f.envFile)
 	app.Flag("pg.dsn", "PostgreSQL connection string of the watched server (URL or key=value).").Envar("DATA_SOURCE_NAME").PlaceHolder("DSN").StringVar(&f.dsn)
@@ -73,7 +73,7 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("collector.activity.max-applications", "Most application_name groups for backends that match no pool; the rest are reported as pool \"app:other\".").Default("20").IntVar(&f.maxApplications)
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
-	app.Flag("metrics.scrape-targets", "Scrape every configured target on each request to the telemetry path. With --no-metrics.scrape-targets the telemetry path serves only the exporter's own metrics, and Prometheus scrapes each target through /probe?target=NAME (see README, Multi-target probing).").Default("true").BoolVar(&f.scrapeTargets)
+	app.Flag("metrics.scrape-targets", "Scrape every configured target on each request to the telemetry path. With --no-metrics.scrape-targets the telemetry path serves only the exporter's own metrics, and Prometheus scrapes each target through /probe?target=NAME (see docs/configuration.md, Multi-target probing).").Default("true").BoolVar(&f.scrapeTargets)
 	app.Flag("probe.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.probeIdleTimeout)
 	app.Flag("probe.max-connected-targets", "Most targets holding monitoring connections at once when /probe connects them: the least recently scraped target is disconnected first. 0 is no cap. A /metrics scrape of all targets (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.probeMaxConnected)
 	return f

@@ -17,30 +17,33 @@ import (
 // probeTargets are the exporter's target names, one PostgreSQL server each.
 var probeTargets = []string{"alpha", "beta", "gamma"}
 
-// readmePrometheusConfig returns the `# prometheus.yml` block of README's Multi-target
-// probing section, with its target list and exporter address replaced: the test runs the
-// documented relabel_configs, not a copy that could drift from them.
-func readmePrometheusConfig(t *testing.T, targets []string, exporterAddr string) string {
+// docFile holds the Multi-target probing section, relative to the repository's root.
+const docFile = "docs/configuration.md"
+
+// docPrometheusConfig returns the `# prometheus.yml` block of docFile's Multi-target probing
+// section, with its target list and exporter address replaced: the test runs the documented
+// relabel_configs, not a copy that could drift from them.
+func docPrometheusConfig(t *testing.T, targets []string, exporterAddr string) string {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "README.md"))
+	doc, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), docFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	section := string(readme)
-	if i := strings.Index(section, "### Multi-target probing"); i >= 0 {
+	section := string(doc)
+	if i := strings.Index(section, "## Multi-target probing\n"); i >= 0 {
 		section = section[i:]
 	} else {
-		t.Fatal("README.md has no section Multi-target probing")
+		t.Fatalf("%s has no section Multi-target probing", docFile)
 	}
 	m := regexp.MustCompile("(?s)```yaml\n# prometheus.yml\n(.*?)```").FindStringSubmatch(section)
 	if m == nil {
-		t.Fatal("README.md: no ```yaml block starting with # prometheus.yml in Multi-target probing")
+		t.Fatalf("%s: no ```yaml block starting with # prometheus.yml in Multi-target probing", docFile)
 	}
 	cfg := m[1]
 	targetsRe := regexp.MustCompile(`(?m)^(\s*- targets: )\[[^\]]*\](\s*#.*names from dbpool.yml.*)$`)
 	if !targetsRe.MatchString(cfg) || !strings.Contains(cfg, "dbpool-exporter:9930") || !strings.Contains(cfg, "__param_target") {
-		t.Fatalf("README's prometheus.yml changed shape; the test expects a probe target list marked "+
-			"'names from dbpool.yml', __param_target and the address dbpool-exporter:9930:\n%s", cfg)
+		t.Fatalf("%s: prometheus.yml changed shape; the test expects a probe target list marked "+
+			"'names from dbpool.yml', __param_target and the address dbpool-exporter:9930:\n%s", docFile, cfg)
 	}
 	cfg = targetsRe.ReplaceAllString(cfg, "${1}["+strings.Join(targets, ", ")+"]")
 	cfg = strings.ReplaceAll(cfg, "dbpool-exporter:9930", exporterAddr)
@@ -49,7 +52,7 @@ func readmePrometheusConfig(t *testing.T, targets []string, exporterAddr string)
 }
 
 // TestProbeEndToEnd: a real Prometheus scrapes three PostgreSQL servers through one exporter
-// with README's relabel_configs: one series of dbpool_up per server, each with its own
+// with the documented relabel_configs: one series of dbpool_up per server, each with its own
 // instance label, and the exporter's own metrics in their own job.
 func TestProbeEndToEnd(t *testing.T) {
 	promBin := findBinary(t, "PROMETHEUS", "prometheus")
@@ -97,7 +100,7 @@ func TestProbeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	promCfg := filepath.Join(promDir, "prometheus.yml")
-	writeFile(t, promCfg, readmePrometheusConfig(t, probeTargets, exporterAddr))
+	writeFile(t, promCfg, docPrometheusConfig(t, probeTargets, exporterAddr))
 	promProc, promAddr := startServer(t, promDir, "prometheus", promBin, nil, "/-/ready", func(addr string) []string {
 		return []string{
 			"--config.file=" + promCfg,

@@ -20,7 +20,7 @@ import (
 const (
 	dashboardFile = "dbpool.json"
 	rulesFile     = "../alerts/dbpool.rules.yml"
-	readmeFile    = "../README.md"
+	metricsDoc    = "../docs/metrics.md"
 	dsVar         = "${datasource}"
 )
 
@@ -545,11 +545,11 @@ func recordLabels(name string) map[string]bool {
 	return labels
 }
 
-// contractMetrics returns the metric names of README's metric table, with the _bucket, _sum
+// contractMetrics returns the metric names of the metric table in docs/metrics.md, with the _bucket, _sum
 // and _count series of histograms.
 func contractMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	data, err := os.ReadFile(readmeFile)
+	data, err := os.ReadFile(metricsDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,7 +563,7 @@ func contractMetrics(t *testing.T) map[string]bool {
 		}
 	}
 	if len(out) == 0 {
-		t.Fatalf("%s: no metric table found", readmeFile)
+		t.Fatalf("%s: no metric table found", metricsDoc)
 	}
 	return out
 }
@@ -644,7 +644,7 @@ func TestDashboardQueries(t *testing.T) {
 	for n := range wantSet {
 		want = append(want, n)
 		if !contract[n] {
-			t.Errorf("metric %s is not in README's metric table (the contract between exporter, alerts and dashboard)", n)
+			t.Errorf("metric %s is not in the metric table of docs/metrics.md (the contract between exporter, alerts and dashboard)", n)
 		}
 	}
 	sort.Strings(want)
