@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 
-__version__ = "1.0.0"
+__version__ = "0.4.0"
 __all__ = [
     "BUCKETS",
     "FORMAT",
