@@ -2,22 +2,31 @@
 # every test, including those against real PostgreSQL, PgBouncer, promtool and Prometheus.
 GO       ?= go
 BIN      ?= dbpool_exporter
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+VERSION  ?= $(shell cat VERSION)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BRANCH   ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 VPKG     := github.com/prometheus/common/version
 LDFLAGS  := -s -w -X $(VPKG).Version=$(VERSION) -X $(VPKG).Revision=$(REVISION) -X $(VPKG).Branch=$(BRANCH) \
             -X $(VPKG).BuildUser=$(shell id -un)@$(shell hostname) -X $(VPKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 GOLANGCI_LINT_VERSION ?= v2.15.0
+# `make release`: one tarball per platform and sha256sums.txt in RELEASE_DIR (git-ignored).
+PLATFORMS   ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+RELEASE_DIR ?= dist
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build deps test unit lint fmt vet alerts demo bench bench-peers faults clean tidy-check dockerfile-lint
+.PHONY: all build release deps test unit lint fmt vet alerts demo bench bench-peers faults clean tidy-check dockerfile-lint
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+# Cross-built tarballs with the binary, LICENSE, README.md, CHANGELOG.md, docs/, the alert rules
+# and the dashboard (scripts/release.sh says what goes where).
+release:
+	VERSION='$(VERSION)' LDFLAGS='$(LDFLAGS)' PLATFORMS='$(PLATFORMS)' RELEASE_DIR='$(RELEASE_DIR)' GO='$(GO)' \
+		./scripts/release.sh
 
 # Installs PostgreSQL, PgBouncer, Prometheus (promtool) and Alertmanager from Debian when missing;
 # for `make test` also Chromium (the status page's browser test).
@@ -71,7 +80,9 @@ bench-peers: deps build
 	./.bin/bench-peers --exporter ./$(BIN) $(ARGS)
 
 clean:
-	rm -rf $(BIN) .bin
+	rm -rf $(BIN) .bin $(RELEASE_DIR)
 
+# dockerfilelint 1.8.0 predates BuildKit's `FROM --platform=...` and reads the flag as the image
+# name ("missing tag"): it gets the Dockerfile without that flag, every line where it was.
 dockerfile-lint:
-	cd /tmp && npx --yes dockerfilelint@1.8.0 $(CURDIR)/Dockerfile
+	sed 's/^FROM --platform=[^ ]* /FROM /' Dockerfile | (cd /tmp && npx --yes dockerfilelint@1.8.0 -)
