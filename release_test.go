@@ -83,6 +83,9 @@ func TestRelease(t *testing.T) {
 		if f.uid != 0 || f.gid != 0 {
 			t.Errorf("%s: owner %d:%d, want 0:0", path, f.uid, f.gid)
 		}
+		if want := os.FileMode(0o644); path != name+"/dbpool_exporter" && f.mode.Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, f.mode.Perm(), want)
+		}
 	}
 	for _, rel := range releaseFiles {
 		f, ok := files[name+"/"+rel]
@@ -103,8 +106,8 @@ func TestRelease(t *testing.T) {
 	if !ok {
 		t.Fatalf("%s/dbpool_exporter missing from the tarball", name)
 	}
-	if bin.mode&0o111 == 0 {
-		t.Errorf("dbpool_exporter has mode %v, not executable", bin.mode)
+	if want := os.FileMode(0o755); bin.mode.Perm() != want {
+		t.Errorf("dbpool_exporter: mode %v, want %v", bin.mode.Perm(), want)
 	}
 	path := filepath.Join(t.TempDir(), "dbpool_exporter")
 	if err := os.WriteFile(path, bin.data, 0o755); err != nil {

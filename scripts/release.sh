@@ -10,8 +10,8 @@
 #
 # and $RELEASE_DIR/sha256sums.txt (`sha256sum -c sha256sums.txt` checks them). `make release`
 # runs it with the Makefile's VERSION, LDFLAGS, PLATFORMS and RELEASE_DIR. The archives are
-# reproducible apart from the binary's build date and user: sorted entries, owner 0, every
-# mtime the last commit's time.
+# reproducible apart from the binary's build date and user: sorted entries, owner 0, modes
+# 0644 and 0755 whatever the umask, every mtime the last commit's time.
 set -euo pipefail
 
 : "${VERSION:?VERSION is not set (make release sets it from the VERSION file)}"
@@ -41,8 +41,8 @@ for platform in $PLATFORMS; do
 	mkdir "$work/$name"
 	CGO_ENABLED=0 GOOS=$os GOARCH=$arch "$GO" build -trimpath -ldflags "$LDFLAGS" -o "$work/$name/dbpool_exporter" .
 	cp -R --parents "${extras[@]}" "$work/$name/"
-	tar -C "$work" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" -cf - "$name" |
-		gzip -9n >"$RELEASE_DIR/$name.tar.gz"
+	tar -C "$work" --sort=name --owner=0 --group=0 --numeric-owner --mode=u+rw,go+rX,go-w \
+		--mtime="@$mtime" -cf - "$name" | gzip -9n >"$RELEASE_DIR/$name.tar.gz"
 done
 
 (cd "$RELEASE_DIR" && sha256sum -- *.tar.gz >sha256sums.txt)
