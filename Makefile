@@ -15,7 +15,7 @@ RELEASE_DIR ?= dist
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build release deps test unit lint fmt vet alerts demo bench bench-peers faults clean tidy-check dockerfile-lint
+.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint demo bench bench-peers faults clean tidy-check dockerfile-lint
 
 all: build
 
@@ -44,12 +44,36 @@ vet:
 # go.mod and go.sum must already be tidy (uses `go mod tidy -diff`, which changes nothing).
 tidy-check:
 	$(GO) mod tidy -diff
+	$(GO) -C tools/mixin mod tidy -diff
 
-lint: fmt vet dockerfile-lint
+lint: fmt vet dockerfile-lint mixin-lint
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 
 alerts:
 	./alerts/check.sh
+
+# The monitoring mixin (mixin/, jsonnet) is the source of alerts/dbpool.rules.yml and
+# grafana/dbpool.json. Its tool is a Go module of its own (tools/mixin: go-jsonnet, the PromQL
+# parser), so that none of that reaches the exporter's go.mod.
+MIXIN = $(GO) -C tools/mixin run .
+
+# Regenerates the rules file and the dashboard from mixin/; commit both with the jsonnet.
+mixin:
+	$(MIXIN) generate
+
+# Formats the jsonnet (jsonnetfmt).
+mixin-fmt:
+	$(MIXIN) fmt
+
+# The shipped files are exactly what mixin/ generates; the jsonnet is formatted and passes
+# jsonnet-lint. Then the tool's own tests.
+mixin-check:
+	$(MIXIN) check
+	$(GO) -C tools/mixin test -count=1 ./...
+
+mixin-lint:
+	$(GO) -C tools/mixin vet ./...
+	cd tools/mixin && $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 
 # The race detector needs cgo.
 unit:
@@ -62,7 +86,7 @@ faults: deps
 	CGO_ENABLED=1 $(GO) test -race -count=1 -v -run '^TestFaults$$' ./e2e
 
 test: DEPS_FLAGS += --with-chromium
-test: deps lint tidy-check alerts unit
+test: deps lint tidy-check alerts mixin-check unit
 
 demo: deps build
 	$(GO) build -o .bin/dbpool-demo ./tools/cmd/dbpool-demo

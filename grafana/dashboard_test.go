@@ -222,12 +222,17 @@ var (
 		"__interval_ms": "30000", "__range_s": "21600", "__range_ms": "21600000",
 	}
 	labelVars = map[string]string{
-		"target": `(db-1:5432/app|pgbouncer:db-1:6432/pgbouncer)`,
-		"pool":   `(api|app/app|app:other)`,
+		"job":      `(dbpool|dbpool-sidecar)`,
+		"instance": `(10.0.0.1:9187|10.0.0.2:9187)`,
+		"target":   `(db-1:5432/app|pgbouncer:db-1:6432/pgbouncer)`,
+		"pool":     `(api|app/app|app:other)`,
 	}
 	varRefRe     = regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(:[^}]*)?\}|\$([A-Za-z0-9_]+)|\[\[([A-Za-z0-9_]+)(:[^\]]*)?\]\]`)
-	labelVarUse  = regexp.MustCompile(`\b(target|pool)\s*=~\s*"\$(target|pool)"`)
-	labelVarRefs = regexp.MustCompile(`\$\{?(target|pool)\b`)
+	labelVarUse  = regexp.MustCompile(`\b(job|instance|target|pool)\s*=~\s*"\$(job|instance|target|pool)"`)
+	labelVarRefs = regexp.MustCompile(`\$\{?(job|instance|target|pool)\b`)
+	// scrapeLabels are the labels Prometheus adds to every scraped series: the dashboard may
+	// match on them although the exporter's own exposition does not carry them.
+	scrapeLabels = map[string]bool{"job": true, "instance": true}
 )
 
 // substitute replaces Grafana's variables. With time set, only the time variables are
@@ -260,9 +265,9 @@ func substitute(expr string, labels bool) (string, error) {
 	return out, errors.Join(errs...)
 }
 
-// checkVariables checks that $target and $pool appear only as target=~"$target" and
-// pool=~"$pool": with multi-value and All selections Grafana substitutes a regex, which
-// = would compare literally.
+// checkVariables checks that $job, $instance, $target and $pool appear only as
+// job=~"$job" and so on: with multi-value and All selections Grafana substitutes a regex,
+// which = would compare literally.
 func checkVariables(expr string) error {
 	uses := labelVarUse.FindAllStringSubmatch(expr, -1)
 	for _, u := range uses {
@@ -271,7 +276,7 @@ func checkVariables(expr string) error {
 		}
 	}
 	if n := len(labelVarRefs.FindAllString(expr, -1)); n != len(uses) {
-		return fmt.Errorf("$target and $pool may only appear as target=~\"$target\" and pool=~\"$pool\"")
+		return fmt.Errorf("$job, $instance, $target and $pool may only appear as job=~\"$job\" and so on")
 	}
 	return nil
 }
@@ -477,6 +482,9 @@ func TestCheckVariables(t *testing.T) {
 		{`x{target=~"$target|other"}`, false},
 		{`x{target=~"$target"} + on (pool) group_left label_replace(y, "p", "$pool", "", "")`, false},
 		{`x{job="a"}`, true},
+		{`x{job=~"$job", instance=~"$instance", target=~"$target"}`, true},
+		{`x{job="$job"}`, false},
+		{`x{instance=~"$job"}`, false},
 	} {
 		err := checkVariables(tc.expr)
 		if (err == nil) != tc.ok {
@@ -680,8 +688,10 @@ func TestDashboardQueries(t *testing.T) {
 			// variable, or names its value outright.
 			for _, l := range []string{"target", "pool"} {
 				// A variable's own query lists the values of its label and so cannot
-				// restrict it; pool's query is restricted by target.
-				if !labels[l] || varLabels[p.Expr] == l {
+				// restrict it; pool's query is restricted by target, and job and instance
+				// come before target.
+				vl := varLabels[p.Expr]
+				if !labels[l] || vl == l || vl == "job" || vl == "instance" {
 					continue
 				}
 				ms := s.matchersOn(l)
@@ -695,14 +705,14 @@ func TestDashboardQueries(t *testing.T) {
 				}
 			}
 			for _, m := range s.Matchers {
-				if !labels[m.Label] {
+				if !labels[m.Label] && !scrapeLabels[m.Label] {
 					t.Errorf("%s: %s has no label %s", p.Where, s.Name, m.Label)
 				}
 			}
 		}
 		if label, ok := varLabels[p.Expr]; ok {
 			for _, s := range p.sels {
-				if ser, ok := exported[s.Name]; ok && !ser.Labels[label] {
+				if ser, ok := exported[s.Name]; ok && !ser.Labels[label] && !scrapeLabels[label] {
 					t.Errorf("%s: label_values(%s, %s): %s has no label %s", p.Where, p.Expr, label, s.Name, label)
 				}
 			}

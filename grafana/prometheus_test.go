@@ -96,13 +96,13 @@ func (p *livePrometheus) waitSamples(t *testing.T, n int) {
 	}
 }
 
-// liveExpr is a dashboard query as Grafana sends it when All is selected for target and
-// pool.
+// liveExpr is a dashboard query as Grafana sends it when All is selected for every variable:
+// the variables' allValue, .+ for job and instance, .* for target and pool.
 func liveExpr(expr string) (string, error) {
 	out, err := substitute(expr, false)
 	if err != nil {
 		return "", err
 	}
-	r := strings.NewReplacer(`"$target"`, `".*"`, `"$pool"`, `".*"`)
+	r := strings.NewReplacer(`"$job"`, `".+"`, `"$instance"`, `".+"`, `"$target"`, `".*"`, `"$pool"`, `".*"`)
 	return r.Replace(out), nil
 }
