@@ -53,8 +53,8 @@ alerts:
 	./alerts/check.sh
 
 # The monitoring mixin (mixin/, jsonnet) is the source of alerts/dbpool.rules.yml and
-# grafana/dbpool.json. Its tool is a Go module of its own (tools/mixin: go-jsonnet, the PromQL
-# parser), so that none of that reaches the exporter's go.mod.
+# grafana/dbpool.json. Its tool is a Go module of its own (tools/mixin: go-jsonnet, Grafana's
+# foundation SDK, the PromQL parser), so that none of that reaches the exporter's go.mod.
 MIXIN = $(GO) -C tools/mixin run .
 
 # Regenerates the rules file and the dashboard from mixin/; commit both with the jsonnet.
@@ -66,7 +66,8 @@ mixin-fmt:
 	$(MIXIN) fmt
 
 # The shipped files are exactly what mixin/ generates; the jsonnet is formatted and passes
-# jsonnet-lint. Then the tool's own tests.
+# jsonnet-lint; the dashboard decodes against Grafana's schema and follows dashboard-linter's
+# rules but for the exceptions in mixin/.lint. Then the tool's own tests.
 mixin-check:
 	$(MIXIN) check
 	$(GO) -C tools/mixin test -count=1 ./...

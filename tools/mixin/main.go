@@ -1,12 +1,15 @@
 // Command mixin builds and checks the monitoring mixin in mixin/ (jsonnet): it generates
 // alerts/dbpool.rules.yml and grafana/*.json from it, and checks that the shipped files are
-// exactly what the mixin generates and that the jsonnet is formatted and lint-free.
+// exactly what the mixin generates, that the jsonnet is formatted and lint-free, and that every
+// dashboard decodes against Grafana's dashboard schema (grafana-foundation-sdk) and follows
+// grafana/dashboard-linter's rules, but for the exceptions listed with reasons in mixin/.lint.
 //
 //	mixin generate   write the generated files
 //	mixin check      check everything above; exit 1 on any problem
 //	mixin fmt        format the jsonnet files in place (jsonnetfmt)
 //
-// It lives in a Go module of its own so that the exporter's go.mod never sees jsonnet. Run it from anywhere in the repository:
+// It lives in a Go module of its own so that the exporter's go.mod never sees jsonnet, the
+// Grafana SDK or Prometheus' PromQL parser. Run it from anywhere in the repository:
 // `go -C tools/mixin run . check` (make mixin-check).
 package main
 
@@ -88,8 +91,34 @@ func check(root string) error {
 	}
 	errs = append(errs, compareGenerated(root, files)...)
 
+	cfg, err := loadLintConfig(filepath.Join(root, mixinDir, ".lint"))
+	if err != nil {
+		errs = append(errs, err)
+		cfg = &lintConfig{}
+	}
+	var all []violation
+	for _, name := range sortedKeys(files) {
+		if !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		if err := checkSchema(files[name]); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		vs, err := lintDashboardJSON(files[name])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		all = append(all, vs...)
+	}
+	failed, stale := cfg.apply(all)
+	for _, v := range failed {
+		errs = append(errs, fmt.Errorf("dashboard lint: %s (fix the dashboard, or list it in %s/.lint with the reason)", v, mixinDir))
+	}
+	for _, s := range stale {
+		errs = append(errs, fmt.Errorf("%s/.lint: exclusion %s excuses nothing: remove it", mixinDir, s))
+	}
 	if len(errs) == 0 {
-		fmt.Printf("mixin: OK (%d generated files identical)\n", len(files))
+		fmt.Printf("mixin: OK (%d generated files identical, dashboards valid against the schema, %d lint findings excused by .lint)\n", len(files), len(all))
 	}
 	return errors.Join(errs...)
 }
