@@ -27,10 +27,8 @@ DASHBOARD=../grafana/dbpool.json
 METRICS_DOC=../docs/metrics.md
 RUNBOOK_DOC=../docs/runbook.md
 REPO_URL='https://github.com/dbpool/dbpool_exporter/blob/main/'
-# runbook_url is ${REPO_URL}docs/runbook.md#<anchor>. ${REPO_URL}README.md#<anchor>, the form
-# from before the runbook moved to docs/, is still accepted while the rules change over; its
-# anchor must be a heading of docs/runbook.md too (README.md no longer has those sections).
-RUNBOOK_URL_RE="^${REPO_URL//./\\.}(docs/runbook|README)\\.md#([a-z0-9_-]+)\$"
+# runbook_url is ${REPO_URL}docs/runbook.md#<anchor> (mixin/config.libsonnet, runbookURLBase).
+RUNBOOK_URL_RE="^${REPO_URL//./\\.}docs/runbook\\.md#([a-z0-9_-]+)\$"
 
 # The Markdown files whose links are checked and whose ```promql blocks must parse.
 cd ..
@@ -166,7 +164,7 @@ n_runbook=0
 while read -r url; do
 	n_runbook=$((n_runbook + 1))
 	if [[ "$url" =~ $RUNBOOK_URL_RE ]]; then
-		grep -qxF "${BASH_REMATCH[2]}" "$tmp/runbook_anchors" || fail "$url: no heading #${BASH_REMATCH[2]} in $RUNBOOK_DOC"
+		grep -qxF "${BASH_REMATCH[1]}" "$tmp/runbook_anchors" || fail "$url: no heading #${BASH_REMATCH[1]} in $RUNBOOK_DOC"
 	else
 		fail "$url: links into this repository must go to ${REPO_URL}docs/runbook.md#<anchor>"
 	fi
