@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 const namespace = "dbpool"
@@ -153,15 +155,17 @@ func newStateLogger(logger *slog.Logger) *stateLogger {
 	return &stateLogger{logger: logger, failed: map[string]bool{}}
 }
 
-func (s *stateLogger) observe(target, collector string, err error, redact func(string) string) {
+// observe logs err as poolcfg.RedactError prints it: connection errors by their structured
+// fields (user, database, host, cause), never the password that the library errors carry.
+func (s *stateLogger) observe(target, collector string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	was := s.failed[collector]
 	switch {
 	case err != nil && !was:
-		s.logger.Warn("collector failed", "target", target, "collector", collector, "err", redact(err.Error()))
+		s.logger.Warn("collector failed", "target", target, "collector", collector, "err", poolcfg.RedactError(err))
 	case err != nil:
-		s.logger.Debug("collector still failing", "target", target, "collector", collector, "err", redact(err.Error()))
+		s.logger.Debug("collector still failing", "target", target, "collector", collector, "err", poolcfg.RedactError(err))
 	case was:
 		s.logger.Info("collector recovered", "target", target, "collector", collector)
 	}

@@ -118,7 +118,7 @@ type PgBouncerTarget struct {
 func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, logger *slog.Logger) (*PgBouncerTarget, error) {
 	cfg, err := pgx.ParseConfig(dsn.ConnString())
 	if err != nil {
-		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, err)
+		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, poolcfg.RedactError(err))
 	}
 	if opts.MaxConnLifetime < 0 {
 		return nil, fmt.Errorf("target %q: connection lifetime %v must not be negative", name, opts.MaxConnLifetime)
@@ -135,7 +135,7 @@ func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, log
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
 	return &PgBouncerTarget{
-		targetBase: newTargetBase(name, cfg.Password, logger),
+		targetBase: newTargetBase(name, logger),
 		opts:       opts,
 		connCfg:    cfg,
 		poolDesc:   newPoolDescs(),

@@ -98,7 +98,7 @@ type PostgresTarget struct {
 func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts PostgresOptions, logger *slog.Logger) (*PostgresTarget, error) {
 	cfg, err := pgxpool.ParseConfig(dsn.ConnString())
 	if err != nil {
-		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, err)
+		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, poolcfg.RedactError(err))
 	}
 	if opts.MaxConnections < 1 {
 		return nil, fmt.Errorf("target %q: max connections %d must be at least 1", name, opts.MaxConnections)
@@ -132,10 +132,10 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, opts 
 
 	db, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("target %q: %w", name, err)
+		return nil, fmt.Errorf("target %q: %w", name, poolcfg.RedactError(err))
 	}
 	return &PostgresTarget{
-		targetBase: newTargetBase(name, cfg.ConnConfig.Password, logger),
+		targetBase: newTargetBase(name, logger),
 		opts:       opts,
 		pools:      pools,
 		db:         db,
@@ -185,9 +185,6 @@ func (t *PostgresTarget) WatchApps(apps []poolcfg.App) error {
 			return fmt.Errorf("target %q: app %q reports pool %q, which is not on this target", t.name, a.Name, a.Pool)
 		}
 		t.apps = append(t.apps, &appEndpoint{name: a.Name, url: a.URL, pool: a.Pool, appPool: a.AppPool, target: t.name, client: t.appClient})
-		if pw := a.URL.Password(); pw != "" {
-			t.secrets = append(t.secrets, pw)
-		}
 	}
 	return nil
 }

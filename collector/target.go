@@ -3,7 +3,6 @@ package collector
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -12,34 +11,21 @@ import (
 )
 
 // targetBase is what every target shares: its name, its health series, failure logging,
-// password redaction, and the one collection in flight that concurrent scrapes join.
+// and the one collection in flight that concurrent scrapes join.
 type targetBase struct {
-	name    string
-	secrets []string // the DSN's and app URLs' passwords, scrubbed from logged errors
-	logger  *slog.Logger
-	states  *stateLogger
-	health  *healthDescs
-	flight  singleflight.Group
+	name   string
+	logger *slog.Logger
+	states *stateLogger
+	health *healthDescs
+	flight singleflight.Group
 }
 
-func newTargetBase(name, secret string, logger *slog.Logger) targetBase {
-	var secrets []string
-	if secret != "" {
-		secrets = []string{secret}
-	}
-	return targetBase{name: name, secrets: secrets, logger: logger, states: newStateLogger(logger), health: newHealthDescs()}
+func newTargetBase(name string, logger *slog.Logger) targetBase {
+	return targetBase{name: name, logger: logger, states: newStateLogger(logger), health: newHealthDescs()}
 }
 
 // Name is the value of the target label.
 func (b *targetBase) Name() string { return b.name }
-
-// redact removes the password from text that may echo connection details.
-func (b *targetBase) redact(s string) string {
-	for _, secret := range b.secrets {
-		s = strings.ReplaceAll(s, secret, "xxxxx")
-	}
-	return s
-}
 
 // scrapeShared runs the jobs once for all concurrent callers, so that scrapes never stack up
 // on the target. reached, set by a job once the target answered, becomes dbpool_up; after
@@ -78,7 +64,7 @@ func (b *targetBase) scrapeShared(ctx context.Context, jobs func(reached *atomic
 func (b *targetBase) collectJobs(ctx context.Context, jobs []job) Result {
 	var res Result
 	for _, r := range runJobs(ctx, jobs) {
-		b.states.observe(b.name, r.name, r.err, b.redact)
+		b.states.observe(b.name, r.name, r.err)
 		res.Metrics = append(res.Metrics, r.metrics...)
 		res.Pools = append(res.Pools, r.pools...)
 		res.Metrics = append(res.Metrics,

@@ -30,7 +30,7 @@ type AppURL struct {
 }
 
 // ParseAppURL validates s: http or https, a host, no fragment. Its errors never quote s
-// when s has user info.
+// when s may have user info.
 func ParseAppURL(s string) (AppURL, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -38,9 +38,13 @@ func ParseAppURL(s string) (AppURL, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
+		if strings.Contains(s, "@") {
+			// net/url's reasons quote parts of s, and where the user info ends is unsure.
+			return AppURL{}, fmt.Errorf("not a URL (%s; percent-encode @ / ? # %% : and spaces in the user name and password)", withheld)
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			err = ue.Err // url.Error quotes the whole URL, password included
+			err = ue.Err // url.Error quotes the whole URL
 		}
 		return AppURL{}, fmt.Errorf("not a URL: %v", err)
 	}
@@ -52,10 +56,14 @@ func ParseAppURL(s string) (AppURL, error) {
 	case u.Fragment != "":
 		return AppURL{}, errors.New("a fragment (#...) is not sent to the server: remove it")
 	}
-	return AppURL{redacted: u.Redacted(), name: u.Host, full: &s}, nil
+	redacted, err := redactUserinfo(s)
+	if err != nil {
+		return AppURL{}, err
+	}
+	return AppURL{redacted: redacted, name: u.Host, full: &s}, nil
 }
 
-// String returns the URL with its password, if any, replaced by xxxxx.
+// String returns the URL as written, with its password, if any, replaced by xxxxx.
 func (a AppURL) String() string { return a.redacted }
 
 // Secret returns the URL as written, password included, for requests. Never log it.
@@ -64,19 +72,6 @@ func (a AppURL) Secret() string {
 		return ""
 	}
 	return *a.full
-}
-
-// Password is the password in the URL's user info, for scrubbing error texts; "" if none.
-func (a AppURL) Password() string {
-	if a.full == nil {
-		return ""
-	}
-	u, err := url.Parse(*a.full)
-	if err != nil || u.User == nil {
-		return ""
-	}
-	p, _ := u.User.Password()
-	return p
 }
 
 // IsZero reports whether a was not parsed from anything.
@@ -99,6 +94,44 @@ func (a AppURL) MarshalText() ([]byte, error) { return []byte(a.redacted), nil }
 
 // LogValue returns the redacted form.
 func (a AppURL) LogValue() slog.Value { return slog.StringValue(a.redacted) }
+
+// redactUserinfo replaces the password of s's user info by xxxxx where net/url finds it
+// (the authority runs from "//" to the first '/', '?' or '#'; its user info up to the last
+// '@'; the password after the first ':'), leaving every other byte as written. An '@'
+// after the authority may be the rest of a password with an unencoded '/', '?' or '#'
+// (http://u:pa/ss@h/), so it makes s ambiguous, and s is refused.
+func redactUserinfo(s string) (string, error) {
+	ambiguous := errors.New("an @ outside the user info: percent-encode @ / ? # in the user name and password")
+	u, err := url.Parse(s)
+	start := strings.Index(s, "://") + 3
+	if err != nil || start < 3 {
+		return "", errors.New("not a URL with an authority (scheme://host)")
+	}
+	end := start + indexOrLen(s[start:], "/?#")
+	if strings.Contains(s[end:], "@") {
+		return "", ambiguous
+	}
+	at := strings.LastIndex(s[start:end], "@")
+	if at < 0 {
+		return s, nil
+	}
+	colon := strings.IndexByte(s[start:start+at], ':')
+	if colon < 0 || colon == at-1 {
+		return s, nil // no password, or an empty one
+	}
+	r := s[:start+colon+1] + redactMask + s[start+at:]
+	// Fail closed if net/url ever splits differently: the redacted URL must name the same
+	// endpoint, with the mask as its password.
+	v, err := url.Parse(r)
+	if err != nil || u.User == nil || v.User == nil || v.Scheme != u.Scheme || v.Host != u.Host ||
+		v.EscapedPath() != u.EscapedPath() || v.RawQuery != u.RawQuery || v.User.Username() != u.User.Username() {
+		return "", ambiguous
+	}
+	if pw, _ := v.User.Password(); pw != redactMask {
+		return "", ambiguous
+	}
+	return r, nil
+}
 
 // AppsForTarget returns the app endpoints whose pool is on the named target.
 func (c *Config) AppsForTarget(target string) []App {

@@ -31,8 +31,7 @@ type DSN struct {
 }
 
 // ParseDSN validates s with pgconn.ParseConfig and prepares its redacted form. Its errors
-// never quote s: pgconn's own error text is used only where the structure of s shows that
-// it cannot contain a password, and any password it could find is masked in it.
+// never quote s, nor any password in it (see parseError).
 func ParseDSN(s string) (DSN, error) {
 	if strings.TrimSpace(s) == "" {
 		return DSN{}, errors.New("empty DSN")
@@ -40,7 +39,7 @@ func ParseDSN(s string) (DSN, error) {
 	spans, final, structured := secretSpans(s)
 	cfg, err := pgconn.ParseConfig(s)
 	if err != nil {
-		return DSN{}, dsnError(s, err, spans, structured)
+		return DSN{}, parseError(s, err)
 	}
 	d := DSN{redacted: redact(s, spans, true), conn: &s}
 	d.name = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))) + "/" + cfg.Database
@@ -91,10 +90,9 @@ func (d DSN) MarshalText() ([]byte, error) { return []byte(d.redacted), nil }
 // LogValue returns the redacted form.
 func (d DSN) LogValue() slog.Value { return slog.StringValue(d.redacted) }
 
-// span is a password value inside a connection string: s[start:end] decodes to value.
+// span is where a non-empty password value is written in a connection string: s[start:end].
 type span struct {
 	start, end int
-	value      string
 	ssl        bool // sslpassword, the client key's passphrase
 }
 
@@ -135,7 +133,7 @@ func urlSpans(s string) (spans []span, final *string, ok bool) {
 				return nil, nil, false
 			}
 			if v != "" {
-				spans = append(spans, span{i + len(user) + 1, i + at, v, false})
+				spans = append(spans, span{i + len(user) + 1, i + at, false})
 			}
 			final = &v
 		}
@@ -198,7 +196,7 @@ func urlSpans(s string) (spans []span, final *string, ok bool) {
 		if key == "password" || key == "sslpassword" {
 			start := pos + len(rawKey) + 1
 			if val != "" {
-				spans = append(spans, span{start, start + len(rawVal), val, key == "sslpassword"})
+				spans = append(spans, span{start, start + len(rawVal), key == "sslpassword"})
 			}
 			if key == "password" {
 				final = &val
@@ -251,7 +249,7 @@ func keyValueSpans(s string) (spans []span, final *string, ok bool) {
 		if p.key == "password" || p.key == "sslpassword" {
 			v := unescapeKeywordValue(s[p.start:p.end])
 			if v != "" {
-				spans = append(spans, span{p.start, p.end, v, p.key == "sslpassword"})
+				spans = append(spans, span{p.start, p.end, p.key == "sslpassword"})
 			}
 			if p.key == "password" {
 				final = &v
@@ -362,37 +360,36 @@ func sameConnection(cfg *pgconn.Config, redacted string, final *string) bool {
 	return red.Password == cfg.Password
 }
 
-// dsnError rewrites a pgconn parse error so that it cannot carry a password: pgconn's
-// redaction is best effort, and its details quote parts of malformed input.
-func dsnError(s string, err error, spans []span, structured bool) error {
+// parseError describes why the connection string s did not parse (err, from pgconn, pgx
+// or pgxpool) so that it cannot carry a password: pgconn's redaction is best effort, and its
+// details quote parts of malformed input. Where the structure of s shows where its
+// passwords are, pgconn is asked again about s with them masked, so that no detail it gives
+// can contain one; sslpassword stays, because pgconn needs it to decrypt the client key (it
+// never prints it). If that parses, the error came from pgx's or pgxpool's own settings,
+// which they describe without the passwords. Where the structure is unsure, the details
+// are withheld if s may hold a password.
+func parseError(s string, err error) error {
 	form := "key=value"
 	if isURL(s) {
 		form = "URL"
+	}
+	spans, _, structured := secretSpans(s)
+	if structured {
+		if _, masked := pgconn.ParseConfig(redact(s, spans, false)); masked != nil {
+			err = masked
+		}
+	} else if mayHoldSecret(s) {
+		hint := "quote values that contain spaces or quotes: password='...'"
+		if form == "URL" {
+			hint = "percent-encode @ / ? # & : and spaces in the user name and password"
+		}
+		return fmt.Errorf("invalid DSN (%s form); %s (%s)", form, withheld, hint)
 	}
 	var pe *pgconn.ParseConfigError
 	if !errors.As(err, &pe) {
 		return fmt.Errorf("invalid DSN (%s form)", form)
 	}
-	if !structured && mayHoldPassword(s) {
-		hint := "quote values that contain spaces or quotes: password='...'"
-		if form == "URL" {
-			hint = "percent-encode @ / ? # & : and spaces in the user name and password"
-		}
-		return fmt.Errorf("invalid DSN (%s form); details withheld because they could contain the password (%s)", form, hint)
-	}
 	c := *pe
-	c.ConnString = "" // pgconn quotes the (best-effort redacted) input; we never do.
-	detail := strings.TrimPrefix(c.Error(), "cannot parse ``: ")
-	for _, sp := range spans {
-		detail = strings.ReplaceAll(detail, sp.value, redactMask)
-		detail = strings.ReplaceAll(detail, s[sp.start:sp.end], redactMask)
-	}
-	return fmt.Errorf("invalid DSN (%s form): %s", form, detail)
-}
-
-// mayHoldPassword is deliberately coarse: a URL with userinfo or percent-escapes (a key
-// can be spelled pass%77ord), or anything that mentions "password", may have had its
-// password spread over other fields by a syntax error.
-func mayHoldPassword(s string) bool {
-	return (isURL(s) && strings.ContainsAny(s, "@%")) || strings.Contains(strings.ToLower(s), "password")
+	c.ConnString = "" // pgconn quotes the input
+	return fmt.Errorf("invalid DSN (%s form): %s", form, strings.TrimPrefix(c.Error(), "cannot parse ``: "))
 }

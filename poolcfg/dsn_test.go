@@ -185,11 +185,16 @@ func TestParseDSNErrors(t *testing.T) {
 		{"unquoted space in key=value", "host=db password=Sup3r Secr3t", "quote values", []string{"Sup3r", "Secr3t"}},
 		{"unterminated quote", "host=db password='Sup3rSecr3t", "invalid DSN (key=value form)", []string{"Sup3r", "Secr3t"}},
 		{"no = at all", "Sup3rSecr3t", "invalid DSN (key=value form)", nil},
-		// Where the structure is clear, pgconn's reason is kept, and the password masked in it.
+		// Where the structure is clear, pgconn's reason is kept: pgconn is asked about the DSN
+		// with its password field masked, so its reason cannot contain the password.
 		{"bad sslmode url", "postgres://app:Sup3rSecr3t@db/appdb?sslmode=bogus", "sslmode is invalid", []string{"Sup3rSecr3t"}},
 		{"bad sslmode key=value", "host=db password=Sup3rSecr3t sslmode=bogus", "sslmode is invalid", []string{"Sup3rSecr3t"}},
-		{"password echoed in another value", "postgres://app:Sup3rSecr3t@db/appdb?target_session_attrs=Sup3rSecr3t",
-			"unknown target_session_attrs value: xxxxx", []string{"Sup3rSecr3t"}},
+		{"bad value beside the password", "postgres://app:Sup3rSecr3t@db/appdb?target_session_attrs=bogus",
+			"invalid DSN (URL form): unknown target_session_attrs value: bogus", []string{"Sup3rSecr3t"}},
+		// A value is not masked because it happens to equal the password: it is not the
+		// password field, and masking it would be masking by substring.
+		{"value equal to the password", "host=db user=monitor password=monitor target_session_attrs=monitor",
+			"invalid DSN (key=value form): unknown target_session_attrs value: monitor", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 // maxSleep bounds the hold time a /work request may ask for.
@@ -96,9 +97,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, logger 
 
 // newService opens the instrumented pool and returns the service's handler.
 func newService(ctx context.Context, dsn string, o options) (http.Handler, func(), error) {
-	cfg, err := pgxpool.ParseConfig(dsn) // pgx redacts the password in its parse errors
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, nil, fmt.Errorf("DATABASE_URL: %w", err)
+		// pgx masks the password in its parse errors only on a best-effort basis.
+		return nil, nil, fmt.Errorf("DATABASE_URL: %w", poolcfg.RedactError(err))
 	}
 	if o.maxConns < 1 {
 		return nil, nil, fmt.Errorf("-max-conns %d: must be at least 1", o.maxConns)
