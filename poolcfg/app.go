@@ -103,10 +103,12 @@ func (a AppURL) LogValue() slog.Value { return slog.StringValue(a.redacted) }
 func redactUserinfo(s string) (string, error) {
 	ambiguous := errors.New("an @ outside the user info: percent-encode @ / ? # in the user name and password")
 	u, err := url.Parse(s)
-	start := strings.Index(s, "://") + 3
-	if err != nil || start < 3 {
+	if err != nil || u.Scheme == "" || !strings.HasPrefix(strings.ToLower(s), u.Scheme+"://") {
+		// Not scheme://authority: a "://" further on (host=h password=:// ...) is no
+		// authority, and nothing in s can be told to be user info.
 		return "", errors.New("not a URL with an authority (scheme://host)")
 	}
+	start := len(u.Scheme) + 3
 	end := start + indexOrLen(s[start:], "/?#")
 	if strings.Contains(s[end:], "@") {
 		return "", ambiguous

@@ -154,6 +154,8 @@ func TestRedactError(t *testing.T) {
 			`Get "http://scraper:xxxxx@` + addr + `/dbpool": dial tcp ` + addr + ": connect: connection refused", nil},
 		{"postgres URL in a url.Error", &url.Error{Op: "parse", URL: "postgres://monitor:monitor@db/app", Err: errors.New("boom")},
 			`parse "postgres://monitor:xxxxx@db/app": boom`, nil},
+		{"key=value DSN in a url.Error", &url.Error{Op: "parse", URL: "host=db user=#1 password=Sup3r://Secr3t", Err: errors.New("boom")},
+			"parse: URL and " + withheld, []string{"Sup3r", "Secr3t"}},
 		{"URL without a password", &url.Error{Op: "Get", URL: "http://h:1/dbpool", Err: errors.New("EOF")},
 			`Get "http://h:1/dbpool": EOF`, nil},
 		{"not a connection error: untouched", plain, plain.Error(), nil},
