@@ -38,9 +38,6 @@ else
 	mapfile -t DOCS < <(find . -name '*.md' -not -path './.git/*' -not -path '*/node_modules/*' | sed 's|^\./|../|')
 fi
 cd alerts
-# Documents another change is writing (docs/security.md, issue 13): a link to one passes while
-# the file does not exist yet, with a note, and is checked like any other once it does.
-PENDING_DOCS=" docs/security.md "
 
 # The metric contract is the metric table of docs/metrics.md (its single source of truth):
 # every row that starts with | `dbpool_...` |. Histograms also have their _bucket, _sum and
@@ -185,11 +182,7 @@ for doc in "${DOCS[@]}"; do
 		if [ -n "$path" ]; then
 			file=$dir/$path
 			if [ ! -e "$file" ]; then
-				if [[ "$PENDING_DOCS" == *" $(realpath -m --relative-to=.. "$file") "* ]]; then
-					echo "note: $doc links to ${file#../}, which is not written yet"
-				else
-					fail "$doc: link ($target): no file ${file#../}"
-				fi
+				fail "$doc: link ($target): no file ${file#../}"
 				continue
 			fi
 		fi
