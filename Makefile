@@ -29,7 +29,8 @@ release:
 		./scripts/release.sh
 
 # Installs PostgreSQL, PgBouncer, Prometheus (promtool) and Alertmanager from Debian when missing;
-# for `make test` also Chromium (the status page's browser test).
+# for `make test` also Chromium (the status page's browser test). Builds the pinned Python
+# environments .venv/sa20 and .venv/sa14 (scripts/python-envs.sh) when their constraints changed.
 DEPS_FLAGS ?=
 deps:
 	./scripts/install-deps.sh $(DEPS_FLAGS)

@@ -2,8 +2,9 @@
 # install-deps.sh installs the programs that the tests, the demo and the alert
 # rule checks need on Debian 12: PostgreSQL server binaries, PgBouncer,
 # promtool (package prometheus), Alertmanager/amtool, gcc and libc6-dev
-# (`go test -race` needs cgo), Debian's Python 3 with SQLAlchemy, asyncpg, psycopg2,
-# greenlet, pip and setuptools (integrations/python), Node.js with npm when npx is missing
+# (`go test -race` needs cgo), Debian's Python 3 with python3-venv, from which
+# scripts/python-envs.sh then builds the pinned Python environments .venv/sa20 and .venv/sa14
+# (integrations/python's tests, the e2e and grafana tests, the demo), Node.js with npm when npx is missing
 # (`make lint` runs dockerfilelint through npx), with --with-chromium,
 # Chromium (dashboard screenshots) and, with --with-peers, the exporters that
 # `make bench-peers` compares against: prometheus-postgres-exporter and
@@ -76,11 +77,9 @@ have() {
 	# gcc only recommends libc6-dev, and the install below skips recommends; without its
 	# headers and crt files cgo, and so `go test -race`, cannot link.
 	libc6-dev) [[ -n "$(pkg_version libc6-dev)" ]] ;;
-	# integrations/python's tests and examples/loadapp.py run on Debian's /usr/bin/python3,
-	# which sees only Debian's Python packages (a python3 from pyenv on PATH does not).
-	python3-sqlalchemy | python3-asyncpg | python3-psycopg2 | python3-greenlet | python3-pip | python3-setuptools)
-		[[ -x /usr/bin/python3 && -n "$(pkg_version "$1")" ]]
-		;;
+	# The base of scripts/python-envs.sh' environments is Debian's /usr/bin/python3 (not a
+	# pyenv python3 earlier on PATH).
+	python3-venv) [[ -x /usr/bin/python3 && -n "$(pkg_version python3-venv)" ]] ;;
 	nodejs) find_bin node >/dev/null ;;
 	prometheus-postgres-exporter | prometheus-pgbouncer-exporter) find_bin "$1" >/dev/null ;;
 	npm) find_bin npm >/dev/null && find_bin npx >/dev/null ;;
@@ -88,8 +87,7 @@ have() {
 	esac
 }
 
-wanted=(postgresql pgbouncer prometheus prometheus-alertmanager gcc libc6-dev
-	python3-sqlalchemy python3-asyncpg python3-psycopg2 python3-greenlet python3-pip python3-setuptools)
+wanted=(postgresql pgbouncer prometheus prometheus-alertmanager gcc libc6-dev python3-venv)
 # Only when npx is absent: a Node.js from elsewhere (e.g. NodeSource, whose nodejs
 # package ships npm and npx itself) conflicts with Debian's npm package.
 if ! command -v npx >/dev/null 2>&1; then
@@ -213,12 +211,9 @@ if [[ -z "$libc_ver" ]]; then
 else
 	echo "libc6-dev: $libc_ver"
 fi
-if /usr/bin/python3 -c 'import sqlalchemy, asyncpg, psycopg2, greenlet' 2>/dev/null; then
-	echo "python3: /usr/bin/python3 ($(/usr/bin/python3 -c 'import sys, sqlalchemy, asyncpg, psycopg2
-print(sys.version.split()[0], "SQLAlchemy", sqlalchemy.__version__, "asyncpg", asyncpg.__version__,
-      "psycopg2", psycopg2.__version__.split()[0])'))"
-else
-	echo "python3 with sqlalchemy, asyncpg, psycopg2, greenlet: MISSING" >&2
+# The pinned Python environments (needs PyPI the first time and after a constraints change).
+if ! "$(dirname "$0")/python-envs.sh"; then
+	echo "python environments (scripts/python-envs.sh): FAILED" >&2
 	fail=1
 fi
 report node "$(find_bin node || true)" --version

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/dbpool/dbpool_exporter/tools/childproc"
+	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 )
 
 // Version is stamped into binaries built for tests.
@@ -68,6 +69,17 @@ func Exporter(t testing.TB) string { return Build(t, ".") }
 
 // Poolsim builds the simulated pooled application.
 func Poolsim(t testing.TB) string { return Build(t, "./tools/cmd/poolsim") }
+
+// Python is the interpreter of the pinned Python environment env (pythonenv.SA20 or
+// pythonenv.SA14); the test fails, saying "run make deps", when it is missing or stale.
+func Python(t testing.TB, env string) string {
+	t.Helper()
+	python, err := pythonenv.Python(RepoRoot(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return python
+}
 
 // Cleanup removes the built binaries; call it from TestMain after m.Run.
 func Cleanup() {
