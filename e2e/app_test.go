@@ -18,16 +18,13 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // The app source end to end: a real SQLAlchemy application (integrations/python's loadapp.py
-// under Debian's python3 with python3-sqlalchemy), a real PostgreSQL, and the exporter binary
+// on the pinned SQLAlchemy 2.0 environment), a real PostgreSQL, and the exporter binary
 // reading the application's dbpool-stats endpoint on every scrape.
-
-// debianPython is the interpreter that Debian's python3-sqlalchemy and python3-asyncpg
-// belong to (a python3 earlier on PATH, e.g. pyenv's, does not have them).
-const debianPython = "/usr/bin/python3"
 
 var listeningRe = regexp.MustCompile(`listening on (http://\S+/dbpool)`)
 
@@ -41,7 +38,8 @@ type loadApp struct {
 func startLoadApp(t *testing.T, dir, name string, args ...string) *loadApp {
 	t.Helper()
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
-	p := startProcess(t, dir, name, debianPython, nil, append([]string{"-u", script}, args...)...)
+	python := testbin.Python(t, pythonenv.SA20)
+	p := startProcess(t, dir, name, python, nil, append([]string{"-u", script}, args...)...)
 	m, err := p.WaitMatch(context.Background(), 30*time.Second, listeningRe)
 	if err != nil {
 		t.Fatal(err)
@@ -179,8 +177,9 @@ func TestAppSourceEndToEnd(t *testing.T) {
 	busy := startLoadApp(t, dir, "loadapp-busy", "--dsn", dsn("psycopg2"), "--name", "jobs",
 		"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.2", "--concurrency", "6",
 		"--query-seconds", "0.1", "--application-name", "jobs-0")
-	// workers: three forked worker processes behind one endpoint, each its own instance.
-	workers := startLoadApp(t, dir, "loadapp-workers", "--dsn", dsn("psycopg2"), "--name", "web",
+	// workers: three forked worker processes behind one endpoint, each its own instance, on
+	// psycopg 3 (the other sync app is on psycopg2).
+	workers := startLoadApp(t, dir, "loadapp-workers", "--dsn", dsn("psycopg"), "--name", "web",
 		"--pool-size", "2", "--max-overflow", "1", "--workers", "3", "--concurrency", "1",
 		"--query-seconds", "0.02", "--think-seconds", "0.05", "--application-name", "web")
 

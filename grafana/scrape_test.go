@@ -21,6 +21,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
@@ -137,7 +138,7 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 		}
 	}
 
-	appURL := startLoadApp(t, fmt.Sprintf("postgresql+psycopg2://app:%s@127.0.0.1:%d/postgres", appPassword, pg.Port))
+	appURL := startLoadApp(t, fmt.Sprintf("postgresql+psycopg://app:%s@127.0.0.1:%d/postgres", appPassword, pg.Port))
 
 	// The deadline includes the start.
 	deadline := time.Now().Add(scrapeDeadline)
@@ -224,7 +225,7 @@ func startLoadApp(t *testing.T, dsn string) string {
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
 	p := testbin.StartProcess(t, childproc.Spec{
 		Name: "loadapp.py",
-		Path: "/usr/bin/python3",
+		Path: testbin.Python(t, pythonenv.SA20),
 		Args: []string{"-u", script, "--dsn", dsn, "--name", "default",
 			"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.1",
 			"--concurrency", "3", "--query-seconds", "0.05", "--application-name", "loadapp"},
@@ -232,7 +233,7 @@ func startLoadApp(t *testing.T, dsn string) string {
 	})
 	m, err := p.WaitMatch(context.Background(), 30*time.Second, regexp.MustCompile(`listening on (http://\S+/dbpool)`))
 	if err != nil {
-		t.Fatalf("loadapp.py did not start serving (Debian's python3 with python3-sqlalchemy: make deps): %v", err)
+		t.Fatalf("loadapp.py did not start serving (the SQLAlchemy 2.0 environment: make deps): %v", err)
 	}
 	return m[1]
 }

@@ -1,9 +1,9 @@
 // Package python_test runs the dbpool_stats Python package's tests (integrations/python/tests)
 // and the example application examples/loadapp.py against a real, throw-away PostgreSQL.
 //
-// They use Debian's /usr/bin/python3 with python3-sqlalchemy, python3-psycopg2,
-// python3-asyncpg and python3-greenlet (scripts/install-deps.sh installs them). A missing
-// interpreter or package fails the tests; it never skips them.
+// They run on both pinned Python environments that `make deps` builds (tools/pythonenv):
+// SQLAlchemy 2.0 and 1.4, each with asyncpg and its psycopg driver. A missing environment
+// fails the tests; it never skips them.
 package python_test
 
 import (
@@ -28,28 +28,25 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
-
-// python is Debian's interpreter: the one the Debian packages install into. (A python3
-// earlier on PATH, e.g. from pyenv, does not see them.)
-const python = "/usr/bin/python3"
 
 func dir() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Dir(file)
 }
 
-// requirePython fails the test when the interpreter or the packages are missing.
-func requirePython(t *testing.T) {
+// python returns the interpreter of environment env and logs its SQLAlchemy version.
+func python(t *testing.T, env string) string {
 	t.Helper()
-	out, err := exec.Command(python, "-c",
-		"import sqlalchemy, psycopg2, asyncpg, greenlet; print(sqlalchemy.__version__)").CombinedOutput()
+	py := testbin.Python(t, env)
+	out, err := exec.Command(py, "-c", "import sqlalchemy; print(sqlalchemy.__version__)").CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s with SQLAlchemy, psycopg2, asyncpg and greenlet is needed "+
-			"(run scripts/install-deps.sh): %v\n%s", python, err, out)
+		t.Fatalf("%s: %v\n%s", py, err, out)
 	}
-	t.Logf("SQLAlchemy %s", strings.TrimSpace(string(out)))
+	t.Logf("%s: SQLAlchemy %s", env, strings.TrimSpace(string(out)))
+	return py
 }
 
 // sqlalchemyURL turns a pgtest DSN (postgres://user:pw@host:port/db?sslmode=disable)
@@ -71,9 +68,9 @@ type server struct {
 	password string
 }
 
-func startServer(t *testing.T) server {
+func startServer(t *testing.T, maxConnections int) server {
 	t.Helper()
-	pg := pgtest.StartT(t, pgtest.Options{MaxConnections: 100})
+	pg := pgtest.StartT(t, pgtest.Options{MaxConnections: maxConnections})
 	const password = "app-secret-1"
 	if err := pg.CreateRole("dbpool_app", password, false); err != nil {
 		t.Fatal(err)
@@ -81,29 +78,47 @@ func startServer(t *testing.T) server {
 	return server{pg: pg, appDSN: pg.DSN("dbpool_app", password, ""), password: password}
 }
 
+// suiteRuns are the environments and drivers the unittest suite runs on. Its sync tests take
+// the sync driver, its async tests (create_async_engine) the async one. psycopg 3 is both, so
+// on SQLAlchemy 2.0 one run has psycopg alone and one has asyncpg; SQLAlchemy 1.4 has no
+// psycopg 3 dialect and psycopg2 is sync only, so its one run has psycopg2 and asyncpg.
+var suiteRuns = []struct {
+	env, syncDriver, asyncDriver string
+}{
+	{pythonenv.SA20, "psycopg", "psycopg_async"},
+	{pythonenv.SA20, "psycopg", "asyncpg"},
+	{pythonenv.SA14, "psycopg2", "asyncpg"},
+}
+
+// TestPythonUnittests runs the suite once per entry of suiteRuns, in parallel, on one server.
 func TestPythonUnittests(t *testing.T) {
-	requirePython(t)
-	s := startServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	start := time.Now()
-	out, err := childproc.Run(ctx, childproc.Spec{
-		Path: python,
-		Args: []string{"-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."},
-		Dir:  dir(),
-		Env: append(os.Environ(),
-			"DBPOOL_TEST_DSN="+sqlalchemyURL(t, s.appDSN, "psycopg2"),
-			"DBPOOL_TEST_ASYNC_DSN="+sqlalchemyURL(t, s.appDSN, "asyncpg"),
-			"DBPOOL_TEST_ADMIN_DSN="+sqlalchemyURL(t, s.pg.SuperuserDSN(""), "psycopg2"),
-			"PYTHONPATH="+dir(),
-			"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
-			"DBPOOL_STATS_DIR=",
-		),
-	})
-	if err != nil {
-		t.Fatalf("python unittests failed after %s: %v\n%s", time.Since(start).Round(time.Millisecond), err, out)
+	s := startServer(t, 100*len(suiteRuns))
+	for _, run := range suiteRuns {
+		t.Run(run.env+"/"+run.syncDriver+"+"+run.asyncDriver, func(t *testing.T) {
+			t.Parallel()
+			py := python(t, run.env)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			start := time.Now()
+			out, err := childproc.Run(ctx, childproc.Spec{
+				Path: py,
+				Args: []string{"-m", "unittest", "discover", "-v", "-s", "tests", "-t", "."},
+				Dir:  dir(),
+				Env: append(os.Environ(),
+					"DBPOOL_TEST_DSN="+sqlalchemyURL(t, s.appDSN, run.syncDriver),
+					"DBPOOL_TEST_ASYNC_DSN="+sqlalchemyURL(t, s.appDSN, run.asyncDriver),
+					"DBPOOL_TEST_ADMIN_DSN="+sqlalchemyURL(t, s.pg.SuperuserDSN(""), run.syncDriver),
+					"PYTHONPATH="+dir(),
+					"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
+					"DBPOOL_STATS_DIR=",
+				),
+			})
+			if err != nil {
+				t.Fatalf("python unittests failed after %s: %v\n%s", time.Since(start).Round(time.Millisecond), err, out)
+			}
+			t.Logf("python unittests passed in %s:\n%s", time.Since(start).Round(time.Millisecond), childproc.Tail(out, 40))
+		})
 	}
-	t.Logf("python unittests passed in %s:\n%s", time.Since(start).Round(time.Millisecond), childproc.Tail(out, 40))
 }
 
 type document struct {
@@ -184,8 +199,16 @@ func fetch(t *testing.T, method, u string, v any) {
 }
 
 func TestLoadApp(t *testing.T) {
-	requirePython(t)
-	s := startServer(t)
+	for _, env := range []string{pythonenv.SA20, pythonenv.SA14} {
+		t.Run(env, func(t *testing.T) {
+			t.Parallel()
+			testLoadApp(t, python(t, env))
+		})
+	}
+}
+
+func testLoadApp(t *testing.T, python string) {
+	s := startServer(t, 0)
 	const appName = "loadapp-gotest"
 	p := testbin.StartProcess(t, childproc.Spec{
 		Name: "loadapp",

@@ -20,12 +20,13 @@ every worker, /truth sums the workers' own figures (each up to 0.5 s old) and
 /hold is refused. SIGTERM or SIGINT stops it cleanly and removes its stats files.
 
 A --dsn with the psycopg2 or asyncpg driver (or none: postgres://) gets the driver
-that --async asks for. Pool settings default to the DB_* environment variables (DB_POOL_SIZE=10,
-DB_MAX_OVERFLOW=20, DB_POOL_TIMEOUT=30, DB_POOL_RECYCLE=3600, DB_POOL_PRE_PING=true,
-DB_ECHO=false); flags override them. Run it with the Python that has SQLAlchemy,
-e.g. /usr/bin/python3 on Debian:
+that --async asks for; other drivers (postgresql+psycopg: psycopg 3) are kept. Pool settings
+default to the DB_* environment variables (DB_POOL_SIZE=10, DB_MAX_OVERFLOW=20,
+DB_POOL_TIMEOUT=30, DB_POOL_RECYCLE=3600, DB_POOL_PRE_PING=true, DB_ECHO=false); flags
+override them. Run it with a Python that has SQLAlchemy, e.g. the SQLAlchemy 2.0 environment
+that `make deps` builds:
 
-  /usr/bin/python3 integrations/python/examples/loadapp.py \\
+  .venv/sa20/bin/python integrations/python/examples/loadapp.py \\
       --dsn postgresql+psycopg2://app:secret@127.0.0.1:5432/app --listen 127.0.0.1:9931 \\
       --concurrency 8 --query-seconds 0.05 --application-name api-0
 """

@@ -1,11 +1,11 @@
 """Shared helpers: the real PostgreSQL's DSNs come from the environment.
 
-DBPOOL_TEST_DSN         postgresql+psycopg2://... (the application role)
-DBPOOL_TEST_ASYNC_DSN   postgresql+asyncpg://...  (the same role)
-DBPOOL_TEST_ADMIN_DSN   postgresql+psycopg2://... (a superuser, for pg_terminate_backend)
+DBPOOL_TEST_DSN         a sync URL, postgresql+psycopg://... or +psycopg2 (the application role)
+DBPOOL_TEST_ASYNC_DSN   an async URL, postgresql+asyncpg://... or +psycopg_async (the same role)
+DBPOOL_TEST_ADMIN_DSN   a sync URL of a superuser, for pg_terminate_backend
 
-integrations/python/python_test.go starts a throw-away server and sets them.
-A missing variable is a failure, not a skip.
+integrations/python/python_test.go starts a throw-away server and sets them, once per
+pinned environment and driver. A missing variable is a failure, not a skip.
 """
 
 import os

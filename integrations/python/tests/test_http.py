@@ -107,7 +107,7 @@ class EndpointTest(PoolTestCase):
         self.check_doc(dbpool_stats.render_json(), ["a"])
 
     def test_pip_install(self):
-        """pip install --no-build-isolation works offline (setuptools from Debian)."""
+        """pip install --no-build-isolation works offline (the environment's pinned setuptools)."""
         tmp = tempfile.mkdtemp()
         try:
             src = os.path.join(tmp, "src")

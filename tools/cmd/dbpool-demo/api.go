@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
+	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 )
 
 // loadApp is integrations/python's runnable SQLAlchemy application, relative to the
@@ -29,17 +31,38 @@ type apiApp struct {
 
 var listeningRe = regexp.MustCompile(`listening on (http://\S+/dbpool)`)
 
+// demoPython is the interpreter for loadapp.py: flag, or by default the SQLAlchemy 2.0
+// environment of `make deps`, which the demo runs from the repository root. "none" asks for
+// the simulation.
+func demoPython(flag string) (string, error) {
+	python := flag
+	switch flag {
+	case "none":
+		return "", errors.New("--python=none")
+	case "":
+		var err error
+		if python, err = pythonenv.Python(".", pythonenv.SA20); err != nil {
+			return "", err
+		}
+	}
+	if out, err := exec.Command(python, "-c", "import sqlalchemy, psycopg").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("no SQLAlchemy and psycopg for %s (run make deps): %v: %s", python, err, bytes.TrimSpace(out))
+	}
+	return python, nil
+}
+
 // startAPI starts the api pools: o.instances worker processes of a real SQLAlchemy
-// application that reports its own pool (the app source) when o.python has SQLAlchemy and
-// psycopg2, else poolsim's simulation of the same QueuePool. Both read the demo's .env and
-// name their backends api-<instance>.
+// application that reports its own pool (the app source) when the Python of o.python has
+// SQLAlchemy and psycopg, else poolsim's simulation of the same QueuePool. Both read the
+// demo's .env and name their backends api-<instance>.
 func startAPI(ctx context.Context, work string, o options, pg *pgtest.Postgres, appPW, simStatus string) (*apiApp, error) {
 	env := envLines(appEnv)
-	if o.python != "" && exec.Command(o.python, "-c", "import sqlalchemy, psycopg2").Run() == nil {
+	python, err := demoPython(o.python)
+	if err == nil {
 		// The DSN goes in the environment (loadapp.py reads DATABASE_URL), not on a command line
 		// that ps shows.
-		dsn := fmt.Sprintf("postgresql+psycopg2://%s:%s@%s:%d/postgres", appRole, appPW, pg.Host, pg.Port)
-		p, err := start(filepath.Join(work, "api.log"), append(env, "DATABASE_URL="+dsn), o.python,
+		dsn := fmt.Sprintf("postgresql+psycopg://%s:%s@%s:%d/postgres", appRole, appPW, pg.Host, pg.Port)
+		p, err := start(filepath.Join(work, "api.log"), append(env, "DATABASE_URL="+dsn), python,
 			"-u", loadApp, "--name", poolName, "--workers", strconv.Itoa(o.instances),
 			"--application-name", appName+"-{worker}", "--listen", "127.0.0.1:0",
 			// Closed-loop callers: 6 per worker (pool size 5) holding a connection for the query
@@ -65,7 +88,7 @@ func startAPI(ctx context.Context, work string, o options, pg *pgtest.Postgres, 
 		return &apiApp{proc: p, python: true, statsURL: url, truthURL: base + "/truth",
 			describe: fmt.Sprintf("%d worker processes of a real SQLAlchemy application (integrations/python/examples/loadapp.py) that reports its own pool at %s", o.instances, url)}, nil
 	}
-	say("no SQLAlchemy for " + o.python + ": simulating the api pools with poolsim (run `make deps` for the real application)")
+	say(err.Error() + ": simulating the api pools with poolsim")
 	p, err := start(filepath.Join(work, "poolsim.log"), append(env, "DATABASE_URL="+pg.DSN(appRole, appPW, "postgres")), o.poolsim,
 		"--app-name="+appName,
 		"--instances="+strconv.Itoa(o.instances),

@@ -92,7 +92,7 @@ func run() int {
 	app := kingpin.New("dbpool-demo", "Runs a throwaway PostgreSQL, a simulated pooled application and dbpool_exporter, and prints what the exporter sees.")
 	app.Flag("exporter", "Path to the dbpool_exporter binary (default: build it).").StringVar(&o.exporter)
 	app.Flag("poolsim", "Path to the poolsim binary (default: build it).").StringVar(&o.poolsim)
-	app.Flag("python", "Python with SQLAlchemy and psycopg2 that runs the api pools as a real SQLAlchemy application reporting its own pool (integrations/python); empty, or a Python without them, simulates them with poolsim instead.").Default("/usr/bin/python3").StringVar(&o.python)
+	app.Flag("python", "Python with SQLAlchemy and psycopg that runs the api pools as a real SQLAlchemy application reporting its own pool (integrations/python); default: the SQLAlchemy 2.0 environment that make deps builds (.venv/sa20). \"none\", or a Python without them, simulates them with poolsim instead.").StringVar(&o.python)
 	app.Flag("listen", "Address of the exporter's web server.").Default("127.0.0.1:9930").StringVar(&o.listen)
 	app.Flag("duration", "Stop after this long; 0 runs until Ctrl-C.").Default("0").DurationVar(&o.duration)
 	app.Flag("interval", "How often to print the summary.").Default("3s").DurationVar(&o.interval)
