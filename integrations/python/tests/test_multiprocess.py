@@ -94,8 +94,12 @@ class MultiprocessTest(PoolTestCase):
         def pids(doc):
             return {i["pid"] for i in doc["instances"]}
 
-        def counted(doc):  # the first file is written when the first checkout starts
-            return {i["pid"] for i in doc["instances"] if i["checkouts"]["count"] == 1}
+        def counted(doc):
+            # The first file is written when the first checkout starts, and a file written
+            # between the end of the checkout and the connection's return shows count 1 with
+            # checked_in 0: wait until both are done.
+            return {i["pid"] for i in doc["instances"]
+                    if i["checkouts"]["count"] == 1 and i["status"]["checked_in"] == 1}
 
         doc = self.wait_for(lambda d: kids <= counted(d), "all three children, after their checkout")
         self.assertEqual(pids(doc), kids | {os.getpid()})
