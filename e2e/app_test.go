@@ -300,9 +300,10 @@ apps:
 		if checkouts := s.must(t, "dbpool_checkouts_total", app("jobs")); checkouts != float64(count) {
 			t.Errorf("dbpool_checkouts_total %v, histogram count %d", checkouts, count)
 		}
-		// Timeouts waited 0.2 s: none of them is at or below 0.1 s, all are at or below 0.25 s.
-		if below, total := buckets[0.1], buckets[0.25]; float64(total-below) < timeouts-inFlight {
-			t.Errorf("%v timeouts of 0.2 s but only %d checkouts in the (0.1, 0.25] bucket: %v", timeouts, total-below, buckets)
+		// Timeouts waited 0.2 s: none of them is at or below 0.1 s. (How far above 0.2 s they
+		// end depends on how busy the machine is, so there is no upper bound to check.)
+		if above := count - buckets[0.1]; float64(above) < timeouts-inFlight {
+			t.Errorf("%v timeouts of 0.2 s but only %d checkouts above 0.1 s: %v", timeouts, above, buckets)
 		}
 		if got := s.must(t, "dbpool_checkout_timeout_seconds", app("jobs")); got != 0.2 {
 			t.Errorf("checkout timeout %v, want the pool's 0.2", got)
