@@ -158,9 +158,10 @@ class SyncEngineTest(PoolTestCase):
         self.assertEqual(snap["pending_checkouts"], 0)
         self.assertEqual(snap["longest_checkout_wait_seconds"], 0.0)
         self.assertEqual(snap["checkouts"]["count"], 2)
-        # The waiter's checkout took >= 0.4 s and is in the histogram.
+        # The waiter's checkout took >= 0.4 s and is in the histogram above 0.25 s. (The first
+        # checkout opened the connection: fast, but on a loaded machine not surely <= 0.25 s.)
         le_025 = [b["count"] for b in snap["checkouts"]["buckets"] if b["le"] == 0.25][0]
-        self.assertEqual(le_025, 1)
+        self.assertGreaterEqual(snap["checkouts"]["count"] - le_025, 1)
         self.assertGreaterEqual(snap["checkouts"]["sum_seconds"], 0.35)
 
     def test_pre_ping_failure(self):
@@ -181,21 +182,24 @@ class SyncEngineTest(PoolTestCase):
         self.assertEqual(snap["checkouts"]["failed"], 0)
 
     def test_recycle(self):
-        e = self.engine(pool_size=1, pool_recycle=1)
+        e = self.engine(pool_size=1, pool_recycle=60)
         stats = dbpool_stats.instrument(e)
         with e.connect() as c:
             c.execute(text("SELECT 1"))
         with e.connect() as c:  # young: not recycled
             c.execute(text("SELECT 1"))
         self.assertEqual(stats.snapshot()["recycles"], 0)
-        time.sleep(1.2)
+        # Age the pooled connection past pool_recycle rather than wait for it: SQLAlchemy and
+        # dbpool_stats both compare time.time() - record.starttime with pool_recycle.
+        (record,) = e.pool._pool.queue
+        record.starttime -= 61
         with e.connect() as c:
             c.execute(text("SELECT 1"))
         snap = stats.snapshot()
         self.assertEqual(snap["recycles"], 1)
         self.assertEqual(snap["connects"], 2)
         self.assertEqual(snap["closes"], 1)
-        self.assertEqual(snap["settings"]["recycle_seconds"], 1)
+        self.assertEqual(snap["settings"]["recycle_seconds"], 60)
         self.assertEqual(snap["invalidations"], 0)
 
     def test_invalidations(self):
