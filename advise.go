@@ -87,7 +87,7 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 	}
 	window := max(a.duration, a.interval)
 	pools := health.NewManager(health.Options{Window: window, MinSpacing: min(time.Second, a.interval/2)})
-	exp, err := f.buildExporter(cfg, logger, pools.Observe)
+	exp, err := f.buildExporter(cfg, logger, lasting{observer: pools.Observe, appCounters: collector.NewAppCounters()})
 	if err != nil {
 		fmt.Fprintf(stderr, "%s advise: %v\n", exporterName, err)
 		return adviseError

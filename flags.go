@@ -43,9 +43,9 @@ type flags struct {
 	healthWindow         time.Duration
 	healthSampleInterval time.Duration
 
-	scrapeTargets     bool
-	probeIdleTimeout  time.Duration
-	probeMaxConnected int
+	scrapeTargets      bool
+	targetIdleTimeout  time.Duration
+	targetMaxConnected int
 }
 
 func addFlags(app *kingpin.Application) *flags {
@@ -74,8 +74,8 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
 	app.Flag("metrics.scrape-targets", "Scrape every configured target on each request to the telemetry path. With --no-metrics.scrape-targets the telemetry path serves only the exporter's own metrics, and Prometheus scrapes each target through /probe?target=NAME (see docs/configuration.md, Multi-target probing).").Default("true").BoolVar(&f.scrapeTargets)
-	app.Flag("probe.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.probeIdleTimeout)
-	app.Flag("probe.max-connected-targets", "Most targets holding monitoring connections at once when /probe connects them: the least recently scraped target is disconnected first. 0 is no cap. A /metrics scrape of all targets (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.probeMaxConnected)
+	app.Flag("probe.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long, through the telemetry path or /probe; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.targetIdleTimeout)
+	app.Flag("probe.max-connected-targets", "Most targets holding monitoring connections at once when /probe?target=NAME connects one: the least recently scraped target is disconnected first. 0 is no cap. A scrape of all targets on the telemetry path (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.targetMaxConnected)
 	return f
 }
 
@@ -103,11 +103,11 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	if f.healthSampleInterval != 0 && f.healthSampleInterval < time.Second {
 		return nil, fmt.Errorf("--health.sample-interval=%s: must be 0 (off) or at least 1s", f.healthSampleInterval)
 	}
-	if f.probeIdleTimeout != 0 && f.probeIdleTimeout < time.Second {
-		return nil, fmt.Errorf("--probe.idle-timeout=%s: must be 0 (never) or at least 1s", f.probeIdleTimeout)
+	if f.targetIdleTimeout != 0 && f.targetIdleTimeout < time.Second {
+		return nil, fmt.Errorf("--probe.idle-timeout=%s: must be 0 (never) or at least 1s", f.targetIdleTimeout)
 	}
-	if f.probeMaxConnected < 0 {
-		return nil, fmt.Errorf("--probe.max-connected-targets=%d: must be 0 (no cap) or more", f.probeMaxConnected)
+	if f.targetMaxConnected < 0 {
+		return nil, fmt.Errorf("--probe.max-connected-targets=%d: must be 0 (no cap) or more", f.targetMaxConnected)
 	}
 	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
@@ -178,28 +178,22 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	return cfg, nil
 }
 
-func (f *flags) postgresOptions() collector.PostgresOptions {
-	o := collector.DefaultPostgresOptions()
-	o.MaxConnections = f.maxConns
-	o.StatementTimeout = f.maxTimeout
-	o.Activity = f.activity
-	o.Probe = f.probe
-	o.MaxApplications = f.maxApplications
-	return o
+// lasting is what outlives the exporters that reloads build: main keeps it, and every
+// exporter it builds uses it.
+type lasting struct {
+	// observer receives every scrape's result: the pool history of internal/health.
+	observer func(collector.Result)
+	// fleet counts the targets' disconnects (the daemon's; nil elsewhere).
+	fleet *collector.FleetMetrics
+	// appCounters keeps the app pools' counters from falling across reloads.
+	appCounters *collector.AppCounters
 }
 
-// buildExporter creates one collector target per configured server. observer, if not nil,
-// receives every scrape's result (the pool history of internal/health).
-func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, observer func(collector.Result)) (*collector.Exporter, error) {
-	return f.buildExporterWith(cfg, logger, observer, nil)
-}
-
-// buildExporterWith is buildExporter with the fleet series that count disconnects (the
-// daemon's; nil elsewhere).
-func (f *flags) buildExporterWith(cfg *poolcfg.Config, logger *slog.Logger, observer func(collector.Result), fleet *collector.FleetMetrics) (*collector.Exporter, error) {
-	var targets []collector.Target
+// buildExporter creates one collector target per configured server.
+func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, keep lasting) (*collector.Exporter, error) {
+	var targets []*collector.Target
 	for _, name := range targetNames(cfg, f.pgbouncer) {
-		t, err := f.openTarget(cfg, name, logger)
+		t, err := f.openTarget(cfg, name, keep.appCounters, logger)
 		if err != nil {
 			for _, done := range targets {
 				done.Close()
@@ -208,26 +202,23 @@ func (f *flags) buildExporterWith(cfg *poolcfg.Config, logger *slog.Logger, obse
 		}
 		targets = append(targets, t)
 	}
-	return collector.NewExporterWithOptions(targets, collector.ExporterOptions{
-		Observer:            observer,
-		IdleTimeout:         f.probeIdleTimeout,
-		MaxConnectedTargets: f.probeMaxConnected,
-		// A PgBouncer target cannot drop its console connection and stay open: it is
-		// closed when idle and opened again, from the same configuration, when needed.
-		Reopen: func(name string) (collector.Target, error) { return f.openTarget(cfg, name, logger) },
-		Fleet:  fleet,
-		Logger: logger,
+	return collector.NewExporter(targets, collector.ExporterOptions{
+		Observer:            keep.observer,
+		IdleTimeout:         f.targetIdleTimeout,
+		MaxConnectedTargets: f.targetMaxConnected,
+		Fleet:               keep.fleet,
+		Logger:              logger,
 	}), nil
 }
 
 // warnUncapped says once per (re)load when /metrics connects more targets than the cap
-// that /probe keeps: a fleet is meant to be probed one target at a time.
+// that /probe keeps: a fleet is meant to be scraped one target at a time.
 func (f *flags) warnUncapped(cfg *poolcfg.Config, logger *slog.Logger) {
 	n := len(targetNames(cfg, f.pgbouncer))
-	if f.scrapeTargets && f.probeMaxConnected > 0 && n > f.probeMaxConnected {
+	if f.scrapeTargets && f.targetMaxConnected > 0 && n > f.targetMaxConnected {
 		logger.Warn("every scrape of the telemetry path connects all targets, more than --probe.max-connected-targets; "+
 			"for a fleet, set --no-metrics.scrape-targets and scrape each target through /probe?target=NAME",
-			"targets", n, "max_connected_targets", f.probeMaxConnected)
+			"targets", n, "max_connected", f.targetMaxConnected)
 	}
 }
 
@@ -247,20 +238,18 @@ func targetNames(cfg *poolcfg.Config, pgbouncer bool) []string {
 
 // openTarget creates the collector target of the configured server name; it does not
 // connect.
-func (f *flags) openTarget(cfg *poolcfg.Config, name string, logger *slog.Logger) (collector.Target, error) {
+func (f *flags) openTarget(cfg *poolcfg.Config, name string, appCounters *collector.AppCounters, logger *slog.Logger) (*collector.Target, error) {
 	for _, t := range cfg.Targets {
-		if t.Name != name {
-			continue
+		if t.Name == name {
+			opts := collector.DefaultPostgresOptions()
+			opts.MaxConnections = f.maxConns
+			opts.StatementTimeout = f.maxTimeout
+			opts.Activity = f.activity
+			opts.Probe = f.probe
+			opts.MaxApplications = f.maxApplications
+			opts.AppCounters = appCounters
+			return collector.NewPostgresTarget(t.Name, t.DSN, cfg.PoolsForTarget(t.Name), cfg.AppsForTarget(t.Name), opts, logger)
 		}
-		pt, err := collector.NewPostgresTarget(t.Name, t.DSN, cfg.PoolsForTarget(t.Name), f.postgresOptions(), logger)
-		if err != nil {
-			return nil, err
-		}
-		if err := pt.WatchApps(cfg.AppsForTarget(t.Name)); err != nil {
-			pt.Close()
-			return nil, err
-		}
-		return pt, nil
 	}
 	for _, b := range cfg.PgBouncers {
 		if b.Name == name {
@@ -270,9 +259,9 @@ func (f *flags) openTarget(cfg *poolcfg.Config, name string, logger *slog.Logger
 	return nil, fmt.Errorf("target %q: not configured", name)
 }
 
-// landingItem is one line of the landing page's target list; probe is the target name
-// for a /probe link, "" for an app endpoint.
-type landingItem struct{ text, probe string }
+// landingItem is one line of the landing page's target list; target is the name for a
+// /probe?target=NAME link, "" for an app endpoint.
+type landingItem struct{ text, target string }
 
 // cfgTargets lists the targets for the landing page, passwords redacted.
 func cfgTargets(cfg *poolcfg.Config) []landingItem {
@@ -296,7 +285,7 @@ func cfgTargets(cfg *poolcfg.Config) []landingItem {
 }
 
 // reservedPaths are served by the daemon itself; the metrics path must not shadow them.
-var reservedPaths = []string{"/-/reload", "/-/healthy", probePath, health.PagePath, health.APIPrefix}
+var reservedPaths = []string{"/-/reload", "/-/healthy", multiTargetPath, health.PagePath, health.APIPrefix}
 
 // checkTelemetryPath rejects a --web.telemetry-path that net/http would refuse (and panic on)
 // or that would shadow one of the daemon's own pages.

@@ -8,7 +8,6 @@ import (
 	"html"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -90,11 +89,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	logger.Info("starting "+exporterName, "version", version.Info(), "build_context", version.BuildContext())
 
-	// The pool history outlives reloads: the new exporter feeds the same manager.
+	// What must outlive a reload lives here, and every exporter a reload builds uses it: the
+	// pool history, the fleet series' counters and the app pools' counters.
 	pools := health.NewManager(health.Options{Window: f.healthWindow})
 	holder := &exporterHolder{}
-	fleet := collector.NewFleetMetrics(holder.get)
-	exp, err := f.buildExporterWith(cfg, logger, pools.Observe, fleet)
+	keep := lasting{observer: pools.Observe, fleet: collector.NewFleetMetrics(holder.get), appCounters: collector.NewAppCounters()}
+	exp, err := f.buildExporter(cfg, logger, keep)
 	if err != nil {
 		logger.Error("cannot start", "err", err)
 		return 1
@@ -109,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		pools,
-		fleet,
+		keep.fleet,
 	)
 
 	// The sampler keeps the pool history going when Prometheus scrapes rarely; it stops
@@ -121,8 +121,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if f.scrapeTargets {
 				holder.get().Scrape(ctx)
 			} else {
-				// Probed targets: sample those connected now, so that the sampler neither
-				// connects a whole fleet nor keeps idle targets connected.
+				// Targets that /probe scrapes: sample those connected now, so that the
+				// sampler neither connects a whole fleet nor keeps idle targets connected.
 				holder.get().ScrapeConnected(ctx)
 			}
 		})
@@ -159,7 +159,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		newExp, err := f.buildExporterWith(newCfg, logger, pools.Observe, fleet)
+		newExp, err := f.buildExporter(newCfg, logger, keep)
 		if err != nil {
 			return err
 		}
@@ -182,7 +182,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		})
 	}
 	mux.Handle(f.metricsPath, promhttp.InstrumentMetricHandler(static, metrics))
-	mux.Handle(probePath, probeHandler(holder.get, f.timeoutOffset, f.maxTimeout, logger))
+	mux.Handle(multiTargetPath, multiTargetHandler(holder.get, f.timeoutOffset, f.maxTimeout, logger))
 	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.WriteHeader(http.StatusMethodNotAllowed)
@@ -266,7 +266,7 @@ func (h *exporterHolder) close() { h.get().Close() }
 // database yields dbpool_up 0 instead of a failed scrape.
 func metricsHandler(exp func() *collector.Exporter, static prometheus.Gatherer, offset, maxTimeout time.Duration, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		timeout := scrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
+		timeout := collector.ScrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		reg := prometheus.NewRegistry()
@@ -282,14 +282,16 @@ func metricsHandler(exp func() *collector.Exporter, static prometheus.Gatherer, 
 	})
 }
 
-// probePath serves one target's metrics: /probe?target=NAME.
-const probePath = "/probe"
+// multiTargetPath serves one target's metrics, /probe?target=NAME: Prometheus' multi-target
+// exporter pattern, whose path blackbox_exporter named. (The exporter's own probe is the
+// login it times on every scrape of a PostgreSQL target, collector "probe".)
+const multiTargetPath = "/probe"
 
-// probeHandler scrapes the one configured target named by the target parameter, under the
-// same deadline as metricsHandler, and answers with that target's metrics only (nothing
-// process-wide: those are on the telemetry path). A missing or unknown name is a 400, before
-// anything connects.
-func probeHandler(exp func() *collector.Exporter, offset, maxTimeout time.Duration, logger *slog.Logger) http.Handler {
+// multiTargetHandler scrapes the one configured target named by the target parameter,
+// under the same deadline as metricsHandler, and answers with that target's metrics only
+// (nothing process-wide: those are on the telemetry path). A missing or unknown name is a
+// 400, before anything connects.
+func multiTargetHandler(exp func() *collector.Exporter, offset, maxTimeout time.Duration, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("target")
 		e := exp()
@@ -307,17 +309,17 @@ func probeHandler(exp func() *collector.Exporter, offset, maxTimeout time.Durati
 			http.Error(w, "unknown target "+shown+": /probe takes the name of a configured target or pgbouncer, not a DSN (the landing page lists them)", http.StatusBadRequest)
 			return
 		}
-		timeout := scrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
+		timeout := collector.ScrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), offset, maxTimeout)
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		c, err := e.ProbeCollector(ctx, name)
+		c, err := e.TargetCollector(ctx, name)
 		if err != nil { // the configuration was reloaded meanwhile
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		reg := prometheus.NewRegistry()
 		if err := reg.Register(c); err != nil {
-			logger.Error("registering probe collector", "target", name, "err", err)
+			logger.Error("registering target collector", "target", name, "err", err)
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
@@ -328,28 +330,6 @@ func probeHandler(exp func() *collector.Exporter, offset, maxTimeout time.Durati
 	})
 }
 
-// scrapeTimeout is Prometheus' scrape timeout minus offset, capped by maxTimeout; without a
-// usable header (missing, not a finite positive number) it is maxTimeout. An offset larger
-// than the timeout is ignored rather than leaving no time at all, and no deadline is shorter
-// than minScrapeTimeout, in which not even a ping could answer.
-func scrapeTimeout(header string, offset, maxTimeout time.Duration) time.Duration {
-	seconds, err := strconv.ParseFloat(strings.TrimSpace(header), 64)
-	if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
-		return maxTimeout
-	}
-	if seconds > maxTimeout.Seconds()+offset.Seconds() {
-		return maxTimeout // also keeps huge values from overflowing time.Duration
-	}
-	timeout := time.Duration(seconds * float64(time.Second))
-	if timeout-offset > 0 {
-		timeout -= offset
-	}
-	return min(max(timeout, minScrapeTimeout), maxTimeout)
-}
-
-// minScrapeTimeout is the shortest deadline a scrape gets, whatever the header says.
-const minScrapeTimeout = 10 * time.Millisecond
-
 func targetsHTML(targets []landingItem) string {
 	if len(targets) == 0 {
 		return ""
@@ -358,8 +338,8 @@ func targetsHTML(targets []landingItem) string {
 	b.WriteString("<h2>Targets</h2><ul>")
 	for _, t := range targets {
 		b.WriteString("<li>" + html.EscapeString(t.text))
-		if t.probe != "" {
-			b.WriteString(` <a href="` + html.EscapeString(probePath+"?target="+url.QueryEscape(t.probe)) + `">probe</a>`)
+		if t.target != "" {
+			b.WriteString(` <a href="` + html.EscapeString(multiTargetPath+"?target="+url.QueryEscape(t.target)) + `">metrics</a>`)
 		}
 		b.WriteString("</li>")
 	}

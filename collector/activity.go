@@ -4,32 +4,138 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
-// Session states as pg_stat_activity spells them, plus unknown for sessions whose state the
-// monitoring role may not see.
-const (
-	StateActive                   = "active"
-	StateIdle                     = "idle"
-	StateIdleInTransaction        = "idle in transaction"
-	StateIdleInTransactionAborted = "idle in transaction (aborted)"
-	StateUnknown                  = "unknown"
-)
+// activitySource is the source on a PostgreSQL target's monitoring connection. It checks the
+// connection out (dbpool_up, dbpool_probe_checkout_seconds), reads the server's settings and,
+// unless --no-collector.activity, samples pg_stat_activity in one round trip and groups the
+// backends into pools: the configured ones by their matchers, the rest by application_name.
+type activitySource struct {
+	target string
+	db     *pgxpool.Pool
+	pools  []poolcfg.Pool
+	opts   PostgresOptions
+	logger *slog.Logger
 
-// alwaysReportedStates are emitted even at zero so that alerts and panels see a series.
-var alwaysReportedStates = []string{StateActive, StateIdle, StateIdleInTransaction, StateIdleInTransactionAborted}
+	mu               sync.Mutex
+	settings         *serverSettings
+	warnedRestricted bool
+}
 
-// OtherApplications is the pool label of unmatched backends beyond the cardinality cap.
-const OtherApplications = "app:other"
+func (s *activitySource) Name() string {
+	if s.opts.Activity {
+		return metrics.CollectorActivity
+	}
+	return metrics.CollectorConnection
+}
+
+// Scrape checks out the monitoring connection, reads the settings and samples the sessions.
+// The server's limits go out even when this scrape fails, as last read.
+func (s *activitySource) Scrape(ctx context.Context) (Scraped, error) {
+	out, err := s.scrape(ctx)
+	s.mu.Lock()
+	if st := s.settings; st != nil {
+		out.Server = &ServerStats{Target: s.target, MaxConnections: st.maxConnections, ReservedConnections: st.reservedConnections}
+	}
+	s.mu.Unlock()
+	return out, err
+}
+
+func (s *activitySource) scrape(ctx context.Context) (Scraped, error) {
+	var out Scraped
+	start := time.Now()
+	conn, err := s.db.Acquire(ctx) // pre-pinged (see NewPostgresTarget)
+	if err != nil {
+		return out, fmt.Errorf("monitoring connection: %w", err)
+	}
+	defer conn.Release()
+	out.Reached = true
+	out.Metrics = append(out.Metrics, metrics.ProbeCheckoutSeconds.Metric(time.Since(start).Seconds(), s.target))
+
+	settings, err := s.serverSettings(ctx, conn)
+	if err != nil {
+		return out, err
+	}
+	out.Metrics = append(out.Metrics,
+		metrics.ServerMaxConnections.Metric(float64(settings.maxConnections), s.target),
+		metrics.ServerReservedConnections.Metric(float64(settings.reservedConnections), s.target),
+		metrics.ServerInfo.Metric(1, s.target, settings.version),
+		metrics.ServerActivityRestricted.Metric(metrics.Bool(!settings.canSeeAllSessions), s.target))
+	if !s.opts.Activity {
+		return out, nil
+	}
+	rows, err := queryActivity(ctx, conn)
+	if err != nil {
+		return out, err
+	}
+	sample := groupActivity(s.target, s.pools, rows, s.opts.MaxApplications)
+	if sample.restricted && !settings.canSeeAllSessions {
+		s.warnRestrictedOnce()
+	}
+	for state, n := range sample.serverStates {
+		out.Metrics = append(out.Metrics, metrics.ServerConnections.Metric(float64(n), s.target, state))
+	}
+	out.Pools = sample.pools
+	return out, nil
+}
+
+// serverSettings are read on connect and refreshed rarely: they change only with a restart.
+type serverSettings struct {
+	maxConnections      int
+	reservedConnections int
+	version             string
+	canSeeAllSessions   bool
+	readAt              time.Time
+}
+
+const serverSettingsQuery = `SELECT
+  current_setting('max_connections')::int,
+  current_setting('superuser_reserved_connections')::int
+    + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),
+  current_setting('server_version'),
+  pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+    OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)`
+
+func (s *activitySource) serverSettings(ctx context.Context, conn *pgxpool.Conn) (*serverSettings, error) {
+	s.mu.Lock()
+	cached := s.settings
+	s.mu.Unlock()
+	if cached != nil && time.Since(cached.readAt) < s.opts.SettingsRefresh {
+		return cached, nil
+	}
+	st := &serverSettings{readAt: time.Now()}
+	err := conn.QueryRow(ctx, serverSettingsQuery).Scan(&st.maxConnections, &st.reservedConnections, &st.version, &st.canSeeAllSessions)
+	if err != nil {
+		return nil, fmt.Errorf("reading server settings: %w", err)
+	}
+	s.mu.Lock()
+	s.settings = st
+	s.mu.Unlock()
+	return st, nil
+}
+
+func (s *activitySource) warnRestrictedOnce() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.warnedRestricted {
+		return
+	}
+	s.warnedRestricted = true
+	s.logger.Warn("the monitoring role cannot see the state of other roles' sessions; they are counted as state \"unknown\" and pool in-use counts are too low",
+		"target", s.target, "fix", "GRANT pg_monitor TO <monitoring role>")
+}
 
 // ActivityQuery is the one round trip per scrape (exported for the benchmark, which times it
 // alone). Aggregating in SQL keeps the exporter's
@@ -81,7 +187,7 @@ func queryActivity(ctx context.Context, conn *pgxpool.Conn) ([]activityRow, erro
 			row := r
 			row.clientAddr, _ = netip.ParseAddr(addr)
 			if row.state == "" {
-				row.state = StateUnknown
+				row.state = metrics.StateUnknown
 			}
 			// application_name is client-chosen text; keep label values valid UTF-8.
 			row.applicationName = strings.ToValidUTF8(row.applicationName, "?")
@@ -96,23 +202,23 @@ func queryActivity(ctx context.Context, conn *pgxpool.Conn) ([]activityRow, erro
 
 // activitySample is one scrape's view of the server, grouped into pools.
 type activitySample struct {
-	pools        []PoolStats
+	pools        []metrics.PoolStats
 	serverStates map[string]int
 	restricted   bool // some sessions' state was hidden from the monitoring role
 }
 
 type poolAggregate struct {
-	stats       PoolStats
+	stats       metrics.PoolStats
 	perInstance map[string]int
 }
 
 func newAggregate(target, name string) *poolAggregate {
-	states := make(map[string]int, len(alwaysReportedStates))
-	for _, s := range alwaysReportedStates {
+	states := make(map[string]int, len(metrics.ActivityStates))
+	for _, s := range metrics.ActivityStates {
 		states[s] = 0
 	}
 	return &poolAggregate{
-		stats:       PoolStats{Target: target, Pool: name, Source: SourceActivity, States: states, Sessions: &SessionStats{}},
+		stats:       metrics.PoolStats{Target: target, Pool: name, Source: metrics.SourceActivity, States: states, Sessions: &metrics.SessionStats{}},
 		perInstance: map[string]int{},
 	}
 }
@@ -123,7 +229,7 @@ func (a *poolAggregate) add(r activityRow, instance string) {
 	s.States[r.state] += r.connections
 	// A checked-out connection between transactions looks idle on the server, so in-use is
 	// a lower bound; sessions whose state is hidden are not counted either.
-	if r.state != StateIdle && r.state != StateUnknown {
+	if r.state != metrics.StateIdle && r.state != metrics.StateUnknown {
 		s.InUse += r.connections
 	}
 	a.perInstance[instance] += r.connections
@@ -139,7 +245,7 @@ func (a *poolAggregate) add(r activityRow, instance string) {
 // `instance` capture, or at least as many distinct application_names as instances), and for
 // the whole group otherwise (a lower bound then). Where the monitoring role could not see some
 // sessions' state, the ages and the zero-filled states would be made up: they are left out.
-func (a *poolAggregate) finish(byInstance bool) PoolStats {
+func (a *poolAggregate) finish(byInstance bool) metrics.PoolStats {
 	s := a.stats
 	if s.Configured {
 		size := s.Settings.PoolSize
@@ -151,7 +257,7 @@ func (a *poolAggregate) finish(byInstance bool) PoolStats {
 			s.Overflow = max(0, s.Open-s.Instances*size)
 		}
 	}
-	if s.States[StateUnknown] > 0 {
+	if s.States[metrics.StateUnknown] > 0 {
 		s.Sessions = nil
 		dropZeroStates(s.States)
 	}
@@ -160,7 +266,7 @@ func (a *poolAggregate) finish(byInstance bool) PoolStats {
 
 // dropZeroStates removes the states that are only there as zeros.
 func dropZeroStates(states map[string]int) {
-	for _, st := range alwaysReportedStates {
+	for _, st := range metrics.ActivityStates {
 		if states[st] == 0 {
 			delete(states, st)
 		}
@@ -171,7 +277,7 @@ func dropZeroStates(states map[string]int) {
 // rest are grouped by application_name, the largest maxApps-1 by name and the others together.
 func groupActivity(target string, pools []poolcfg.Pool, rows []activityRow, maxApps int) activitySample {
 	sample := activitySample{serverStates: map[string]int{}}
-	for _, s := range alwaysReportedStates {
+	for _, s := range metrics.ActivityStates {
 		sample.serverStates[s] = 0
 	}
 	configured := make([]*poolAggregate, len(pools))
@@ -185,7 +291,7 @@ func groupActivity(target string, pools []poolcfg.Pool, rows []activityRow, maxA
 	unmatched := map[string]*poolAggregate{}
 	for _, r := range rows {
 		sample.serverStates[r.state] += r.connections
-		if r.state == StateUnknown {
+		if r.state == metrics.StateUnknown {
 			sample.restricted = true
 		}
 		matched := false
@@ -201,7 +307,7 @@ func groupActivity(target string, pools []poolcfg.Pool, rows []activityRow, maxA
 		}
 		a, ok := unmatched[r.applicationName]
 		if !ok {
-			a = newAggregate(target, "app:"+r.applicationName)
+			a = newAggregate(target, metrics.UnmatchedPoolPrefix+r.applicationName)
 			unmatched[r.applicationName] = a
 		}
 		a.add(r, r.applicationName)
@@ -218,7 +324,7 @@ func groupActivity(target string, pools []poolcfg.Pool, rows []activityRow, maxA
 
 // capApplications keeps the largest applications by name and folds the rest into one pool,
 // so that a client that invents application names cannot explode the series count.
-func capApplications(target string, apps map[string]*poolAggregate, maxApps int) []PoolStats {
+func capApplications(target string, apps map[string]*poolAggregate, maxApps int) []metrics.PoolStats {
 	list := make([]*poolAggregate, 0, len(apps))
 	for _, a := range apps {
 		list = append(list, a)
@@ -233,15 +339,15 @@ func capApplications(target string, apps map[string]*poolAggregate, maxApps int)
 	if maxApps > 0 && len(list) > maxApps {
 		keep = maxApps - 1
 	}
-	out := make([]PoolStats, 0, keep+1)
+	out := make([]metrics.PoolStats, 0, keep+1)
 	var other *poolAggregate
 	for i, a := range list {
-		if i < keep && a.stats.Pool != OtherApplications {
+		if i < keep && a.stats.Pool != metrics.OtherApplications {
 			out = append(out, a.finish(false))
 			continue
 		}
 		if other == nil {
-			other = newAggregate(target, OtherApplications)
+			other = newAggregate(target, metrics.OtherApplications)
 		}
 		mergeInto(other, a)
 	}
@@ -264,51 +370,4 @@ func mergeInto(dst, src *poolAggregate) {
 	ds.LongestTransactionSeconds = max(ds.LongestTransactionSeconds, ss.LongestTransactionSeconds)
 	ds.LongestIdleInTransactionSeconds = max(ds.LongestIdleInTransactionSeconds, ss.LongestIdleInTransactionSeconds)
 	ds.OldestConnectionSeconds = max(ds.OldestConnectionSeconds, ss.OldestConnectionSeconds)
-}
-
-// serverDescs are the server-wide series of a PostgreSQL target.
-type serverDescs struct {
-	maxConnections      *prometheus.Desc
-	reservedConnections *prometheus.Desc
-	info                *prometheus.Desc
-	connections         *prometheus.Desc
-	restricted          *prometheus.Desc
-}
-
-func newServerDescs() *serverDescs {
-	desc := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "server", name), help, append([]string{"target"}, labels...), nil)
-	}
-	return &serverDescs{
-		maxConnections:      desc("max_connections", "The server's max_connections setting."),
-		reservedConnections: desc("reserved_connections", "Connection slots reserved for superusers and pg_use_reserved_connections (superuser_reserved_connections + reserved_connections)."),
-		info:                desc("info", "Always 1; the server's version.", "server_version"),
-		connections:         desc("connections", "Client backends by state, the exporter's own excluded; unknown where the monitoring role may not see the state.", "state"),
-		restricted:          desc("activity_restricted", "1 if the monitoring role lacks pg_read_all_stats (pg_monitor) and cannot see other roles' session states."),
-	}
-}
-
-func (d *serverDescs) describe(ch chan<- *prometheus.Desc) {
-	ch <- d.maxConnections
-	ch <- d.reservedConnections
-	ch <- d.info
-	ch <- d.connections
-	ch <- d.restricted
-}
-
-func (d *serverDescs) settingsMetrics(target string, s *serverSettings) []prometheus.Metric {
-	return []prometheus.Metric{
-		prometheus.MustNewConstMetric(d.maxConnections, prometheus.GaugeValue, float64(s.maxConnections), target),
-		prometheus.MustNewConstMetric(d.reservedConnections, prometheus.GaugeValue, float64(s.reservedConnections), target),
-		prometheus.MustNewConstMetric(d.info, prometheus.GaugeValue, 1, target, s.version),
-		prometheus.MustNewConstMetric(d.restricted, prometheus.GaugeValue, boolToFloat(!s.canSeeAllSessions), target),
-	}
-}
-
-func (d *serverDescs) activityMetrics(target string, sample activitySample) []prometheus.Metric {
-	ms := make([]prometheus.Metric, 0, len(sample.serverStates))
-	for state, n := range sample.serverStates {
-		ms = append(ms, prometheus.MustNewConstMetric(d.connections, prometheus.GaugeValue, float64(n), target, state))
-	}
-	return ms
 }

@@ -7,41 +7,75 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
-
-// SourceApp is the source of pools that the application reports itself (dbpool-stats JSON
-// from integrations/python): exact in-use, overflow, checkout time and timeouts.
-const SourceApp = "app"
-
-// Connection states of an application's SQLAlchemy pool, as SQLAlchemy names them; together
-// they break dbpool_open_connections down for the app source.
-const (
-	StateCheckedOut = "checked_out"
-	StateCheckedIn  = "checked_in"
-	// StateConnecting counts connections the pool has reserved but not yet opened.
-	StateConnecting = "connecting"
-)
-
-// appCollectorPrefix starts the collector label of an app endpoint: app:<name>.
-const appCollectorPrefix = SourceApp + ":"
 
 // maxAppDocument bounds one endpoint's answer: thousands of instances fit many times over,
 // and a wrong URL (a download) must not fill the exporter's memory.
 const maxAppDocument = 8 << 20
 
-// appEndpoint reads one app endpoint for one configured pool of a PostgreSQL target.
+// appSource reads the app endpoints of a PostgreSQL target, the applications' own reports of
+// their pools (dbpool-stats JSON, e.g. from integrations/python), all at once on every
+// scrape. The instances that answered add up to one exact sample per pool (AppCounters keeps
+// the counters from falling when instances come and go). An endpoint that is down or answers
+// garbage fails the source, and the error names it, while the others' instances still count.
+type appSource struct {
+	target    string
+	endpoints []appEndpoint
+	counters  *AppCounters
+}
+
+// appEndpoint is one endpoint of an app pool.
 type appEndpoint struct {
 	name    string
 	url     poolcfg.AppURL
 	pool    string
 	appPool string
-	target  string
 	client  *http.Client
+}
+
+func newAppSource(target string, apps []poolcfg.App, client *http.Client, counters *AppCounters) *appSource {
+	s := &appSource{target: target, counters: counters}
+	for _, a := range apps {
+		s.endpoints = append(s.endpoints, appEndpoint{name: a.Name, url: a.URL, pool: a.Pool, appPool: a.AppPool, client: client})
+	}
+	return s
+}
+
+func (*appSource) Name() string { return metrics.CollectorApp }
+
+// Scrape fetches every endpoint concurrently and merges the instances per pool. An endpoint
+// that reports no instance yet (nothing instrumented, or every worker starting) adds nothing.
+func (s *appSource) Scrape(ctx context.Context) (Scraped, error) {
+	type answer struct {
+		instances []metrics.PoolStats
+		err       error
+	}
+	answers := make([]answer, len(s.endpoints))
+	var wg sync.WaitGroup
+	for i := range s.endpoints {
+		wg.Go(func() {
+			e := &s.endpoints[i]
+			ins, err := e.collect(ctx, s.target)
+			if err != nil {
+				err = fmt.Errorf("app %s: %w", e.name, err)
+			}
+			answers[i] = answer{ins, err}
+		})
+	}
+	wg.Wait()
+	var instances []metrics.PoolStats
+	var failed []error
+	for _, a := range answers {
+		instances = append(instances, a.instances...)
+		failed = append(failed, a.err)
+	}
+	// errors.Join leaves out the endpoints that answered; the log prints the rest on one line.
+	return Scraped{Pools: s.counters.merge(s.target, instances, time.Now())}, errors.Join(failed...)
 }
 
 // newAppClient is the HTTP client of a target's app endpoints. Deadlines come from each
@@ -59,28 +93,26 @@ func newAppClient() *http.Client {
 	}
 }
 
-// collect fetches the endpoint once and returns one sample per instance; the target adds up
-// the instances of all its endpoints per pool (mergeAppPools). An endpoint that reports no
-// instance yet (nothing instrumented, or every worker starting) succeeds with no sample.
-func (e *appEndpoint) collect(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
+// collect fetches the endpoint once and returns one sample per instance.
+func (e *appEndpoint) collect(ctx context.Context, target string) ([]metrics.PoolStats, error) {
 	doc, err := e.fetch(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	instances, err := selectInstances(doc, e.appPool)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	out := make([]PoolStats, 0, len(instances))
+	out := make([]metrics.PoolStats, 0, len(instances))
 	for i := range instances {
 		p, err := instanceStats(&instances[i])
 		if err != nil {
-			return nil, nil, fmt.Errorf("instance %q: %w", instances[i].Instance, err)
+			return nil, fmt.Errorf("instance %q: %w", instances[i].Instance, err)
 		}
-		p.Target, p.Pool = e.target, e.pool
+		p.Target, p.Pool = target, e.pool
 		out = append(out, p)
 	}
-	return nil, out, nil
+	return out, nil
 }
 
 func (e *appEndpoint) fetch(ctx context.Context) (*appDoc, error) {

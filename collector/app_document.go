@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -114,24 +115,23 @@ func selectInstances(doc *appDoc, appPool string) ([]appInstance, error) {
 
 // instanceStats turns one instance into a pool sample of one instance, refusing values that
 // no pool can have.
-func instanceStats(in *appInstance) (PoolStats, error) {
+func instanceStats(in *appInstance) (metrics.PoolStats, error) {
 	st := in.Status
 	if st == nil {
-		return PoolStats{}, errors.New(`no "status"`)
+		return metrics.PoolStats{}, errors.New(`no "status"`)
 	}
 	s := in.Settings
 	switch {
 	case st.CheckedOut < 0 || st.CheckedIn < 0 || st.TotalConnections < 0:
-		return PoolStats{}, fmt.Errorf("negative connection count in status (checked_out %d, checked_in %d, total_connections %d)",
+		return metrics.PoolStats{}, fmt.Errorf("negative connection count in status (checked_out %d, checked_in %d, total_connections %d)",
 			st.CheckedOut, st.CheckedIn, st.TotalConnections)
 	case s.PoolSize < 0 || s.MaxOverflow < -1:
-		return PoolStats{}, fmt.Errorf("settings pool_size %d, max_overflow %d: not a pool's", s.PoolSize, s.MaxOverflow)
+		return metrics.PoolStats{}, fmt.Errorf("settings pool_size %d, max_overflow %d: not a pool's", s.PoolSize, s.MaxOverflow)
 	case !finiteNonNegative(s.RecycleSeconds) && s.RecycleSeconds != -1:
-		return PoolStats{}, fmt.Errorf("settings recycle_seconds %v: must be -1 (never) or a number of seconds", s.RecycleSeconds)
+		return metrics.PoolStats{}, fmt.Errorf("settings recycle_seconds %v: must be -1 (never) or a number of seconds", s.RecycleSeconds)
 	}
-	p := PoolStats{
-		Source:     SourceApp,
-		Exact:      true,
+	p := metrics.PoolStats{
+		Source:     metrics.SourceApp,
 		Configured: true,
 		Instances:  1,
 		Settings: poolcfg.Settings{
@@ -152,31 +152,31 @@ func instanceStats(in *appInstance) (PoolStats, error) {
 	if s.RecycleSeconds > 0 {
 		p.Settings.Recycle = seconds(s.RecycleSeconds)
 	}
-	p.States = map[string]int{StateCheckedOut: st.CheckedOut, StateCheckedIn: st.CheckedIn}
+	p.States = map[string]int{metrics.StateCheckedOut: st.CheckedOut, metrics.StateCheckedIn: st.CheckedIn}
 	if n := p.Open - st.CheckedOut - st.CheckedIn; n > 0 {
-		p.States[StateConnecting] = n
+		p.States[metrics.StateConnecting] = n
 	}
 	if n := in.PendingCheckouts; n != nil {
 		if *n < 0 {
-			return PoolStats{}, fmt.Errorf("pending_checkouts %d is negative", *n)
+			return metrics.PoolStats{}, fmt.Errorf("pending_checkouts %d is negative", *n)
 		}
 		p.Pending = ptrTo(*n)
 	}
 	if w := in.LongestCheckoutWaitSeconds; w != nil {
 		if !finiteNonNegative(*w) {
-			return PoolStats{}, fmt.Errorf("longest_checkout_wait_seconds %v: must be a number of seconds", *w)
+			return metrics.PoolStats{}, fmt.Errorf("longest_checkout_wait_seconds %v: must be a number of seconds", *w)
 		}
 		p.LongestWaitSeconds = ptrTo(*w)
 	}
 	if c := in.Checkouts; c != nil {
-		cs := &CheckoutStats{Count: c.Count, DurationSeconds: c.SumSeconds, Buckets: make(map[float64]uint64, len(c.Buckets)), Timeouts: c.Timeouts}
+		cs := &metrics.CheckoutStats{Count: c.Count, DurationSeconds: c.SumSeconds, Buckets: make(map[float64]uint64, len(c.Buckets)), Timeouts: c.Timeouts}
 		if !finiteNonNegative(c.SumSeconds) {
-			return PoolStats{}, fmt.Errorf("checkouts.sum_seconds %v: must be a number of seconds", c.SumSeconds)
+			return metrics.PoolStats{}, fmt.Errorf("checkouts.sum_seconds %v: must be a number of seconds", c.SumSeconds)
 		}
 		prevLE, prevCount := math.Inf(-1), uint64(0)
 		for _, b := range c.Buckets {
 			if !(b.LE > prevLE) || math.IsInf(b.LE, 0) || b.Count < prevCount || b.Count > c.Count {
-				return PoolStats{}, fmt.Errorf("checkouts.buckets: le %v count %d after le %v count %d of %d checkouts: "+
+				return metrics.PoolStats{}, fmt.Errorf("checkouts.buckets: le %v count %d after le %v count %d of %d checkouts: "+
 					"bounds must rise and counts must be cumulative", b.LE, b.Count, prevLE, prevCount, c.Count)
 			}
 			cs.Buckets[b.LE] = b.Count
@@ -184,9 +184,9 @@ func instanceStats(in *appInstance) (PoolStats, error) {
 		}
 		p.Checkouts = cs
 	}
-	p.Processes = []ProcessStats{{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts}}
+	p.Processes = []metrics.ProcessStats{{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts}}
 	if in.Connects != nil || in.Invalidations != nil || in.Recycles != nil || in.PrePingFailures != nil {
-		p.Lifecycle = &LifecycleStats{
+		p.Lifecycle = &metrics.LifecycleStats{
 			Opened:          in.Connects,
 			Invalidations:   in.Invalidations,
 			Recycles:        in.Recycles,

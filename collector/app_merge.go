@@ -1,10 +1,11 @@
 package collector
 
 import (
+	"maps"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // Adding up the instances of one app pool. Every instance (a process's pool) has counters of
@@ -24,78 +25,75 @@ const appProcessGrace = 15 * time.Minute
 // folded in early.
 const maxRetainedProcesses = 10000
 
-// appCounters keeps the counters of one target's app pools monotonic. The zero value is
-// ready to use; it is safe for concurrent use.
-type appCounters struct {
+// AppCounters keeps the counters of app pools from falling. It holds the last sample of
+// every process that answered within appProcessGrace, per target and pool, and must outlive
+// the targets: a reload rebuilds every target, and counters kept by a target would lose the
+// processes that stopped answering before it, and fall. main creates one and gives it to the
+// targets it builds, before and after every reload. It is safe for concurrent use.
+type AppCounters struct {
 	mu    sync.Mutex
-	pools map[string]*appPoolCounters
+	pools map[appPoolKey]*appPoolCounters
 }
 
+// NewAppCounters returns empty counters.
+func NewAppCounters() *AppCounters { return &AppCounters{pools: map[appPoolKey]*appPoolCounters{}} }
+
+type appPoolKey struct{ target, pool string }
+
 type appPoolCounters struct {
-	gone      *PoolStats // counters of processes folded in for good; nil when none
+	gone      *metrics.PoolStats // counters of processes folded in for good; nil when none
 	processes map[string]*seenProcess
 }
 
 type seenProcess struct {
-	last *PoolStats // the process's last sample (one instance)
+	last *metrics.PoolStats // the process's last sample (one instance)
 	seen time.Time
 }
 
-// mergeAppPools replaces the per-instance samples of app pools in pools by one sample per
-// pool and returns the metrics of those. Gauges are the sum of the instances that answered;
-// counters also hold those that stopped answering (see appCounters). A process reported twice
-// (one application listed under two URLs) counts once.
-func (c *appCounters) mergeAppPools(pools []PoolStats, descs *poolDescs, now time.Time) ([]PoolStats, []prometheus.Metric) {
-	var out []PoolStats
-	instances := map[string][]*PoolStats{}
+// merge turns the instances of a target's app pools (one sample each) into one sample per
+// pool. Gauges are the sum of the instances that answered; counters also hold those that
+// stopped answering (see above). A process reported twice (one application listed under two
+// URLs) counts once.
+func (c *AppCounters) merge(target string, instances []metrics.PoolStats, now time.Time) []metrics.PoolStats {
+	byPool := map[string][]*metrics.PoolStats{}
 	var order []string
 	seen := map[string]bool{}
-	for i := range pools {
-		p := &pools[i]
-		if p.Source != SourceApp {
-			out = append(out, *p)
-			continue
-		}
+	for i := range instances {
+		p := &instances[i]
 		key := p.Pool + "\x00" + p.Processes[0].Process
 		if seen[key] {
 			continue
 		}
 		seen[key] = true
-		if instances[p.Pool] == nil {
+		if byPool[p.Pool] == nil {
 			order = append(order, p.Pool)
 		}
-		instances[p.Pool] = append(instances[p.Pool], p)
+		byPool[p.Pool] = append(byPool[p.Pool], p)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ms []prometheus.Metric
+	out := make([]metrics.PoolStats, 0, len(order))
 	for _, pool := range order {
-		ins := instances[pool]
+		ins := byPool[pool]
 		sum := *ins[0]
 		sum.States = map[string]int{}
-		for state, n := range ins[0].States {
-			sum.States[state] = n
-		}
+		maps.Copy(sum.States, ins[0].States)
 		for _, p := range ins[1:] {
-			sum.addGauges(p)
+			addGauges(&sum, p)
 		}
-		counters := c.counters(pool, ins, now)
+		counters := c.counters(appPoolKey{target, pool}, ins, now)
 		sum.Checkouts, sum.Lifecycle = counters.Checkouts, counters.Lifecycle
 		out = append(out, sum)
-		ms = descs.appendMetrics(ms, &out[len(out)-1])
 	}
-	return out, ms
+	return out
 }
 
-// counters records the instances of pool answering now and returns the pool's counters.
-func (c *appCounters) counters(pool string, ins []*PoolStats, now time.Time) *PoolStats {
-	if c.pools == nil {
-		c.pools = map[string]*appPoolCounters{}
-	}
-	pc := c.pools[pool]
+// counters records the instances of a pool answering now and returns the pool's counters.
+func (c *AppCounters) counters(key appPoolKey, ins []*metrics.PoolStats, now time.Time) *metrics.PoolStats {
+	pc := c.pools[key]
 	if pc == nil {
 		pc = &appPoolCounters{processes: map[string]*seenProcess{}}
-		c.pools[pool] = pc
+		c.pools[key] = pc
 	}
 	for _, p := range ins {
 		name := p.Processes[0].Process
@@ -117,25 +115,25 @@ func (c *appCounters) counters(pool string, ins []*PoolStats, now time.Time) *Po
 		pc.fold(pc.processes[oldest].last)
 		delete(pc.processes, oldest)
 	}
-	total := &PoolStats{}
+	total := &metrics.PoolStats{}
 	if pc.gone != nil {
-		total.addCounters(pc.gone)
+		addCounters(total, pc.gone)
 	}
 	for _, sp := range pc.processes {
-		total.addCounters(sp.last)
+		addCounters(total, sp.last)
 	}
 	return total
 }
 
-func (pc *appPoolCounters) fold(p *PoolStats) {
+func (pc *appPoolCounters) fold(p *metrics.PoolStats) {
 	if pc.gone == nil {
-		pc.gone = &PoolStats{}
+		pc.gone = &metrics.PoolStats{}
 	}
-	pc.gone.addCounters(p)
+	addCounters(pc.gone, p)
 }
 
 // countersFell reports whether any counter of cur is below the one of prev.
-func countersFell(cur, prev *PoolStats) bool {
+func countersFell(cur, prev *metrics.PoolStats) bool {
 	less := func(a, b *uint64) bool { return a != nil && b != nil && *a < *b }
 	if a, b := cur.Checkouts, prev.Checkouts; a != nil && b != nil && (a.Count < b.Count || less(a.Timeouts, b.Timeouts)) {
 		return true
@@ -149,7 +147,7 @@ func countersFell(cur, prev *PoolStats) bool {
 
 // addGauges adds the instances of q, a sample of the same pool, to p: counts add up,
 // overflow too (it is per instance already), the longest wait is the longer one.
-func (p *PoolStats) addGauges(q *PoolStats) {
+func addGauges(p, q *metrics.PoolStats) {
 	p.Instances += q.Instances
 	p.Open += q.Open
 	p.InUse += q.InUse
@@ -166,17 +164,14 @@ func (p *PoolStats) addGauges(q *PoolStats) {
 
 // addCounters adds the checkout and lifecycle counters of q to p. A histogram keeps the
 // bounds both have.
-func (p *PoolStats) addCounters(q *PoolStats) {
+func addCounters(p, q *metrics.PoolStats) {
 	switch a, b := p.Checkouts, q.Checkouts; {
 	case a == nil && b != nil:
 		cp := *b
-		cp.Buckets = make(map[float64]uint64, len(b.Buckets))
-		for le, n := range b.Buckets {
-			cp.Buckets[le] = n
-		}
+		cp.Buckets = maps.Clone(b.Buckets)
 		p.Checkouts = &cp
 	case b != nil:
-		sum := &CheckoutStats{Count: a.Count + b.Count, DurationSeconds: a.DurationSeconds + b.DurationSeconds,
+		sum := &metrics.CheckoutStats{Count: a.Count + b.Count, DurationSeconds: a.DurationSeconds + b.DurationSeconds,
 			Buckets: map[float64]uint64{}, Timeouts: addPtr(a.Timeouts, b.Timeouts)}
 		for le, n := range a.Buckets {
 			if m, ok := b.Buckets[le]; ok {
@@ -190,7 +185,7 @@ func (p *PoolStats) addCounters(q *PoolStats) {
 		cp := *b
 		p.Lifecycle = &cp
 	case b != nil:
-		p.Lifecycle = &LifecycleStats{
+		p.Lifecycle = &metrics.LifecycleStats{
 			Opened:          addPtr(a.Opened, b.Opened),
 			Invalidations:   addPtr(a.Invalidations, b.Invalidations),
 			Recycles:        addPtr(a.Recycles, b.Recycles),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -128,18 +130,15 @@ func TestAppEndpointsMergeIntoOnePool(t *testing.T) {
 
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 3}}
 	var logs bytes.Buffer
-	tgt := newTestTarget(t, closedPortDSN(t), pools, &logs, func(o *PostgresOptions) { o.Probe = false })
 	withAuth := strings.Replace(b.URL, "http://", "http://scraper:app-Secret-99@", 1)
-	if err := tgt.WatchApps([]poolcfg.App{
+	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{
 		{Name: "a", URL: mustAppURL(t, a.URL), Pool: "api"},
 		{Name: "b", URL: mustAppURL(t, withAuth), Pool: "api", AppPool: "api"},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	}, &logs, func(o *PostgresOptions) { o.Probe = false })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c := withoutOwnPool{NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx)}
+	c := withoutOwnPool{NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(ctx)}
 	// Three instances: 2+4+1 checked out, overflow 0+3+0, open 2+5+2.
 	want := `
 # HELP dbpool_in_use_connections Connections checked out or busy; never counts idle ones. A lower bound for the activity source.
@@ -214,8 +213,8 @@ dbpool_up{target="db"} 0
 # HELP dbpool_scrape_success 1 if the collector succeeded during this scrape.
 # TYPE dbpool_scrape_success gauge
 dbpool_scrape_success{collector="activity",target="db"} 0
-dbpool_scrape_success{collector="app:a",target="db"} 1
-dbpool_scrape_success{collector="app:b",target="db"} 1
+dbpool_scrape_success{collector="app",target="db"} 1
+dbpool_scrape_success{collector="pgxpool",target="db"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"dbpool_in_use_connections", "dbpool_open_connections", "dbpool_overflow_connections", "dbpool_connections",
@@ -238,7 +237,8 @@ dbpool_scrape_success{collector="app:b",target="db"} 1
 }
 
 // TestAppEndpointFailures: an endpoint that is down, answers an error, answers garbage or
-// hangs fails its own collector within the deadline, logs why, and leaves the others.
+// hangs fails the app source within the deadline, the log names it and says why, and the
+// instances of the others still count.
 func TestAppEndpointFailures(t *testing.T) {
 	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, appDocJSON(appInstanceJSON("api", "g:1", 1, 0, 0, 1, 1, 0)))
@@ -269,30 +269,29 @@ func TestAppEndpointFailures(t *testing.T) {
 
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
 	var logs bytes.Buffer
-	tgt := newTestTarget(t, closedPortDSN(t), pools, &logs, func(o *PostgresOptions) { o.Probe = false })
-	if err := tgt.WatchApps([]poolcfg.App{
+	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{
 		{Name: "good", URL: mustAppURL(t, good.URL), Pool: "api"},
 		{Name: "failing", URL: mustAppURL(t, failing.URL), Pool: "api"},
 		{Name: "garbage", URL: mustAppURL(t, garbage.URL), Pool: "api"},
 		{Name: "redirect", URL: mustAppURL(t, redirect.URL+"/dbpool"), Pool: "api"},
 		{Name: "hanging", URL: mustAppURL(t, hanging.URL), Pool: "api"},
 		{Name: "down", URL: mustAppURL(t, down), Pool: "api"},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	}, &logs, func(o *PostgresOptions) { o.Probe = false })
 	mfs := gatherWithin(t, tgt, 2*time.Second)
-	for name, want := range map[string]float64{"app:good": 1, "app:failing": 0, "app:garbage": 0, "app:hanging": 0, "app:down": 0, "app:redirect": 0} {
-		if got := mustValue(t, mfs, "dbpool_scrape_success", map[string]string{"collector": name}); got != want {
-			t.Errorf("dbpool_scrape_success{collector=%q} = %v, want %v", name, got, want)
-		}
+	if got := mustValue(t, mfs, "dbpool_scrape_success", map[string]string{"collector": "app"}); got != 0 {
+		t.Errorf("dbpool_scrape_success{collector=app} = %v with five of six endpoints failing", got)
 	}
 	if got := mustValue(t, mfs, "dbpool_in_use_connections", map[string]string{"source": "app"}); got != 1 {
 		t.Errorf("in use from the good endpoint = %v, want 1", got)
 	}
-	for _, want := range []string{"HTTP 503 Service Unavailable", "redirects are not followed", "negative connection count", "connection refused", "context deadline exceeded"} {
+	for _, want := range []string{"app failing: GET", "HTTP 503 Service Unavailable", "app redirect: GET", "redirects are not followed",
+		"app garbage: instance", "negative connection count", "app down: GET", "connection refused", "app hanging: GET", "context deadline exceeded"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs.String())
 		}
+	}
+	if strings.Contains(logs.String(), "app good") {
+		t.Errorf("the log blames the good endpoint:\n%s", logs.String())
 	}
 }
 
@@ -305,7 +304,7 @@ func (w withoutOwnPool) Collect(ch chan<- prometheus.Metric) {
 	for m := range all {
 		var d dto.Metric
 		if err := m.Write(&d); err == nil && !slices.ContainsFunc(d.GetLabel(), func(l *dto.LabelPair) bool {
-			return l.GetName() == "pool" && l.GetValue() == OwnPoolName
+			return l.GetName() == "pool" && l.GetValue() == metrics.OwnPool
 		}) {
 			ch <- m
 		}
@@ -320,14 +319,11 @@ func TestAppEndpointListedTwice(t *testing.T) {
 	}))
 	defer srv.Close()
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
-	tgt := newTestTarget(t, closedPortDSN(t), pools, nil, func(o *PostgresOptions) { o.Probe = false })
 	other := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
-	if err := tgt.WatchApps([]poolcfg.App{
+	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{
 		{Name: "ip", URL: mustAppURL(t, srv.URL), Pool: "api"},
 		{Name: "name", URL: mustAppURL(t, other), Pool: "api"},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	}, nil, func(o *PostgresOptions) { o.Probe = false })
 	mfs := gatherWithin(t, tgt, 2*time.Second)
 	app := map[string]string{"source": "app"}
 	if in, n := mustValue(t, mfs, "dbpool_in_use_connections", app), mustValue(t, mfs, "dbpool_instances", app); in != 3 || n != 1 {
@@ -335,12 +331,23 @@ func TestAppEndpointListedTwice(t *testing.T) {
 	}
 }
 
-func TestWatchAppsRefusesForeignPool(t *testing.T) {
+// TestAppTargetRefusals: an app of a pool on another target, and app endpoints without the
+// counters that outlive the target, are refused.
+func TestAppTargetRefusals(t *testing.T) {
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
-	tgt := newTestTarget(t, closedPortDSN(t), pools, nil, nil)
-	err := tgt.WatchApps([]poolcfg.App{{Name: "x", URL: mustAppURL(t, "http://127.0.0.1:1/"), Pool: "jobs"}})
+	opts := DefaultPostgresOptions()
+	opts.AppCounters = NewAppCounters()
+	logger := slog.New(slog.DiscardHandler)
+	_, err := NewPostgresTarget("db", mustDSN(t, closedPortDSN(t)), pools,
+		[]poolcfg.App{{Name: "x", URL: mustAppURL(t, "http://127.0.0.1:1/"), Pool: "jobs"}}, opts, logger)
 	if err == nil || !strings.Contains(err.Error(), `pool "jobs", which is not on this target`) {
-		t.Fatalf("err = %v", err)
+		t.Errorf("foreign pool: err = %v", err)
+	}
+	opts.AppCounters = nil
+	_, err = NewPostgresTarget("db", mustDSN(t, closedPortDSN(t)), pools,
+		[]poolcfg.App{{Name: "x", URL: mustAppURL(t, "http://127.0.0.1:1/"), Pool: "api"}}, opts, logger)
+	if err == nil || !strings.Contains(err.Error(), "app counters") {
+		t.Errorf("no app counters: err = %v", err)
 	}
 }
 
@@ -348,37 +355,36 @@ func TestWatchAppsRefusesForeignPool(t *testing.T) {
 // missed a scrape, continue when it is back, fold in a process whose counters restarted, and
 // keep a process gone for good; they never fall, so rate() sees no false reset.
 func TestAppPoolCountersNeverFall(t *testing.T) {
-	instance := func(name string, count, timeouts uint64) PoolStats {
-		return PoolStats{Target: "db", Pool: "api", Source: SourceApp, Exact: true, Configured: true, Instances: 1,
-			Open: 2, InUse: 1, States: map[string]int{StateCheckedOut: 1, StateCheckedIn: 1},
-			Checkouts: &CheckoutStats{Count: count, DurationSeconds: float64(count) / 100,
+	instance := func(name string, count, timeouts uint64) metrics.PoolStats {
+		return metrics.PoolStats{Target: "db", Pool: "api", Source: metrics.SourceApp, Configured: true, Instances: 1,
+			Open: 2, InUse: 1, States: map[string]int{metrics.StateCheckedOut: 1, metrics.StateCheckedIn: 1},
+			Checkouts: &metrics.CheckoutStats{Count: count, DurationSeconds: float64(count) / 100,
 				Buckets: map[float64]uint64{0.01: count / 2, 30: count}, Timeouts: &timeouts},
-			Processes: []ProcessStats{{Process: name, InUse: 1, Open: 2}}}
+			Processes: []metrics.ProcessStats{{Process: name, InUse: 1, Open: 2}}}
 	}
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	steps := []struct {
 		name         string
 		at           time.Duration
-		instances    []PoolStats
+		instances    []metrics.PoolStats
 		count, tmo   uint64
 		inUse, procs int
 	}{
-		{"two processes", 0, []PoolStats{instance("a", 10, 5), instance("b", 7, 3)}, 17, 8, 2, 2},
-		{"b's endpoint missed the scrape", 15 * time.Second, []PoolStats{instance("a", 12, 6)}, 19, 9, 1, 1},
-		{"b is back", 30 * time.Second, []PoolStats{instance("a", 12, 6), instance("b", 9, 4)}, 21, 10, 2, 2},
-		{"a restarted its counters under the same name", 45 * time.Second, []PoolStats{instance("a", 2, 1), instance("b", 9, 4)}, 23, 11, 2, 2},
-		{"a and b gone for good, c new", 20 * time.Minute, []PoolStats{instance("c", 1, 0)}, 24, 11, 1, 1},
-		{"reported twice", 20*time.Minute + 15*time.Second, []PoolStats{instance("c", 3, 0), instance("c", 3, 0)}, 26, 11, 1, 1},
+		{"two processes", 0, []metrics.PoolStats{instance("a", 10, 5), instance("b", 7, 3)}, 17, 8, 2, 2},
+		{"b's endpoint missed the scrape", 15 * time.Second, []metrics.PoolStats{instance("a", 12, 6)}, 19, 9, 1, 1},
+		{"b is back", 30 * time.Second, []metrics.PoolStats{instance("a", 12, 6), instance("b", 9, 4)}, 21, 10, 2, 2},
+		{"a restarted its counters under the same name", 45 * time.Second, []metrics.PoolStats{instance("a", 2, 1), instance("b", 9, 4)}, 23, 11, 2, 2},
+		{"a and b gone for good, c new", 20 * time.Minute, []metrics.PoolStats{instance("c", 1, 0)}, 24, 11, 1, 1},
+		{"reported twice", 20*time.Minute + 15*time.Second, []metrics.PoolStats{instance("c", 3, 0), instance("c", 3, 0)}, 26, 11, 1, 1},
 	}
-	var c appCounters
-	descs := newPoolDescs()
+	c := NewAppCounters()
 	var prevCount, prevTimeouts uint64
 	for _, st := range steps {
-		pools, ms := c.mergeAppPools(append([]PoolStats{{Pool: "other", Source: SourceActivity}}, st.instances...), descs, start.Add(st.at))
-		if len(pools) != 2 || pools[0].Pool != "other" || len(ms) == 0 {
+		pools := c.merge("db", st.instances, start.Add(st.at))
+		if len(pools) != 1 || pools[0].Pool != "api" {
 			t.Fatalf("%s: pools %+v", st.name, pools)
 		}
-		p := pools[1]
+		p := pools[0]
 		got := p.Checkouts
 		if got.Count != st.count || *got.Timeouts != st.tmo || p.InUse != st.inUse || len(p.Processes) != st.procs || p.Instances != st.procs {
 			t.Errorf("%s: checkouts %d, timeouts %d, in use %d, %d processes, %d instances; want %d, %d, %d, %d",

@@ -26,7 +26,7 @@ const monitorBackendsQuery = `SELECT count(*) FROM pg_stat_activity WHERE applic
 // fleetTargets starts n servers and returns a function that builds one target per server
 // from a YAML file that lists them as host DSNs with an auth module, as a fleet's
 // configuration would.
-func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest.Postgres, func() []Target) {
+func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest.Postgres, func() []*Target) {
 	t.Helper()
 	servers := make([]*pgtest.Postgres, n)
 	for i := range n {
@@ -37,7 +37,7 @@ func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest
 	for i, pg := range servers {
 		fmt.Fprintf(&yaml, "  - name: db%d\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", i, pg.Host, pg.Port)
 	}
-	cfg, err := poolcfg.Parse([]byte(yaml.String()), "fleet.yml")
+	cfg, err := poolcfg.ParseWithDefaults([]byte(yaml.String()), "fleet.yml", poolcfg.DefaultSettings())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,13 +46,13 @@ func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest
 		mutate(&opts)
 	}
 	logger := slog.New(slog.DiscardHandler)
-	return servers, func() []Target {
-		var targets []Target
+	return servers, func() []*Target {
+		var targets []*Target
 		for _, tc := range cfg.Targets {
 			if strings.Contains(tc.DSN.String(), monitorPassword) {
 				t.Fatalf("the combined DSN does not redact: %s", tc.DSN)
 			}
-			pt, err := NewPostgresTarget(tc.Name, tc.DSN, nil, opts, logger)
+			pt, err := NewPostgresTarget(tc.Name, tc.DSN, nil, nil, opts, logger)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,11 +62,11 @@ func fleetTargets(t *testing.T, n int, mutate func(*PostgresOptions)) ([]*pgtest
 	}
 }
 
-func probeGather(t *testing.T, e *Exporter, name string) map[string]*dto.MetricFamily {
+func targetGather(t *testing.T, e *Exporter, name string) map[string]*dto.MetricFamily {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.ProbeCollector(ctx, name)
+	c, err := e.TargetCollector(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,23 +88,23 @@ func targetLabels(mfs map[string]*dto.MetricFamily) map[string]bool {
 	return seen
 }
 
-// TestProbeFleet: a probe scrapes exactly one server; an idle target closes its monitoring
-// connection and reconnects on the next probe; beyond the cap, the least recently used
-// target is disconnected first.
-func TestProbeFleet(t *testing.T) {
+// TestScrapeTargetFleet: a scrape of one target touches exactly one server; an idle target
+// closes its monitoring connection and reconnects on its next scrape; beyond the cap, the
+// least recently used target is disconnected first.
+func TestScrapeTargetFleet(t *testing.T) {
 	servers, targets := fleetTargets(t, 3, func(o *PostgresOptions) { o.Probe = false })
 	fleet := NewFleetMetrics(nil)
-	e := NewExporterWithOptions(targets(), ExporterOptions{MaxConnectedTargets: 2, Fleet: fleet})
+	e := NewExporter(targets(), ExporterOptions{MaxConnectedTargets: 2, Fleet: fleet})
 	fleet.exporter = func() *Exporter { return e }
 	defer e.Close()
 
-	// One probe touches one server.
-	mfs := probeGather(t, e, "db1")
+	// A scrape of one target touches one server.
+	mfs := targetGather(t, e, "db1")
 	if v := mustValue(t, mfs, "dbpool_up", map[string]string{"target": "db1"}); v != 1 {
 		t.Fatalf("dbpool_up{target=db1} = %v", v)
 	}
 	if got := targetLabels(mfs); len(got) != 1 || !got["db1"] {
-		t.Errorf("probe of db1 returned series of targets %v", got)
+		t.Errorf("scrape of db1 returned series of targets %v", got)
 	}
 	waitFor(t, servers[1], monitorBackendsQuery, 1)
 	waitFor(t, servers[0], monitorBackendsQuery, 0)
@@ -115,9 +115,9 @@ func TestProbeFleet(t *testing.T) {
 
 	// Cap 2: db1, db0, then db2 disconnects db1, the least recently used.
 	time.Sleep(10 * time.Millisecond) // distinct last-use times
-	probeGather(t, e, "db0")
+	targetGather(t, e, "db0")
 	time.Sleep(10 * time.Millisecond)
-	probeGather(t, e, "db2")
+	targetGather(t, e, "db2")
 	waitFor(t, servers[1], monitorBackendsQuery, 0)
 	waitFor(t, servers[0], monitorBackendsQuery, 1)
 	waitFor(t, servers[2], monitorBackendsQuery, 1)
@@ -128,7 +128,7 @@ func TestProbeFleet(t *testing.T) {
 # HELP dbpool_exporter_connected_targets Targets that hold or may hold monitoring connections: scraped, and not disconnected since for being idle (--probe.idle-timeout) or over the cap (--probe.max-connected-targets).
 # TYPE dbpool_exporter_connected_targets gauge
 dbpool_exporter_connected_targets 2
-# HELP dbpool_exporter_target_disconnects_total Targets whose monitoring connections were closed, by reason: idle (not scraped for --probe.idle-timeout) or cap (least recently used when a probe needed a connection beyond --probe.max-connected-targets).
+# HELP dbpool_exporter_target_disconnects_total Targets whose monitoring connections were closed, by reason: idle (not scraped for --probe.idle-timeout) or cap (least recently used when a /probe scrape needed a connection beyond --probe.max-connected-targets).
 # TYPE dbpool_exporter_target_disconnects_total counter
 dbpool_exporter_target_disconnects_total{reason="cap"} 1
 dbpool_exporter_target_disconnects_total{reason="idle"} 0
@@ -141,18 +141,18 @@ dbpool_exporter_target_disconnects_total{reason="idle"} 0
 		waitFor(t, pg, monitorBackendsQuery, 0)
 	}
 
-	// Idle: nothing probes for longer than the idle timeout; both backends go.
-	e = NewExporterWithOptions(targets(), ExporterOptions{IdleTimeout: time.Second, Fleet: fleet})
+	// Idle: nothing scrapes for longer than the idle timeout; both backends go.
+	e = NewExporter(targets(), ExporterOptions{IdleTimeout: time.Second, Fleet: fleet})
 	defer e.Close()
-	probeGather(t, e, "db0")
-	probeGather(t, e, "db2")
+	targetGather(t, e, "db0")
+	targetGather(t, e, "db2")
 	waitFor(t, servers[0], monitorBackendsQuery, 0)
 	waitFor(t, servers[2], monitorBackendsQuery, 0)
 	if n := e.ConnectedTargets(); n != 0 {
 		t.Errorf("connected targets after the idle timeout = %d, want 0", n)
 	}
-	// The next probe reconnects.
-	if v := mustValue(t, probeGather(t, e, "db0"), "dbpool_up", map[string]string{"target": "db0"}); v != 1 {
+	// The next scrape reconnects.
+	if v := mustValue(t, targetGather(t, e, "db0"), "dbpool_up", map[string]string{"target": "db0"}); v != 1 {
 		t.Errorf("dbpool_up after reconnecting = %v", v)
 	}
 	waitFor(t, servers[0], monitorBackendsQuery, 1)
@@ -176,18 +176,18 @@ func gatherFleet(t *testing.T, fleet *FleetMetrics) map[string]*dto.MetricFamily
 	return out
 }
 
-// TestProbeUnknownTargetDoesNotConnect: an unknown name is refused before anything dials;
-// the listener behind the configured target sees no connection until that target is probed.
-func TestProbeUnknownTargetDoesNotConnect(t *testing.T) {
+// TestUnknownTargetDoesNotConnect: an unknown name is refused before anything dials; the
+// listener behind the configured target sees no connection until that target is scraped.
+func TestUnknownTargetDoesNotConnect(t *testing.T) {
 	addr, accepted := testbin.SilentListener(t)
 	tgt := newTestTarget(t, fmt.Sprintf("postgres://u:ListenerS3cret@%s/db?sslmode=disable&connect_timeout=1", addr), nil, nil, nil)
-	e := NewExporter([]Target{tgt}, nil)
+	e := NewExporter([]*Target{tgt}, ExporterOptions{})
 	for _, name := range []string{"", "nope", "DB", "postgres://u:p@h/db"} {
-		if _, err := e.Probe(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
-			t.Errorf("Probe(%q) = %v, want ErrUnknownTarget", name, err)
+		if _, err := e.ScrapeTarget(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
+			t.Errorf("ScrapeTarget(%q) = %v, want ErrUnknownTarget", name, err)
 		}
-		if _, err := e.ProbeCollector(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
-			t.Errorf("ProbeCollector(%q) = %v, want ErrUnknownTarget", name, err)
+		if _, err := e.TargetCollector(context.Background(), name); !errors.Is(err, ErrUnknownTarget) {
+			t.Errorf("TargetCollector(%q) = %v, want ErrUnknownTarget", name, err)
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -196,96 +196,84 @@ func TestProbeUnknownTargetDoesNotConnect(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if _, err := e.Probe(ctx, "db"); err != nil {
+	if _, err := e.ScrapeTarget(ctx, "db"); err != nil {
 		t.Fatal(err)
 	}
 	if n := accepted.Load(); n == 0 {
-		t.Error("probing the configured target did not reach its listener: the counter is broken")
+		t.Error("scraping the configured target did not reach its listener: the counter is broken")
 	}
 }
 
-// fakeTarget counts scrapes, releases and closes; inPlace makes it a ConnectionReleaser.
+// fakeTarget is a Target whose one source counts its scrapes (and, with block, waits for
+// it to close); releases and closes are counted too.
 type fakeTarget struct {
-	name                     string
-	scrapes, releases, close atomic.Int64
-	block                    chan struct{} // if not nil, Scrape waits for it
+	*Target
+	scrapes, releases, closes atomic.Int64
 }
 
-func (f *fakeTarget) Name() string { return f.name }
-func (f *fakeTarget) Scrape(context.Context) Result {
-	f.scrapes.Add(1)
-	if f.block != nil {
-		<-f.block
-	}
-	return Result{Metrics: []prometheus.Metric{prometheus.MustNewConstMetric(reopenHealth.up, prometheus.GaugeValue, 1, f.name)}}
+func newFakeTarget(name string, block chan struct{}) *fakeTarget {
+	f := &fakeTarget{}
+	source := &fakeSource{name: "fake", scrape: func(context.Context) (Scraped, error) {
+		f.scrapes.Add(1)
+		if block != nil {
+			<-block
+		}
+		return Scraped{Reached: true}, nil
+	}}
+	f.Target = newTarget(name, []Source{source}, func() { f.releases.Add(1) }, func() { f.closes.Add(1) }, slog.New(slog.DiscardHandler))
+	return f
 }
-func (f *fakeTarget) Close() { f.close.Add(1) }
-
-type releasingTarget struct{ *fakeTarget }
-
-func (r releasingTarget) ReleaseConnections() { r.releases.Add(1) }
 
 // TestExporterLRU: the cap disconnects the least recently used idle target, never a busy
-// one; a target that cannot release in place is closed and reopened.
+// one.
 func TestExporterLRU(t *testing.T) {
-	a, b := &fakeTarget{name: "a"}, &fakeTarget{name: "b"}
-	bouncer := &fakeTarget{name: "bouncer"}
-	var reopened atomic.Int64
+	a, b, c := newFakeTarget("a", nil), newFakeTarget("b", nil), newFakeTarget("c", nil)
 	now := time.Unix(1000, 0)
 	var clock sync.Mutex
-	e := NewExporterWithOptions([]Target{releasingTarget{a}, releasingTarget{b}, bouncer}, ExporterOptions{
-		MaxConnectedTargets: 2,
-		Reopen: func(string) (Target, error) {
-			reopened.Add(1)
-			return bouncer, nil
-		},
-	})
+	e := NewExporter([]*Target{a.Target, b.Target, c.Target}, ExporterOptions{MaxConnectedTargets: 2})
 	e.now = func() time.Time { clock.Lock(); defer clock.Unlock(); now = now.Add(time.Second); return now }
-	defer e.Close()
 	ctx := context.Background()
-	probe := func(name string) {
+	scrape := func(name string) {
 		t.Helper()
-		if _, err := e.Probe(ctx, name); err != nil {
+		if _, err := e.ScrapeTarget(ctx, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	probe("a")
-	probe("b")
-	probe("a") // b is now the least recently used
+	scrape("a")
+	scrape("b")
+	scrape("a") // b is now the least recently used
 	if a.releases.Load()+b.releases.Load() != 0 || e.ConnectedTargets() != 2 {
 		t.Fatalf("within the cap: releases a=%d b=%d, connected %d", a.releases.Load(), b.releases.Load(), e.ConnectedTargets())
 	}
-	probe("bouncer")
+	scrape("c")
 	if b.releases.Load() != 1 || a.releases.Load() != 0 {
 		t.Errorf("over the cap: releases a=%d b=%d, want b released", a.releases.Load(), b.releases.Load())
 	}
-	probe("b") // a (used before bouncer) is the least recently used
+	scrape("b") // a (used before c) is the least recently used
 	if a.releases.Load() != 1 {
-		t.Errorf("probe of b should release a (LRU): releases a=%d", a.releases.Load())
+		t.Errorf("scrape of b should release a (LRU): releases a=%d", a.releases.Load())
 	}
-	probe("a") // bouncer is the LRU: it cannot release in place, so it is closed
-	e.bg.Wait()
-	if bouncer.close.Load() != 1 {
-		t.Errorf("bouncer closes = %d, want 1", bouncer.close.Load())
+	scrape("a") // c is the LRU
+	if c.releases.Load() != 1 || c.scrapes.Load() != 1 || e.ConnectedTargets() != 2 {
+		t.Errorf("c: released %d times, scraped %d, connected %d; want 1, 1, 2", c.releases.Load(), c.scrapes.Load(), e.ConnectedTargets())
 	}
-	probe("bouncer")
-	if reopened.Load() != 1 || bouncer.scrapes.Load() != 2 {
-		t.Errorf("bouncer reopened %d times, scraped %d, want 1 and 2", reopened.Load(), bouncer.scrapes.Load())
+	e.Close()
+	if a.closes.Load() != 1 || b.closes.Load() != 1 || c.closes.Load() != 1 {
+		t.Errorf("closes after Close: a=%d b=%d c=%d, want 1 each", a.closes.Load(), b.closes.Load(), c.closes.Load())
 	}
 
 	// A busy target is not disconnected: the cap is exceeded while it runs and restored
 	// when it ends.
-	e2 := NewExporterWithOptions([]Target{releasingTarget{&fakeTarget{name: "x", block: make(chan struct{})}}, releasingTarget{&fakeTarget{name: "y"}}},
-		ExporterOptions{MaxConnectedTargets: 1})
+	block := make(chan struct{})
+	x, y := newFakeTarget("x", block), newFakeTarget("y", nil)
+	e2 := NewExporter([]*Target{x.Target, y.Target}, ExporterOptions{MaxConnectedTargets: 1})
 	defer e2.Close()
-	x := e2.byName["x"].target.(releasingTarget)
-	y := e2.byName["y"].target.(releasingTarget)
 	done := make(chan struct{})
-	go func() { defer close(done); _, _ = e2.Probe(ctx, "x") }()
+	go func() { defer close(done); _, _ = e2.ScrapeTarget(ctx, "x") }()
 	for x.scrapes.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := e2.Probe(ctx, "y"); err != nil {
+	if _, err := e2.ScrapeTarget(ctx, "y"); err != nil {
 		t.Fatal(err)
 	}
 	if x.releases.Load() != 0 {
@@ -293,9 +281,9 @@ func TestExporterLRU(t *testing.T) {
 	}
 	// y is idle now and x busy: y goes, to restore the cap.
 	if y.releases.Load() != 1 || e2.ConnectedTargets() != 1 {
-		t.Errorf("after the probe of y: y releases %d, connected %d", y.releases.Load(), e2.ConnectedTargets())
+		t.Errorf("after the scrape of y: y releases %d, connected %d", y.releases.Load(), e2.ConnectedTargets())
 	}
-	close(x.block)
+	close(block)
 	<-done
 	if e2.ConnectedTargets() != 1 {
 		t.Errorf("connected = %d, want 1", e2.ConnectedTargets())
@@ -306,13 +294,13 @@ func TestExporterLRU(t *testing.T) {
 // sampler's ScrapeConnected does not count as a use, so idle targets still go.
 func TestExporterScrapeAllIsNotCapped(t *testing.T) {
 	var fakes []*fakeTarget
-	var targets []Target
+	var targets []*Target
 	for _, n := range []string{"a", "b", "c"} {
-		f := &fakeTarget{name: n}
+		f := newFakeTarget(n, nil)
 		fakes = append(fakes, f)
-		targets = append(targets, releasingTarget{f})
+		targets = append(targets, f.Target)
 	}
-	e := NewExporterWithOptions(targets, ExporterOptions{MaxConnectedTargets: 1, IdleTimeout: 200 * time.Millisecond})
+	e := NewExporter(targets, ExporterOptions{MaxConnectedTargets: 1, IdleTimeout: 200 * time.Millisecond})
 	defer e.Close()
 	e.Scrape(context.Background())
 	if n := e.ConnectedTargets(); n != 3 {
@@ -328,7 +316,7 @@ func TestExporterScrapeAllIsNotCapped(t *testing.T) {
 	}
 	for _, f := range fakes {
 		if f.releases.Load() != 1 {
-			t.Errorf("%s released %d times, want 1", f.name, f.releases.Load())
+			t.Errorf("%s released %d times, want 1", f.Name(), f.releases.Load())
 		}
 	}
 	if r := e.ScrapeConnected(context.Background()); len(r.Metrics) != 0 {

@@ -2,14 +2,14 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -38,25 +38,25 @@ func TestGroupActivity(t *testing.T) {
 			// Only 2 of 4 instances are up (a rollout, autoscaling): still per instance.
 			name: "instance capture, fewer instances seen than configured",
 			pool: withInstance,
-			rows: []activityRow{row("api-0", StateActive, 4), row("api-1", StateIdle, 1)},
+			rows: []activityRow{row("api-0", metrics.StateActive, 4), row("api-1", metrics.StateIdle, 1)},
 			// api-0: 4 open, 2 over its pool_size; api-1: 1 open, none over.
 			wantOverflow: 2, wantInUse: 4, wantSessions: true,
-			wantStates: map[string]int{StateActive: 4, StateIdle: 1, StateIdleInTransaction: 0, StateIdleInTransactionAborted: 0},
+			wantStates: map[string]int{metrics.StateActive: 4, metrics.StateIdle: 1, metrics.StateIdleInTransaction: 0, metrics.StateIdleInTransactionAborted: 0},
 		},
 		{
 			// One application_name for all instances: only the group total is known.
 			name:         "no instance capture: lower bound from the group",
 			pool:         withoutInstance,
-			rows:         []activityRow{row("api", StateActive, 9), row("api", StateIdleInTransaction, 1)},
+			rows:         []activityRow{row("api", metrics.StateActive, 9), row("api", metrics.StateIdleInTransaction, 1)},
 			wantOverflow: 10 - 4*2, wantInUse: 10, wantSessions: true,
-			wantStates: map[string]int{StateActive: 9, StateIdle: 0, StateIdleInTransaction: 1, StateIdleInTransactionAborted: 0},
+			wantStates: map[string]int{metrics.StateActive: 9, metrics.StateIdle: 0, metrics.StateIdleInTransaction: 1, metrics.StateIdleInTransactionAborted: 0},
 		},
 		{
 			name:         "hidden states: ages and zero states left out",
 			pool:         withInstance,
-			rows:         []activityRow{row("api-0", StateUnknown, 3), row("api-1", StateActive, 1)},
+			rows:         []activityRow{row("api-0", metrics.StateUnknown, 3), row("api-1", metrics.StateActive, 1)},
 			wantOverflow: 1, wantInUse: 1, wantSessions: false,
-			wantStates: map[string]int{StateUnknown: 3, StateActive: 1},
+			wantStates: map[string]int{metrics.StateUnknown: 3, metrics.StateActive: 1},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,21 +83,41 @@ func TestGroupActivity(t *testing.T) {
 	}
 }
 
-// TestRunJobsRecoversPanics: a collector that panics fails its own job, not the daemon.
-func TestRunJobsRecoversPanics(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// fakeSource returns what scrape returns.
+type fakeSource struct {
+	name   string
+	scrape func(context.Context) (Scraped, error)
+}
+
+func (f *fakeSource) Name() string                                { return f.name }
+func (f *fakeSource) Scrape(ctx context.Context) (Scraped, error) { return f.scrape(ctx) }
+
+// TestRunSources: a source that panics fails alone, and one that ignores its deadline
+// counts as failed at the scrape's deadline, in the sources' order.
+func TestRunSources(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	results := runJobs(ctx, []job{
-		{name: "boom", run: func(context.Context) ([]prometheus.Metric, []PoolStats, error) { panic("bad label value") }},
-		{name: "fine", run: func(context.Context) ([]prometheus.Metric, []PoolStats, error) { return nil, nil, nil }},
+	release := make(chan struct{})
+	defer close(release)
+	start := time.Now()
+	results := runSources(ctx, []Source{
+		&fakeSource{"boom", func(context.Context) (Scraped, error) { panic("bad label value") }},
+		&fakeSource{"fine", func(context.Context) (Scraped, error) { return Scraped{Reached: true}, nil }},
+		&fakeSource{"stuck", func(context.Context) (Scraped, error) { <-release; return Scraped{}, nil }},
 	})
-	if len(results) != 2 {
-		t.Fatalf("got %d results", len(results))
+	if elapsed := time.Since(start); elapsed > 2*time.Second {
+		t.Errorf("runSources took %v past a 500 ms deadline", elapsed)
+	}
+	if len(results) != 3 || results[0].name != "boom" || results[1].name != "fine" || results[2].name != "stuck" {
+		t.Fatalf("results %+v", results)
 	}
 	if err := results[0].err; err == nil || !strings.Contains(err.Error(), "bad label value") {
-		t.Errorf("panicking job: err = %v, want the panic as error", err)
+		t.Errorf("panicking source: err = %v, want the panic as error", err)
 	}
-	if results[1].err != nil {
-		t.Errorf("other job: err = %v", results[1].err)
+	if results[1].err != nil || !results[1].Reached {
+		t.Errorf("other source: err = %v, reached %v", results[1].err, results[1].Reached)
+	}
+	if err := results[2].err; !errors.Is(err, context.DeadlineExceeded) || results[2].duration < 400*time.Millisecond {
+		t.Errorf("stuck source: err = %v after %v, want the deadline", err, results[2].duration)
 	}
 }

@@ -47,9 +47,16 @@ func mustDSN(t *testing.T, s string) poolcfg.DSN {
 	return d
 }
 
-func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Writer, mutate func(*PostgresOptions)) *PostgresTarget {
+func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Writer, mutate func(*PostgresOptions)) *Target {
+	t.Helper()
+	return newAppTarget(t, dsn, pools, nil, logs, mutate)
+}
+
+// newAppTarget is newTestTarget with app endpoints, whose counters last as long as the test.
+func newAppTarget(t *testing.T, dsn string, pools []poolcfg.Pool, apps []poolcfg.App, logs io.Writer, mutate func(*PostgresOptions)) *Target {
 	t.Helper()
 	opts := DefaultPostgresOptions()
+	opts.AppCounters = NewAppCounters()
 	if mutate != nil {
 		mutate(&opts)
 	}
@@ -57,7 +64,7 @@ func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Write
 		logs = io.Discard
 	}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	tgt, err := NewPostgresTarget("db", mustDSN(t, dsn), pools, opts, logger)
+	tgt, err := NewPostgresTarget("db", mustDSN(t, dsn), pools, apps, opts, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,11 +73,11 @@ func newTestTarget(t *testing.T, dsn string, pools []poolcfg.Pool, logs io.Write
 }
 
 // gather scrapes the target once under a deadline and returns the metric families by name.
-func gather(t *testing.T, tgt Target, timeout time.Duration) map[string]*dto.MetricFamily {
+func gather(t *testing.T, tgt *Target, timeout time.Duration) map[string]*dto.MetricFamily {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return testbin.Gather(t, NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx))
+	return testbin.Gather(t, NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(ctx))
 }
 
 // value returns the value of the series of name whose labels include want.
@@ -155,7 +162,7 @@ func background(t *testing.T, conn *pgx.Conn, sql string) {
 
 // gatherWithin scrapes under deadline and fails the test if the answer came more than a
 // second late: a down, frozen or blocked target must still answer in time.
-func gatherWithin(t *testing.T, tgt Target, deadline time.Duration) map[string]*dto.MetricFamily {
+func gatherWithin(t *testing.T, tgt *Target, deadline time.Duration) map[string]*dto.MetricFamily {
 	t.Helper()
 	start := time.Now()
 	mfs := gather(t, tgt, deadline)

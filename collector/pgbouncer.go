@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -28,9 +28,6 @@ type PgBouncerOptions struct {
 func DefaultPgBouncerOptions() PgBouncerOptions {
 	return PgBouncerOptions{MaxConnLifetime: 30 * time.Minute}
 }
-
-// pgbouncerCollector is the collector label of the PgBouncer target's only job.
-const pgbouncerCollector = SourcePgBouncer
 
 // The console statements of one scrape, in order. The console accepts one command per
 // query message (no "SHOW POOLS; SHOW STATS"), so a scrape is len(pgbouncerStatements) round
@@ -49,33 +46,22 @@ var pgbouncerStatements = []string{pgbVersionQuery, pgbConfigQuery, pgbDatabases
 // pgbAdminDatabase is the console's own pseudo-database; it is not an application pool.
 const pgbAdminDatabase = "pgbouncer"
 
-// PgBouncer server connection states as SHOW POOLS names them (sv_<state>), the values of
-// dbpool_connections{state} for this source.
-const (
-	PgBouncerStateActive        = "active"
-	PgBouncerStateIdle          = "idle"
-	PgBouncerStateUsed          = "used"
-	PgBouncerStateTested        = "tested"
-	PgBouncerStateLogin         = "login"
-	PgBouncerStateActiveCancel  = "active_cancel"
-	PgBouncerStateBeingCanceled = "being_canceled"
-)
-
 // pgbServerStates are the SHOW POOLS columns that together are every server connection a
 // pool holds (PgBouncer's pool_server_count). sv_active_cancel and sv_being_canceled exist
 // from PgBouncer 1.18 on and are counted only where present.
 var pgbServerStates = []struct{ column, state string }{
-	{"sv_active", PgBouncerStateActive},
-	{"sv_idle", PgBouncerStateIdle},
-	{"sv_used", PgBouncerStateUsed},
-	{"sv_tested", PgBouncerStateTested},
-	{"sv_login", PgBouncerStateLogin},
-	{"sv_active_cancel", PgBouncerStateActiveCancel},
-	{"sv_being_canceled", PgBouncerStateBeingCanceled},
+	{"sv_active", metrics.PgBouncerStateActive},
+	{"sv_idle", metrics.PgBouncerStateIdle},
+	{"sv_used", metrics.PgBouncerStateUsed},
+	{"sv_tested", metrics.PgBouncerStateTested},
+	{"sv_login", metrics.PgBouncerStateLogin},
+	{"sv_active_cancel", metrics.PgBouncerStateActiveCancel},
+	{"sv_being_canceled", metrics.PgBouncerStateBeingCanceled},
 }
 
-// PgBouncerTarget watches one PgBouncer through its admin console. Each PgBouncer pool
-// (database, user) becomes a pool labelled "<database>/<user>", in the shared pool series.
+// pgbouncerSource reads one PgBouncer's admin console, the only source of a PgBouncer
+// target. Each PgBouncer pool (database, user) becomes a pool labelled "<database>/<user>",
+// in the shared pool series.
 //
 // Mapping of PgBouncer's numbers onto the pool model:
 //   - size: pool_size of the user (SHOW USERS, 1.24+), else of the database (SHOW
@@ -97,12 +83,10 @@ var pgbServerStates = []struct{ column, state string }{
 //     counter: clients dropped by query_wait_timeout show only in PgBouncer's log, so
 //     dbpool_checkout_timeouts_total is absent rather than a made-up zero.
 //   - longest checkout wait: maxwait + maxwait_us, with microsecond resolution.
-type PgBouncerTarget struct {
-	targetBase
-	opts     PgBouncerOptions
-	connCfg  *pgx.ConnConfig
-	poolDesc *poolDescs
-	info     *prometheus.Desc
+type pgbouncerSource struct {
+	target  string
+	opts    PgBouncerOptions
+	connCfg *pgx.ConnConfig
 
 	// slot guards the console connection: whoever holds the slot owns conn, connectedAt
 	// and closed. It is a channel rather than a mutex so that waiting for it obeys the
@@ -113,9 +97,11 @@ type PgBouncerTarget struct {
 	closed      bool
 }
 
-// NewPgBouncerTarget prepares a target; it does not connect until the first scrape, so that
-// the exporter starts (and answers dbpool_up 0) while PgBouncer is down.
-func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, logger *slog.Logger) (*PgBouncerTarget, error) {
+// NewPgBouncerTarget prepares a PgBouncer target; it does not connect until the first
+// scrape, so that the exporter starts (and answers dbpool_up 0) while PgBouncer is down.
+// Concurrent scrapes share one collection, so the console never sees more than one
+// exporter session.
+func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, logger *slog.Logger) (*Target, error) {
 	cfg, err := pgx.ParseConfig(dsn.ConnString())
 	if err != nil {
 		return nil, fmt.Errorf("target %q: parsing DSN %s: %w", name, dsn, poolcfg.RedactError(err))
@@ -134,45 +120,29 @@ func NewPgBouncerTarget(name string, dsn poolcfg.DSN, opts PgBouncerOptions, log
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
-	return &PgBouncerTarget{
-		targetBase: newTargetBase(name, logger),
-		opts:       opts,
-		connCfg:    cfg,
-		poolDesc:   newPoolDescs(),
-		info: prometheus.NewDesc(prometheus.BuildFQName(namespace, "pgbouncer", "info"),
-			"Always 1; the version of the PgBouncer behind the target, from SHOW VERSION.", []string{"target", "version"}, nil),
-		slot: make(chan struct{}, 1),
-	}, nil
+	s := &pgbouncerSource{target: name, opts: opts, connCfg: cfg, slot: make(chan struct{}, 1)}
+	return newTarget(name, []Source{s}, s.release, s.close, logger), nil
 }
 
-// Describe sends every descriptor a PgBouncer target can emit.
-func (t *PgBouncerTarget) Describe(ch chan<- *prometheus.Desc) {
-	t.health.describe(ch)
-	t.poolDesc.describe(ch)
-	ch <- t.info
-}
+func (*pgbouncerSource) Name() string { return metrics.CollectorPgBouncer }
 
-// Close closes the console connection. It waits for a collection in flight, which is
+// close closes the console connection. It waits for a collection in flight, which is
 // bounded by its scrape's deadline.
-func (t *PgBouncerTarget) Close() {
-	t.slot <- struct{}{}
-	defer func() { <-t.slot }()
-	t.closed = true
-	t.dropConn()
+func (s *pgbouncerSource) close() {
+	s.slot <- struct{}{}
+	defer func() { <-s.slot }()
+	s.closed = true
+	s.dropConn()
 }
 
-// Scrape collects the target once. Concurrent scrapes share one collection, so the console
-// never sees more than one exporter session.
-func (t *PgBouncerTarget) Scrape(ctx context.Context) Result {
-	return t.scrapeShared(ctx, t.jobs, nil)
-}
-
-// jobs is the target's one job; reached is set once the console answered SHOW VERSION:
-// PgBouncer is up even if a later statement fails (that shows in dbpool_scrape_success).
-func (t *PgBouncerTarget) jobs(reached *atomic.Bool) []job {
-	return []job{{name: pgbouncerCollector, run: func(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
-		return t.collect(ctx, reached)
-	}}}
+// release closes the console connection without making the caller wait: at once if no
+// collection holds it, else when that collection is done. The next scrape logs in again.
+func (s *pgbouncerSource) release() {
+	go func() {
+		s.slot <- struct{}{}
+		defer func() { <-s.slot }()
+		s.dropConn()
+	}()
 }
 
 // pgbSample is everything one scrape read from the console.
@@ -185,116 +155,117 @@ type pgbSample struct {
 	stats     []pgbStatsRow
 }
 
-// collect is the job: it reads the console and turns the sample into metrics.
-func (t *PgBouncerTarget) collect(ctx context.Context, reached *atomic.Bool) ([]prometheus.Metric, []PoolStats, error) {
-	s, err := t.read(ctx, reached)
+// Scrape reads the console and maps what it read onto pools. PgBouncer counts as reached
+// once the console answered SHOW VERSION, even if a later statement fails (that shows in
+// dbpool_scrape_success).
+func (s *pgbouncerSource) Scrape(ctx context.Context) (Scraped, error) {
+	var out Scraped
+	sample, err := s.read(ctx, &out.Reached)
 	if err != nil {
-		return nil, nil, err
+		return out, err
 	}
-	pools, err := buildPgBouncerPools(t.name, s)
-	if err != nil {
-		return nil, nil, err
+	if out.Pools, err = buildPgBouncerPools(s.target, sample); err != nil {
+		return out, err
 	}
-	ms := []prometheus.Metric{prometheus.MustNewConstMetric(t.info, prometheus.GaugeValue, 1, t.name, s.version)}
-	out := make([]PoolStats, 0, len(pools))
-	for i := range pools {
-		p := &pools[i]
-		ms = t.poolDesc.appendMetrics(ms, p)
-		out = append(out, *p)
-	}
-	return ms, out, nil
+	out.Metrics = []prometheus.Metric{metrics.PgBouncerInfo.Metric(1, s.target, sample.version)}
+	return out, nil
 }
 
 // read takes the console connection and runs every statement of a scrape on it.
-func (t *PgBouncerTarget) read(ctx context.Context, reached *atomic.Bool) (*pgbSample, error) {
+func (s *pgbouncerSource) read(ctx context.Context, reached *bool) (*pgbSample, error) {
 	select {
-	case t.slot <- struct{}{}:
+	case s.slot <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for the console connection: %w", ctx.Err())
 	}
-	defer func() { <-t.slot }()
-	if t.closed {
+	defer func() { <-s.slot }()
+	if s.closed {
 		return nil, errors.New("target closed")
 	}
-	s, err := t.readLocked(ctx, reached)
-	if err != nil && t.conn != nil && (t.conn.IsClosed() || ctx.Err() != nil) {
+	sample, err := s.readLocked(ctx, reached)
+	if err != nil && s.conn != nil && (s.conn.IsClosed() || ctx.Err() != nil) {
 		// A network error or a cut-off statement leaves the connection unusable: log in
 		// afresh next time. An error the console answered with keeps it.
-		t.dropConn()
+		s.dropConn()
 	}
-	return s, err
+	return sample, err
 }
 
-func (t *PgBouncerTarget) readLocked(ctx context.Context, reached *atomic.Bool) (*pgbSample, error) {
-	if t.conn != nil && t.opts.MaxConnLifetime > 0 && time.Since(t.connectedAt) > t.opts.MaxConnLifetime {
-		t.dropConn()
+func (s *pgbouncerSource) readLocked(ctx context.Context, reached *bool) (*pgbSample, error) {
+	if s.conn != nil && s.opts.MaxConnLifetime > 0 && time.Since(s.connectedAt) > s.opts.MaxConnLifetime {
+		s.dropConn()
 	}
-	reused := t.conn != nil
-	if err := t.ensureConn(ctx); err != nil {
+	reused := s.conn != nil
+	if err := s.ensureConn(ctx); err != nil {
 		return nil, err
 	}
-	version, err := queryConsole(ctx, t.conn, pgbVersionQuery)
-	if err != nil && reused && t.conn.IsClosed() && ctx.Err() == nil {
+	version, err := queryConsole(ctx, s.conn, pgbVersionQuery)
+	if err != nil && reused && s.conn.IsClosed() && ctx.Err() == nil {
 		// The kept connection died with a PgBouncer restart; one fresh login tells
 		// whether PgBouncer is back, so the first scrape after a restart succeeds.
-		t.dropConn()
-		if err := t.ensureConn(ctx); err != nil {
+		s.dropConn()
+		if err := s.ensureConn(ctx); err != nil {
 			return nil, err
 		}
-		version, err = queryConsole(ctx, t.conn, pgbVersionQuery)
+		version, err = queryConsole(ctx, s.conn, pgbVersionQuery)
 	}
 	if err != nil {
 		return nil, err
 	}
-	reached.Store(true)
-	s := &pgbSample{version: parseVersion(version)}
+	*reached = true
+	sample := &pgbSample{version: parseVersion(version)}
 	tables := make(map[string][]consoleRow, len(pgbouncerStatements))
 	for _, q := range pgbouncerStatements[1:] {
-		rows, err := queryConsole(ctx, t.conn, q)
+		rows, err := queryConsole(ctx, s.conn, q)
 		if err != nil {
 			return nil, err
 		}
 		tables[q] = rows
 	}
-	if s.config, err = parseConfig(tables[pgbConfigQuery]); err != nil {
+	if sample.config, err = parseConfig(tables[pgbConfigQuery]); err != nil {
 		return nil, err
 	}
-	if s.databases, err = parseRows(pgbDatabasesQuery, tables[pgbDatabasesQuery], parseDatabaseRow); err != nil {
+	if sample.databases, err = parseRows(pgbDatabasesQuery, tables[pgbDatabasesQuery], parseDatabaseRow); err != nil {
 		return nil, err
 	}
-	if s.users, err = parseRows(pgbUsersQuery, tables[pgbUsersQuery], parseUserRow); err != nil {
+	if sample.users, err = parseRows(pgbUsersQuery, tables[pgbUsersQuery], parseUserRow); err != nil {
 		return nil, err
 	}
-	if s.pools, err = parseRows(pgbPoolsQuery, tables[pgbPoolsQuery], parsePoolRow); err != nil {
+	if sample.pools, err = parseRows(pgbPoolsQuery, tables[pgbPoolsQuery], parsePoolRow); err != nil {
 		return nil, err
 	}
-	if s.stats, err = parseRows(pgbStatsQuery, tables[pgbStatsQuery], parseStatsRow); err != nil {
+	if sample.stats, err = parseRows(pgbStatsQuery, tables[pgbStatsQuery], parseStatsRow); err != nil {
 		return nil, err
 	}
-	return s, nil
+	return sample, nil
 }
 
 // ensureConn logs in to the console if there is no connection. Callers hold the slot.
-func (t *PgBouncerTarget) ensureConn(ctx context.Context) error {
-	if t.conn != nil {
+func (s *pgbouncerSource) ensureConn(ctx context.Context) error {
+	if s.conn != nil {
 		return nil
 	}
-	conn, err := pgx.ConnectConfig(ctx, t.connCfg.Copy())
+	conn, err := pgx.ConnectConfig(ctx, s.connCfg.Copy())
 	if err != nil {
 		return fmt.Errorf("console connection: %w", err)
 	}
-	t.conn, t.connectedAt = conn, time.Now()
+	s.conn, s.connectedAt = conn, time.Now()
 	return nil
 }
 
 // dropConn closes the console connection. Callers hold the slot.
-func (t *PgBouncerTarget) dropConn() {
-	if t.conn == nil {
+func (s *pgbouncerSource) dropConn() {
+	if s.conn == nil {
 		return
 	}
-	// Close sends Terminate; a dead PgBouncer must not hold the caller.
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	closeConn(s.conn)
+	s.conn = nil
+}
+
+// closeConn closes a console connection. Closing sends Terminate; a dead PgBouncer must not
+// hold the caller.
+func closeConn(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	_ = t.conn.Close(ctx)
-	t.conn = nil
+	_ = conn.Close(ctx)
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // consoleRow is one row of a console answer, addressed by column name so that columns that
@@ -154,7 +156,7 @@ func parsePoolRow(r consoleRow) (pgbPoolRow, error) {
 		}
 	}
 	// Without these two the pool's in-use and idle counts would be made up.
-	for _, state := range []string{PgBouncerStateActive, PgBouncerStateIdle} {
+	for _, state := range []string{metrics.PgBouncerStateActive, metrics.PgBouncerStateIdle} {
 		if _, ok := p.servers[state]; !ok {
 			return p, fmt.Errorf("column %q missing or NULL", "sv_"+state)
 		}

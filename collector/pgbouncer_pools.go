@@ -4,12 +4,13 @@
 package collector
 
 import (
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 // buildPgBouncerPools maps one console sample onto the shared pool model (see
-// PgBouncerTarget for the mapping).
-func buildPgBouncerPools(target string, s *pgbSample) ([]PoolStats, error) {
+// pgbouncerSource for the mapping).
+func buildPgBouncerPools(target string, s *pgbSample) ([]metrics.PoolStats, error) {
 	g, err := s.config.globals()
 	if err != nil {
 		return nil, err
@@ -28,7 +29,7 @@ func buildPgBouncerPools(target string, s *pgbSample) ([]PoolStats, error) {
 	for _, p := range s.pools {
 		poolsPerDB[p.database]++
 	}
-	out := make([]PoolStats, 0, len(s.pools))
+	out := make([]metrics.PoolStats, 0, len(s.pools))
 	for _, p := range s.pools {
 		if p.database == pgbAdminDatabase {
 			continue
@@ -79,16 +80,15 @@ func buildPgBouncerPools(target string, s *pgbSample) ([]PoolStats, error) {
 			states[state] = n
 		}
 		pending := p.clWaiting
-		ps := PoolStats{
+		ps := metrics.PoolStats{
 			Target:             target,
 			Pool:               p.database + "/" + p.user,
-			Source:             SourcePgBouncer,
-			Exact:              true,
+			Source:             metrics.SourcePgBouncer,
 			Configured:         true,
 			Settings:           settings,
 			Instances:          1,
 			Open:               open,
-			InUse:              p.servers[PgBouncerStateActive],
+			InUse:              p.servers[metrics.PgBouncerStateActive],
 			Overflow:           max(0, open-settings.PoolSize),
 			States:             states,
 			Pending:            &pending,
@@ -151,7 +151,7 @@ func attributeStats(pools []pgbPoolRow, stats []pgbStatsRow, dbs map[string]*pgb
 
 // checkoutStats picks the counter that counts server assignments in this pool mode; nil
 // when none does (session mode before PgBouncer 1.23).
-func checkoutStats(st pgbStatsRow, mode string) *CheckoutStats {
+func checkoutStats(st pgbStatsRow, mode string) *metrics.CheckoutStats {
 	count := st.assignments
 	if count == nil {
 		switch mode {
@@ -164,7 +164,7 @@ func checkoutStats(st pgbStatsRow, mode string) *CheckoutStats {
 	if count == nil || st.waitMicros == nil {
 		return nil
 	}
-	return &CheckoutStats{
+	return &metrics.CheckoutStats{
 		Count:           *count,
 		DurationSeconds: float64(*st.waitMicros) / 1e6,
 	}

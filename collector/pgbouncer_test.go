@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
@@ -356,8 +357,8 @@ func TestPgBouncerBuildPools(t *testing.T) {
 			for i, w := range tc.want {
 				p := got[i]
 				s := p.Settings
-				if p.Pool != w.pool || p.Target != "bouncer" || p.Source != SourcePgBouncer || !p.Exact || !p.Configured || p.Instances != 1 {
-					t.Errorf("pool %d: identity %q %q %q exact=%v configured=%v instances=%d", i, p.Target, p.Pool, p.Source, p.Exact, p.Configured, p.Instances)
+				if p.Pool != w.pool || p.Target != "bouncer" || p.Source != metrics.SourcePgBouncer || !p.Configured || p.Instances != 1 {
+					t.Errorf("pool %d: identity %q %q %q configured=%v instances=%d", i, p.Target, p.Pool, p.Source, p.Configured, p.Instances)
 				}
 				if s.PoolSize != w.size || s.MaxOverflow != w.maxOver || s.Timeout != w.timeout || s.Recycle != w.recycle || s.PrePing != w.prePing {
 					t.Errorf("%s: settings %+v, want size %d overflow %d timeout %v recycle %v pre-ping %v", w.pool, s, w.size, w.maxOver, w.timeout, w.recycle, w.prePing)
@@ -415,7 +416,7 @@ func TestPgBouncerConfigErrors(t *testing.T) {
 
 // --- integration tests against a real PgBouncer ---
 
-func newPgBouncerTestTarget(t testing.TB, dsn string, logs io.Writer, mutate ...func(*PgBouncerOptions)) *PgBouncerTarget {
+func newPgBouncerTestTarget(t testing.TB, dsn string, logs io.Writer, mutate ...func(*PgBouncerOptions)) *Target {
 	t.Helper()
 	opts := DefaultPgBouncerOptions()
 	for _, m := range mutate {
@@ -568,7 +569,7 @@ dbpool_scrape_success{collector="pgbouncer",target="bouncer"} 1
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := NewExporter([]Target{tgt}, nil).ScrapeCollector(ctx)
+	c := NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(ctx)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"dbpool_checkout_timeout_seconds", "dbpool_instances", "dbpool_max_connections", "dbpool_max_overflow_connections",
 		"dbpool_pgbouncer_info", "dbpool_pool_info", "dbpool_pre_ping_enabled", "dbpool_recycle_seconds",
@@ -658,7 +659,7 @@ func TestPgBouncerSaturatedPool(t *testing.T) {
 	if _, ok := during["dbpool_checkout_timeouts_total"]; ok {
 		t.Error("dbpool_checkout_timeouts_total is exported, but PgBouncer does not count timeouts")
 	}
-	assertLintClean(t, NewExporter([]Target{tgt}, nil).ScrapeCollector(context.Background()))
+	assertLintClean(t, NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(context.Background()))
 
 	wg.Wait()
 	close(errs)

@@ -7,68 +7,76 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 )
 
-// probeDescs time what an application's pool does when it grows: a fresh login, and a
-// checkout plus pre-ping from an existing pool.
-type probeDescs struct {
-	connectSeconds  *prometheus.Desc
-	connectSuccess  *prometheus.Desc
-	checkoutSeconds *prometheus.Desc
+// probeSource times what an application's pool does when it grows: a fresh login (TCP, TLS,
+// authentication, first query). It is the only connection the exporter opens besides its
+// monitoring pool. A refused login (too many clients, SQLSTATE 53300) shows here while
+// dbpool_up, which the kept monitoring connection decides, can still be 1.
+type probeSource struct {
+	target string
+	cfg    *pgx.ConnConfig
 }
 
-func newProbeDescs() *probeDescs {
-	desc := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "probe", name), help, []string{"target"}, nil)
-	}
-	return &probeDescs{
-		connectSeconds:  desc("connect_seconds", "Time to open a fresh connection (TCP, TLS, authentication, first query), or until it failed."),
-		connectSuccess:  desc("connect_success", "1 if a fresh login succeeded; 0 when logins fail, e.g. too many clients (SQLSTATE 53300)."),
-		checkoutSeconds: desc("checkout_seconds", "Time to check out the exporter's own monitoring connection and pre-ping it."),
-	}
-}
+func (*probeSource) Name() string { return metrics.CollectorProbe }
 
-func (d *probeDescs) describe(ch chan<- *prometheus.Desc) {
-	ch <- d.connectSeconds
-	ch <- d.connectSuccess
-	ch <- d.checkoutSeconds
-}
-
-// collectProbe opens one fresh connection, runs a trivial query and closes it. It is the only
-// connection the exporter opens besides its monitoring pool.
-func (t *PostgresTarget) collectProbe(ctx context.Context) ([]prometheus.Metric, []PoolStats, error) {
+func (s *probeSource) Scrape(ctx context.Context) (Scraped, error) {
 	start := time.Now()
-	err := probeLogin(ctx, t.connCfg)
-	elapsed := time.Since(start)
-	ms := []prometheus.Metric{
-		prometheus.MustNewConstMetric(t.probe.connectSeconds, prometheus.GaugeValue, elapsed.Seconds(), t.name),
-		prometheus.MustNewConstMetric(t.probe.connectSuccess, prometheus.GaugeValue, boolToFloat(err == nil), t.name),
+	// The login gives up soon after ctx ends; the answer does not wait for it to give up.
+	done := make(chan error, 1)
+	go func() { done <- login(ctx, s.cfg) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
 	}
+	out := Scraped{Metrics: []prometheus.Metric{
+		metrics.ProbeConnectSeconds.Metric(time.Since(start).Seconds(), s.target),
+		metrics.ProbeConnectSuccess.Metric(metrics.Bool(err == nil), s.target),
+	}}
 	if err != nil {
-		return ms, nil, fmt.Errorf("probe login: %w", err)
+		return out, fmt.Errorf("probe login: %w", err)
 	}
-	return ms, nil, nil
+	return out, nil
 }
 
-// probeTimedOut reports a login that did not finish before the scrape deadline: as failed.
-func (t *PostgresTarget) probeTimedOut(elapsed time.Duration) []prometheus.Metric {
-	return []prometheus.Metric{
-		prometheus.MustNewConstMetric(t.probe.connectSeconds, prometheus.GaugeValue, elapsed.Seconds(), t.name),
-		prometheus.MustNewConstMetric(t.probe.connectSuccess, prometheus.GaugeValue, 0, t.name),
-	}
-}
-
-func probeLogin(ctx context.Context, cfg *pgx.ConnConfig) error {
+func login(ctx context.Context, cfg *pgx.ConnConfig) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		// Closing sends Terminate; do not let a dead server hold the scrape.
-		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		// Closing sends Terminate; a dead server must not hold the scrape.
+		closeCtx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
 	_, err = conn.Exec(ctx, "SELECT 1")
 	return err
+}
+
+// ownPoolSource exports the exporter's own monitoring pool like any pgxpool (pool
+// dbpool_exporter, source pgxpool), so that the exporter's footprint on the server shows
+// too. Its series are not pool samples for the pool history: it is no application's pool.
+type ownPoolSource struct {
+	pool *pgxpoolcollector.Collector
+}
+
+func (*ownPoolSource) Name() string { return metrics.CollectorPgxpool }
+
+func (s *ownPoolSource) Scrape(context.Context) (Scraped, error) {
+	ch := make(chan prometheus.Metric)
+	go func() {
+		s.pool.Collect(ch)
+		close(ch)
+	}()
+	var out Scraped
+	for m := range ch {
+		out.Metrics = append(out.Metrics, m)
+	}
+	return out, nil
 }

@@ -13,7 +13,7 @@ import (
 // JSON (integrations/python). Its instances are the exact view of Pool, next to what the
 // activity collector estimates for the same pool from pg_stat_activity.
 type App struct {
-	Name string // the collector label is "app:<Name>"
+	Name string // names the endpoint in logs, errors and the landing page
 	URL  AppURL
 	Pool string // name of the Pool whose instances the endpoint reports
 	// AppPool keeps only the instances whose "pool" field is this name (the name the

@@ -73,13 +73,13 @@ var poolNameRe = regexp.MustCompile(`^[a-zA-Z0-9_.:/-]+$`)
 // Pool names the exporter itself uses as the pool label next to the configured pools, so a
 // configured pool of that name would duplicate their series.
 const (
-	// unmatchedPoolPrefix starts the pool label of backends that match no pool: the activity
-	// collector names them app:<application_name>, and app:other past its cardinality cap.
-	unmatchedPoolPrefix = "app:"
-	// ownPoolName is the pool label of the exporter's own monitoring connections on every
-	// PostgreSQL target (collector.OwnPoolName, which poolcfg cannot import: collector
-	// imports poolcfg).
-	ownPoolName = "dbpool_exporter"
+	// UnmatchedPoolPrefix starts the pool name of backends that match no configured pool:
+	// the activity source groups them by application_name, as app:<name>, and
+	// the groups beyond its cap as app:other.
+	UnmatchedPoolPrefix = "app:"
+	// OwnPoolName is the pool of the exporter's own monitoring connections on every
+	// PostgreSQL target.
+	OwnPoolName = "dbpool_exporter"
 )
 
 // Load reads and parses the config file at path with the seed's DefaultSettings.

@@ -76,10 +76,10 @@ func (c *Config) validate(w *where) []error {
 			say(path+".name", "required")
 		case !poolNameRe.MatchString(p.Name):
 			bad(path+".name", p.Name, "must match [a-zA-Z0-9_.:/-]+")
-		case strings.HasPrefix(p.Name, unmatchedPoolPrefix):
-			bad(path+".name", p.Name, `the prefix "app:" is reserved: backends that match no pool are reported as `+
-				`pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`)
-		case p.Name == ownPoolName:
+		case strings.HasPrefix(p.Name, UnmatchedPoolPrefix):
+			bad(path+".name", p.Name, `the prefix "`+UnmatchedPoolPrefix+`" is reserved: backends that match no pool are reported as `+
+				`pool "`+UnmatchedPoolPrefix+`<application_name>" (and "`+UnmatchedPoolPrefix+`other"), and this pool's series would collide with theirs`)
+		case p.Name == OwnPoolName:
 			bad(path+".name", p.Name, "reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target")
 		case poolNames[p.Name] != "":
 			bad(path+".name", p.Name, "duplicate pool name, also used by "+w.ref(poolNames[p.Name]))

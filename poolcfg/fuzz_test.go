@@ -116,7 +116,7 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, p := range c.Pools {
 			if !targets[p.Target] || p.Instances < 1 || p.Settings.Capacity() < 1 || p.Name == "" ||
-				strings.HasPrefix(p.Name, "app:") || p.Name == "dbpool_exporter" {
+				strings.HasPrefix(p.Name, UnmatchedPoolPrefix) || p.Name == "dbpool_exporter" {
 				t.Errorf("invalid pool accepted: %+v", p)
 			}
 		}

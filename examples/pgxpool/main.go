@@ -31,7 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -107,18 +107,18 @@ func newService(ctx context.Context, dsn string, o options) (http.Handler, func(
 	}
 	cfg.MaxConns = int32(o.maxConns)
 	// Install the acquire tracer before the pool exists: pgxpool reads it once, at creation.
-	tracer := collector.InstrumentConfig(cfg)
+	tracer := pgxpoolcollector.InstrumentConfig(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 
 	// The configured acquire timeout is ours, not pgxpool's: report it.
-	settings := collector.PgxpoolSettings(cfg)
+	settings := pgxpoolcollector.SettingsOf(cfg)
 	settings.Timeout = o.acquireTimeout
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		collector.NewPgxpoolCollector(pool, tracer, collector.PgxpoolOptions{Target: o.target, Pool: o.pool, Settings: &settings}),
+		pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{Target: o.target, Pool: o.pool, Settings: &settings}),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // series makes one sample every step seconds from 0 to to (inclusive).
@@ -31,7 +33,7 @@ func summarize(p Pool, samples []Sample) Summary {
 	return h.Summary(now, p)
 }
 
-func withSource(p Pool, s Source) Pool { p.Source = s; return p }
+func withSource(p Pool, s metrics.Source) Pool { p.Source = s; return p }
 
 func rules(fs []Finding) []string {
 	out := []string{}
@@ -53,7 +55,7 @@ func messages(fs []Finding) string {
 var (
 	// The seed's "start conservative" 5/10 pool behind PgBouncer serving 100 transactions/s of
 	// 50 ms each.
-	littlePool    = withSource(pool(5, 10, 1), SourcePgBouncer)
+	littlePool    = withSource(pool(5, 10, 1), metrics.SourcePgBouncer)
 	littleSamples = series(600, 15, func(int) Sample {
 		return Sample{InUse: 3, Open: 5, ArrivalRate: new(100.0), MeanHoldSeconds: new(0.05)}
 	})
@@ -174,8 +176,8 @@ func TestOptimizePoolSettings(t *testing.T) {
 		},
 		{
 			name: "oversized seen from pg_stat_activity: shrink, and say it is a lower bound",
-			in: Input{Pool: withSource(bigPool, SourceActivity),
-				Summary: summarize(withSource(bigPool, SourceActivity), bigSamples)},
+			in: Input{Pool: withSource(bigPool, metrics.SourceActivity),
+				Summary: summarize(withSource(bigPool, metrics.SourceActivity), bigSamples)},
 			wantSize:     5,
 			wantOverflow: 10,
 			wantRule:     RuleShrinkOversized,
@@ -317,7 +319,7 @@ func TestServerBudget(t *testing.T) {
 }
 
 func TestPoolHealth(t *testing.T) {
-	activity := withSource(pool(10, 20, 1), SourceActivity)
+	activity := withSource(pool(10, 20, 1), metrics.SourceActivity)
 	latest := func(s Sample) []Sample { s.Time = t0; return []Sample{s} }
 	tests := []struct {
 		name      string
@@ -419,7 +421,7 @@ func TestPoolHealth(t *testing.T) {
 
 // TestReportJSON pins the seed's keys and the shape of a finding.
 func TestReportJSON(t *testing.T) {
-	p := withSource(pool(10, 20, 1), SourcePgxpool)
+	p := withSource(pool(10, 20, 1), metrics.SourcePgxpool)
 	in := Input{Pool: p, Summary: summarize(p, series(60, 15, func(int) Sample {
 		return Sample{InUse: 9, Open: 10, Active: 9, Idle: 1}
 	}))}
@@ -469,7 +471,7 @@ func TestReportJSON(t *testing.T) {
 }
 
 func TestStatusAndConnections(t *testing.T) {
-	p := withSource(pool(10, 20, 3), SourceActivity)
+	p := withSource(pool(10, 20, 3), metrics.SourceActivity)
 	in := Input{Pool: p, Summary: summarize(p, []Sample{{Time: t0, Open: 33, InUse: 12, Overflow: 3, Active: 9, Idle: 21,
 		IdleInTransaction: new(3), LongestQuerySeconds: new(1.5)}})}
 	st := CheckPoolStatus(in)

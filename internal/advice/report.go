@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // Input is what the four answers are computed from.
@@ -24,8 +26,8 @@ type Status struct {
 	TotalConnections int `json:"total_connections"`
 	Instances        int `json:"instances"`
 
-	Source Source `json:"source"`
-	Exact  bool   `json:"exact"`
+	Source metrics.Source `json:"source"`
+	Exact  bool           `json:"exact"`
 	// Estimated lists the keys of this object whose values are lower-bound estimates.
 	Estimated []string `json:"estimated"`
 }
@@ -38,9 +40,9 @@ type Health struct {
 	Warnings           []Finding `json:"warnings"`
 	Recommendations    []Finding `json:"recommendations"`
 
-	Source    Source   `json:"source"`
-	Exact     bool     `json:"exact"`
-	Estimated []string `json:"estimated"`
+	Source    metrics.Source `json:"source"`
+	Exact     bool           `json:"exact"`
+	Estimated []string       `json:"estimated"`
 }
 
 // Connections mirrors the seed's get_active_connections. IdleInTransaction and
@@ -52,9 +54,9 @@ type Connections struct {
 	IdleInTransaction   *int     `json:"idle_in_transaction"`
 	LongestQuerySeconds *float64 `json:"longest_query_seconds"`
 
-	Source    Source   `json:"source"`
-	Exact     bool     `json:"exact"`
-	Estimated []string `json:"estimated"`
+	Source    metrics.Source `json:"source"`
+	Exact     bool           `json:"exact"`
+	Estimated []string       `json:"estimated"`
 }
 
 // CurrentSettings are a pool's settings as the seed's optimize_pool_settings reports them
@@ -82,21 +84,21 @@ type Optimization struct {
 	// PerInstanceBudget is the server's ceiling on pool_size + max_overflow, when known.
 	PerInstanceBudget *int `json:"per_instance_budget,omitempty"`
 
-	Source    Source   `json:"source"`
-	Exact     bool     `json:"exact"`
-	Estimated []string `json:"estimated"`
+	Source    metrics.Source `json:"source"`
+	Exact     bool           `json:"exact"`
+	Estimated []string       `json:"estimated"`
 }
 
 // Report is all four answers for one pool, with the window they were computed over.
 type Report struct {
-	Pool         string       `json:"pool"`
-	Source       Source       `json:"source"`
-	Exact        bool         `json:"exact"`
-	Window       Summary      `json:"window"`
-	Status       Status       `json:"status"`
-	Health       Health       `json:"health"`
-	Connections  Connections  `json:"active_connections"`
-	Optimization Optimization `json:"optimization"`
+	Pool         string         `json:"pool"`
+	Source       metrics.Source `json:"source"`
+	Exact        bool           `json:"exact"`
+	Window       Summary        `json:"window"`
+	Status       Status         `json:"status"`
+	Health       Health         `json:"health"`
+	Connections  Connections    `json:"active_connections"`
+	Optimization Optimization   `json:"optimization"`
 }
 
 // Analyze computes all four answers.

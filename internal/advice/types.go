@@ -12,36 +12,14 @@ import (
 	"math"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
-
-// Source says where a pool's samples come from, and so how far its numbers can be trusted.
-type Source string
-
-// The sources of design section 1.
-const (
-	// SourceActivity estimates a pool from pg_stat_activity. Counts and states of backends are
-	// exact, but a connection that the application has checked out and that has no open
-	// transaction looks idle on the server, so in-use, utilization and overflow are lower bounds.
-	// Checkout time, waiters and timeouts are not observable.
-	SourceActivity Source = "activity"
-	// SourcePgBouncer reads PgBouncer's admin console: an exact pool-side view.
-	SourcePgBouncer Source = "pgbouncer"
-	// SourcePgxpool reads a *pgxpool.Pool in a Go process: exact.
-	SourcePgxpool Source = "pgxpool"
-	// SourceApp is the application's SQLAlchemy pool as the application itself reports it
-	// (integrations/python): exact, and configured by the DB_* settings.
-	SourceApp Source = "app"
-)
-
-// Exact reports whether the source sees the pool itself rather than estimating it from the
-// server side.
-func (s Source) Exact() bool { return s == SourcePgBouncer || s == SourcePgxpool || s == SourceApp }
 
 // Pool describes one pool group: the same settings on Instances processes.
 type Pool struct {
 	Name      string
-	Source    Source
+	Source    metrics.Source
 	Settings  poolcfg.Settings
 	Instances int // processes that each hold one such pool; values < 1 count as 1
 }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // Pools that are not the application's own (sources pgbouncer and pgxpool) keep advice's
@@ -19,11 +20,11 @@ func (m *Manager) foreignFixes(s *snapshot, fs []advice.Finding) []advice.Findin
 	n := settingNames(s.pool.Source)
 	set := s.pool.Settings
 	overflow := n.MaxOverflow
-	if s.pool.Source == advice.SourcePgBouncer {
+	if s.pool.Source == metrics.SourcePgBouncer {
 		overflow = "the reserve pool (reserve_pool_size)"
 	}
 	capacity := n.PoolSize + " + " + n.MaxOverflow
-	if s.pool.Source == advice.SourcePgxpool {
+	if s.pool.Source == metrics.SourcePgxpool {
 		capacity = n.PoolSize
 	}
 	out := make([]advice.Finding, 0, len(fs))
@@ -88,11 +89,11 @@ func (m *Manager) foreignSizing(s *snapshot, in advice.Input) advice.Optimizatio
 	default:
 		msg = fmt.Sprintf("set %s to %d (now %d; peak %d in use per instance): %s", n.PoolSize, size, set.PoolSize, o.PeakInUsePerInstance, why)
 	}
-	if s.pool.Source != advice.SourcePgxpool {
+	if s.pool.Source != metrics.SourcePgxpool {
 		msg += fmt.Sprintf("; keep %s at %d", n.MaxOverflow, set.MaxOverflow)
 	}
 	o.Recommendations = []advice.Finding{{Rule: rule, Message: msg}}
-	if s.pool.Source == advice.SourcePgBouncer && !set.PrePing {
+	if s.pool.Source == metrics.SourcePgBouncer && !set.PrePing {
 		o.Recommendations = append(o.Recommendations, advice.Finding{Rule: advice.RulePrePingDisabled,
 			Message: "server_check_query is empty, so PgBouncer hands out server connections without checking them: set it (PgBouncer's default is select 1)"})
 	}

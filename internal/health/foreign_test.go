@@ -11,32 +11,33 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 // pgbouncerPool is a pool as the pgbouncer source reports it: default_pool_size size,
 // reserve_pool_size reserve, server_check_query empty (no pre-ping).
-func pgbouncerPool(target, name string, size, reserve, inUse int) collector.PoolStats {
+func pgbouncerPool(target, name string, size, reserve, inUse int) metrics.PoolStats {
 	pending := 0
-	return collector.PoolStats{
-		Target: target, Pool: name, Source: collector.SourcePgBouncer, Exact: true,
+	return metrics.PoolStats{
+		Target: target, Pool: name, Source: metrics.SourcePgBouncer,
 		Configured: true, Instances: 1,
 		Settings: poolcfg.Settings{PoolSize: size, MaxOverflow: reserve, Timeout: 120 * time.Second},
 		Open:     inUse, InUse: inUse, Overflow: max(0, inUse-size),
-		States:  map[string]int{collector.PgBouncerStateActive: inUse},
+		States:  map[string]int{metrics.PgBouncerStateActive: inUse},
 		Pending: &pending,
 	}
 }
 
 // pgxPool is a pool as the pgxpool source reports it (PgxpoolSettings: no overflow).
-func pgxPool(target, name string, maxConns, inUse int) collector.PoolStats {
+func pgxPool(target, name string, maxConns, inUse int) metrics.PoolStats {
 	pending := 0
-	return collector.PoolStats{
-		Target: target, Pool: name, Source: collector.SourcePgxpool, Exact: true,
+	return metrics.PoolStats{
+		Target: target, Pool: name, Source: metrics.SourcePgxpool,
 		Configured: true, Instances: 1,
 		Settings: poolcfg.Settings{PoolSize: maxConns, PrePing: true},
 		Open:     inUse, InUse: inUse,
-		States:  map[string]int{collector.StateAcquired: inUse},
+		States:  map[string]int{metrics.StateAcquired: inUse},
 		Pending: &pending,
 	}
 }
@@ -50,7 +51,7 @@ func TestForeignSources(t *testing.T) {
 	m := NewManager(Options{Window: 10 * time.Minute, Now: c.now}) // MinHistory 1m
 	for range 10 {
 		m.Observe(collector.Result{
-			Pools: []collector.PoolStats{
+			Pools: []metrics.PoolStats{
 				// 18 of default_pool_size 20 busy: average 90% > 70%, peak 90% not > 90%.
 				pgbouncerPool("bouncer", "app/app", 20, 5, 18),
 				// All 10 of MaxConns busy on a 15-connection server: kept back 3, so 12 to share.
@@ -157,7 +158,7 @@ func TestForeignServerBudgetFix(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
 	m.Observe(collector.Result{
-		Pools:   []collector.PoolStats{pgxPool("db", "svc", 50, 1)},
+		Pools:   []metrics.PoolStats{pgxPool("db", "svc", 50, 1)},
 		Servers: []collector.ServerStats{{Target: "db", MaxConnections: 20, ReservedConnections: 3}},
 	})
 	r, _ := m.Find("db", "svc")
@@ -177,7 +178,7 @@ func TestMetricsGoStale(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Hour, Now: c.now}) // MinHistory 5m
 	for range 30 {
-		m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 10, 20, 1, 2), activityPool("db", "kept", 10, 20, 1, 2)}})
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{activityPool("db", "api", 10, 20, 1, 2), activityPool("db", "kept", 10, 20, 1, 2)}})
 		c.add(15 * time.Second)
 	}
 	if n := testutil.CollectAndCount(m); n != 4 {
@@ -189,7 +190,7 @@ func TestMetricsGoStale(t *testing.T) {
 	}
 	var lastWith time.Duration
 	for i := range 20 {
-		m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "kept", 10, 20, 1, 2)}})
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{activityPool("db", "kept", 10, 20, 1, 2)}})
 		c.add(15 * time.Second)
 		if series() == 4 {
 			lastWith = time.Duration(i+1) * 15 * time.Second
@@ -240,7 +241,7 @@ func TestStaleAfter(t *testing.T) {
 func TestPageForeignSources(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
-	m.Observe(collector.Result{Pools: []collector.PoolStats{pgbouncerPool("bouncer", "app/app", 20, 5, 18)}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{pgbouncerPool("bouncer", "app/app", 20, 5, 18)}})
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/pools", nil))
 	body := rec.Body.String()

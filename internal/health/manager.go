@@ -24,6 +24,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // Defaults of a Manager.
@@ -194,7 +195,7 @@ func (m *Manager) Observe(r collector.Result) {
 		}
 		k := key{p.Target, p.Pool}
 		st := m.pools[k]
-		if st != nil && st.pool.Source == advice.SourceApp && p.Source == collector.SourceActivity &&
+		if st != nil && st.pool.Source == metrics.SourceApp && p.Source == metrics.SourceActivity &&
 			now.Sub(st.lastSeen) < m.StaleAfter() {
 			// The app endpoint missed this scrape: keep the history exact rather than mix
 			// in the estimate, until the app has been silent for long.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -49,13 +50,13 @@ func settings(size, overflow int) poolcfg.Settings {
 }
 
 // activityPool is a configured pool as the activity source reports it.
-func activityPool(target, name string, size, overflow, instances, inUse int) collector.PoolStats {
-	return collector.PoolStats{
-		Target: target, Pool: name, Source: collector.SourceActivity,
+func activityPool(target, name string, size, overflow, instances, inUse int) metrics.PoolStats {
+	return metrics.PoolStats{
+		Target: target, Pool: name, Source: metrics.SourceActivity,
 		Configured: true, Settings: settings(size, overflow), Instances: instances,
 		Open: inUse + 1, InUse: inUse, Overflow: max(0, inUse+1-instances*size),
-		States:   map[string]int{collector.StateActive: inUse, collector.StateIdle: 1},
-		Sessions: &collector.SessionStats{LongestQuerySeconds: 0.5},
+		States:   map[string]int{metrics.StateActive: inUse, metrics.StateIdle: 1},
+		Sessions: &metrics.SessionStats{LongestQuerySeconds: 0.5},
 	}
 }
 
@@ -65,34 +66,34 @@ func TestSampleFromStats(t *testing.T) {
 	pending := 2
 	tests := []struct {
 		name string
-		in   collector.PoolStats
+		in   metrics.PoolStats
 		want advice.Sample
 	}{
 		{
 			name: "activity: session states, idle in transaction (aborted too) and longest query",
-			in: collector.PoolStats{Source: collector.SourceActivity, Open: 9, InUse: 6, Overflow: 1,
-				States: map[string]int{collector.StateActive: 3, collector.StateIdle: 3,
-					collector.StateIdleInTransaction: 2, collector.StateIdleInTransactionAborted: 1},
-				Sessions: &collector.SessionStats{LongestQuerySeconds: 7.5}},
+			in: metrics.PoolStats{Source: metrics.SourceActivity, Open: 9, InUse: 6, Overflow: 1,
+				States: map[string]int{metrics.StateActive: 3, metrics.StateIdle: 3,
+					metrics.StateIdleInTransaction: 2, metrics.StateIdleInTransactionAborted: 1},
+				Sessions: &metrics.SessionStats{LongestQuerySeconds: 7.5}},
 			want: advice.Sample{Time: at, Open: 9, InUse: 6, Overflow: 1, Active: 3, Idle: 3,
 				IdleInTransaction: new(3), LongestQuerySeconds: new(7.5)},
 		},
 		{
 			name: "pgbouncer: waiting clients and checkout counters, no session states",
-			in: collector.PoolStats{Source: collector.SourcePgBouncer, Open: 7, InUse: 4, Overflow: 2,
-				States: map[string]int{collector.PgBouncerStateActive: 4, collector.PgBouncerStateIdle: 1,
-					collector.PgBouncerStateUsed: 1, collector.PgBouncerStateTested: 0, collector.PgBouncerStateLogin: 1},
+			in: metrics.PoolStats{Source: metrics.SourcePgBouncer, Open: 7, InUse: 4, Overflow: 2,
+				States: map[string]int{metrics.PgBouncerStateActive: 4, metrics.PgBouncerStateIdle: 1,
+					metrics.PgBouncerStateUsed: 1, metrics.PgBouncerStateTested: 0, metrics.PgBouncerStateLogin: 1},
 				Pending:   &pending,
-				Checkouts: &collector.CheckoutStats{Count: 100, DurationSeconds: 2.5}},
+				Checkouts: &metrics.CheckoutStats{Count: 100, DurationSeconds: 2.5}},
 			want: advice.Sample{Time: at, Open: 7, InUse: 4, Overflow: 2, Active: 4, Idle: 2,
 				Pending: new(2), CheckoutsTotal: new(100.0), CheckoutSecondsTotal: new(2.5)},
 		},
 		{
 			name: "pgxpool: acquired and idle, timeouts",
-			in: collector.PoolStats{Source: collector.SourcePgxpool, Open: 3, InUse: 2,
-				States:    map[string]int{collector.StateAcquired: 2, collector.StateIdle: 1},
+			in: metrics.PoolStats{Source: metrics.SourcePgxpool, Open: 3, InUse: 2,
+				States:    map[string]int{metrics.StateAcquired: 2, metrics.StateIdle: 1},
 				Pending:   &pending,
-				Checkouts: &collector.CheckoutStats{Count: 50, DurationSeconds: 1, Timeouts: &timeouts}},
+				Checkouts: &metrics.CheckoutStats{Count: 50, DurationSeconds: 1, Timeouts: &timeouts}},
 			want: advice.Sample{Time: at, Open: 3, InUse: 2, Active: 2, Idle: 1,
 				Pending: new(2), CheckoutsTotal: new(50.0), CheckoutSecondsTotal: new(1.0), TimeoutsTotal: new(3.0)},
 		},
@@ -114,7 +115,7 @@ func TestHistoryBoundedWhateverTheScrapeRate(t *testing.T) {
 	m := NewManager(Options{Window: time.Hour, Now: c.now})
 	// Two hours of scrapes every 50 ms: 144,000 observations.
 	for range 144_000 {
-		m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 10, 20, 1, 3)}})
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{activityPool("db", "api", 10, 20, 1, 3)}})
 		c.add(50 * time.Millisecond)
 	}
 	st := m.pools[key{"db", "api"}]
@@ -136,9 +137,9 @@ func TestPoolsBoundedAndForgotten(t *testing.T) {
 	configured := activityPool("db", "api", 5, 5, 1, 1)
 	// A client inventing application names: three new ones per scrape.
 	for i := range 100 {
-		pools := []collector.PoolStats{configured}
+		pools := []metrics.PoolStats{configured}
 		for j := range 3 {
-			pools = append(pools, collector.PoolStats{Target: "db", Pool: fmt.Sprintf("app:x%d", 3*i+j), Source: collector.SourceActivity, Open: 1})
+			pools = append(pools, metrics.PoolStats{Target: "db", Pool: fmt.Sprintf("app:x%d", 3*i+j), Source: metrics.SourceActivity, Open: 1})
 		}
 		m.Observe(collector.Result{Pools: pools})
 		c.add(time.Second)
@@ -155,9 +156,9 @@ func TestPoolsBoundedAndForgotten(t *testing.T) {
 
 	// A pool not seen for a whole window is forgotten; one seen within it is kept.
 	c.add(30 * time.Second)
-	m.Observe(collector.Result{Pools: []collector.PoolStats{configured}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{configured}})
 	c.add(31 * time.Second)
-	m.Observe(collector.Result{Pools: []collector.PoolStats{configured}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{configured}})
 	names := []string{}
 	for _, r := range m.Reports() {
 		names = append(names, r.Pool)
@@ -174,10 +175,10 @@ func TestServerBudget(t *testing.T) {
 		m.Observe(collector.Result{
 			// The seed's "Too Many Database Connections": 5 instances of 10/20 on a
 			// 100-connection server, plus a 3-instance worker pool sharing it.
-			Pools: []collector.PoolStats{
+			Pools: []metrics.PoolStats{
 				activityPool("db", "api", 10, 20, 5, 10),
 				activityPool("db", "worker", 2, 4, 3, 1),
-				{Target: "db", Pool: "app:psql", Source: collector.SourceActivity, Open: 1, InUse: 1},
+				{Target: "db", Pool: "app:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1},
 			},
 			Servers: []collector.ServerStats{{Target: "db", MaxConnections: 100, ReservedConnections: 3}},
 		})
@@ -223,7 +224,7 @@ func TestUtilizationSemantics(t *testing.T) {
 	// 2 instances of 5/10: 12 in use is 120% of the 10 permanent connections and 40% of the
 	// capacity of 30, which is what dbpool_utilization_ratio says.
 	p := activityPool("db", "api", 5, 10, 2, 12)
-	m.Observe(collector.Result{Pools: []collector.PoolStats{p}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{p}})
 	r, _ := m.Find("", "api")
 	ratio, _ := p.Utilization()
 	if r.Health.UtilizationPct != 120 || r.Health.CapacityUtilizationPct == nil ||
@@ -238,34 +239,34 @@ func TestUtilizationSemantics(t *testing.T) {
 
 func TestStates(t *testing.T) {
 	pending := func(n int) *int { return &n }
-	timeouts := func(n uint64) *collector.CheckoutStats {
-		return &collector.CheckoutStats{Count: 10, Timeouts: &n}
+	timeouts := func(n uint64) *metrics.CheckoutStats {
+		return &metrics.CheckoutStats{Count: 10, Timeouts: &n}
 	}
 	tests := []struct {
 		name   string
-		first  collector.PoolStats
-		second collector.PoolStats
+		first  metrics.PoolStats
+		second metrics.PoolStats
 		want   State
 	}{
 		{"quiet", activityPool("db", "p", 10, 10, 1, 1), activityPool("db", "p", 10, 10, 1, 1), StateOK},
 		{"busy: warning", activityPool("db", "p", 10, 10, 1, 9), activityPool("db", "p", 10, 10, 1, 9), StateWarning},
 		{"all of the capacity in use", activityPool("db", "p", 4, 2, 1, 6), activityPool("db", "p", 4, 2, 1, 6), StateSaturated},
 		{"callers waiting",
-			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(0)},
-			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(3)},
+			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(0)},
+			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(3)},
 			StateSaturated},
 		{"timeouts in the window",
-			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(0)},
-			collector.PoolStats{Target: "db", Pool: "p", Source: collector.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(2)},
+			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(0)},
+			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(2)},
 			StateSaturated},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClock()
 			m := NewManager(Options{Window: time.Minute, Now: c.now})
-			m.Observe(collector.Result{Pools: []collector.PoolStats{tc.first}})
+			m.Observe(collector.Result{Pools: []metrics.PoolStats{tc.first}})
 			c.add(5 * time.Second)
-			m.Observe(collector.Result{Pools: []collector.PoolStats{tc.second}})
+			m.Observe(collector.Result{Pools: []metrics.PoolStats{tc.second}})
 			r, _ := m.Find("db", "p")
 			if r.State != tc.want {
 				t.Errorf("state %s (%v), want %s", r.State, r.StateReasons, tc.want)
@@ -277,11 +278,11 @@ func TestStates(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: 10 * time.Minute, Now: c.now}) // MinHistory: 1m
-	observe := func(pools ...collector.PoolStats) {
+	observe := func(pools ...metrics.PoolStats) {
 		m.Observe(collector.Result{Pools: pools})
 		c.add(15 * time.Second)
 	}
-	unconfigured := collector.PoolStats{Target: "db", Pool: "app:psql", Source: collector.SourceActivity, Open: 1, InUse: 1}
+	unconfigured := metrics.PoolStats{Target: "db", Pool: "app:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1}
 	for range 5 {
 		observe(activityPool("db", "api", 10, 20, 1, 9), unconfigured)
 	}
@@ -309,7 +310,7 @@ func TestAPI(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
 	for range 3 {
-		m.Observe(collector.Result{Pools: []collector.PoolStats{
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{
 			activityPool("db1", "api", 5, 10, 1, 2),
 			activityPool("db2", "api", 5, 10, 1, 3),
 			activityPool("db1", "worker", 2, 4, 1, 1),
@@ -372,10 +373,10 @@ func TestPageEscapes(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
 	evil := `app:<script>alert(1)</script>`
-	m.Observe(collector.Result{Pools: []collector.PoolStats{
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{
 		activityPool(`db"><b>x`, "api", 5, 10, 1, 2),
-		{Target: "db", Pool: evil, Source: collector.SourceActivity, Open: 1, InUse: 1,
-			States: map[string]int{collector.StateActive: 1}},
+		{Target: "db", Pool: evil, Source: metrics.SourceActivity, Open: 1, InUse: 1,
+			States: map[string]int{metrics.StateActive: 1}},
 	}})
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/pools", nil))
@@ -447,7 +448,7 @@ func TestRunSampler(t *testing.T) {
 	// Observations from Prometheus' scrapes make the sampler skip its ticks.
 	c := newClock()
 	m = NewManager(Options{Window: time.Minute, Now: c.now})
-	m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 5, 10, 1, 1)}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{activityPool("db", "api", 5, 10, 1, 1)}})
 	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	calls.Store(0)
@@ -476,7 +477,7 @@ func deref[T any](p *T) any {
 func TestPageShortensEstimateNote(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
-	m.Observe(collector.Result{Pools: []collector.PoolStats{activityPool("db", "api", 5, 10, 1, 9)}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{activityPool("db", "api", 5, 10, 1, 9)}})
 	r, _ := m.Find("db", "api")
 	// The note must be the text internal/advice appends, or the page would repeat it.
 	if len(r.Health.Warnings) == 0 || !strings.Contains(r.Health.Warnings[0].Message, estimateNote) {
@@ -494,11 +495,11 @@ func TestPageShortensEstimateNote(t *testing.T) {
 func TestAuxiliaryPoolsNotAdvised(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
-	app := collector.PoolStats{Target: "bouncer", Pool: "app/app", Source: collector.SourcePgBouncer, Exact: true,
+	app := metrics.PoolStats{Target: "bouncer", Pool: "app/app", Source: metrics.SourcePgBouncer,
 		Configured: true, Settings: settings(3, 2), Instances: 1, Open: 2, InUse: 1}
 	auth := app
 	auth.Pool, auth.Auxiliary = "app/postgres", true
-	m.Observe(collector.Result{Pools: []collector.PoolStats{app, auth}})
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{app, auth}})
 	var names []string
 	for _, r := range m.Reports() {
 		names = append(names, r.Pool)
@@ -512,15 +513,15 @@ func TestAuxiliaryPoolsNotAdvised(t *testing.T) {
 }
 
 // appPool is pool name on target as the application reports it itself (app source).
-func appPool(target, name string, size, overflow, instances, inUse int) collector.PoolStats {
+func appPool(target, name string, size, overflow, instances, inUse int) metrics.PoolStats {
 	timeouts := uint64(2)
-	return collector.PoolStats{
-		Target: target, Pool: name, Source: collector.SourceApp, Exact: true,
+	return metrics.PoolStats{
+		Target: target, Pool: name, Source: metrics.SourceApp,
 		Configured: true, Settings: settings(size, overflow), Instances: instances,
 		Open: inUse + 1, InUse: inUse, Overflow: max(0, inUse+1-instances*size),
-		States:    map[string]int{collector.StateCheckedOut: inUse, collector.StateCheckedIn: 1},
+		States:    map[string]int{metrics.StateCheckedOut: inUse, metrics.StateCheckedIn: 1},
 		Pending:   new(0),
-		Checkouts: &collector.CheckoutStats{Count: 10, DurationSeconds: 0.1, Timeouts: &timeouts},
+		Checkouts: &metrics.CheckoutStats{Count: 10, DurationSeconds: 0.1, Timeouts: &timeouts},
 	}
 }
 
@@ -532,19 +533,19 @@ func TestPrefersExactView(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
 	server := activityPool("db", "api", 5, 10, 2, 1) // sees 1 in use: the rest look idle
-	server.States[collector.StateIdleInTransaction] = 3
+	server.States[metrics.StateIdleInTransaction] = 3
 	server.Sessions.LongestQuerySeconds = 42
 	for range 3 {
-		m.Observe(collector.Result{Pools: []collector.PoolStats{server, appPool("db", "api", 5, 10, 2, 7)}})
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{server, appPool("db", "api", 5, 10, 2, 7)}})
 		c.add(time.Second)
 	}
-	m.Observe(collector.Result{Pools: []collector.PoolStats{server}}) // the app endpoint failed
+	m.Observe(collector.Result{Pools: []metrics.PoolStats{server}}) // the app endpoint failed
 	reports := m.Reports()
 	if len(reports) != 1 {
 		t.Fatalf("%d reports, want one for db/api: %+v", len(reports), reports)
 	}
 	r := reports[0]
-	if r.Source != advice.SourceApp || !r.Exact {
+	if r.Source != metrics.SourceApp || !r.Exact {
 		t.Errorf("source %q exact %v, want the app's exact view", r.Source, r.Exact)
 	}
 	w := r.Window

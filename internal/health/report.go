@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // State sums a pool up in one word, for the status page and the CLI's exit code.
@@ -34,10 +35,10 @@ const RuleUnconfigured = "unconfigured_pool"
 // get_pool_health, get_active_connections, optimize_pool_settings) plus, in each, the
 // source and whether its numbers are exact or which of them are estimated.
 type Report struct {
-	Target string        `json:"target"`
-	Pool   string        `json:"pool"`
-	Source advice.Source `json:"source"`
-	Exact  bool          `json:"exact"`
+	Target string         `json:"target"`
+	Pool   string         `json:"pool"`
+	Source metrics.Source `json:"source"`
+	Exact  bool           `json:"exact"`
 	// Configured is false for backends that matched no configured pool (pool "app:<name>"):
 	// their DB_* settings, capacity and server budget are unknown.
 	Configured   bool      `json:"configured"`
@@ -95,13 +96,13 @@ type SettingNames struct {
 // (SQLAlchemy's pool_size, max_overflow, pool_timeout) configure. PgBouncer's pool is
 // default_pool_size, or pool_size of the database in [databases], plus reserve_pool_size;
 // pgxpool has MaxConns and no overflow at all.
-func settingNames(src advice.Source) SettingNames {
+func settingNames(src metrics.Source) SettingNames {
 	switch src {
-	case advice.SourceActivity, advice.SourceApp:
+	case metrics.SourceActivity, metrics.SourceApp:
 		return SettingNames{"DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT"}
-	case advice.SourcePgBouncer:
+	case metrics.SourcePgBouncer:
 		return SettingNames{"pool_size in [databases] (or default_pool_size)", "reserve_pool_size", "query_wait_timeout"}
-	case advice.SourcePgxpool:
+	case metrics.SourcePgxpool:
 		return SettingNames{"MaxConns", "none (pgxpool has no overflow)", "the deadline of the Acquire context"}
 	}
 	return SettingNames{"pool_size", "max_overflow", "timeout"}
@@ -109,7 +110,9 @@ func settingNames(src advice.Source) SettingNames {
 
 // AppPool reports whether a source watches the application's own pool, the one that the
 // DB_* settings, the .env lines and the dbpool_recommended_* metrics are about.
-func AppPool(src advice.Source) bool { return src == advice.SourceActivity || src == advice.SourceApp }
+func AppPool(src metrics.Source) bool {
+	return src == metrics.SourceActivity || src == metrics.SourceApp
+}
 
 // NoEnvReason says in one line why the report has no .env lines; empty when it has them.
 func (r *Report) NoEnvReason() string {
@@ -119,7 +122,7 @@ func (r *Report) NoEnvReason() string {
 	case !r.Configured:
 		return "this pool matched no configured pool, so its DB_* settings are unknown"
 	}
-	name := map[advice.Source]string{advice.SourcePgBouncer: "PgBouncer"}[r.Source]
+	name := map[metrics.Source]string{metrics.SourcePgBouncer: "PgBouncer"}[r.Source]
 	if name == "" {
 		name = string(r.Source)
 	}

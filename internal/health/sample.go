@@ -3,8 +3,8 @@ package health
 import (
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // SampleFromStats turns one collector sample into an advice sample taken at t.
@@ -14,7 +14,7 @@ import (
 // are checked out, so for them active is the in-use count and idle the rest of the open
 // connections that are ready for use, and idle-in-transaction and the longest query stay
 // nil (not observable, which is not zero).
-func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
+func SampleFromStats(p *metrics.PoolStats, t time.Time) advice.Sample {
 	s := advice.Sample{
 		Time:     t,
 		Open:     p.Open,
@@ -22,25 +22,25 @@ func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
 		Overflow: p.Overflow,
 	}
 	switch p.Source {
-	case collector.SourceActivity:
-		s.Active = p.States[collector.StateActive]
-		s.Idle = p.States[collector.StateIdle]
+	case metrics.SourceActivity:
+		s.Active = p.States[metrics.StateActive]
+		s.Idle = p.States[metrics.StateIdle]
 		s.IdleInTransaction = ptr(p.IdleInTransaction())
 		if p.Sessions != nil {
 			s.LongestQuerySeconds = ptr(p.Sessions.LongestQuerySeconds)
 		}
-	case collector.SourceApp:
+	case metrics.SourceApp:
 		s.Active = p.InUse
-		s.Idle = p.States[collector.StateCheckedIn]
-	case collector.SourcePgBouncer:
+		s.Idle = p.States[metrics.StateCheckedIn]
+	case metrics.SourcePgBouncer:
 		s.Active = p.InUse
 		// used and tested are server connections waiting for, or passing, their check
 		// before PgBouncer hands them out again: not serving a client, so idle.
-		s.Idle = p.States[collector.PgBouncerStateIdle] + p.States[collector.PgBouncerStateUsed] +
-			p.States[collector.PgBouncerStateTested]
+		s.Idle = p.States[metrics.PgBouncerStateIdle] + p.States[metrics.PgBouncerStateUsed] +
+			p.States[metrics.PgBouncerStateTested]
 	default:
 		s.Active = p.InUse
-		s.Idle = p.States[collector.StateIdle]
+		s.Idle = p.States[metrics.StateIdle]
 	}
 	if p.Pending != nil {
 		s.Pending = ptr(*p.Pending)
@@ -58,25 +58,25 @@ func SampleFromStats(p *collector.PoolStats, t time.Time) advice.Sample {
 // observed is one pool's sample of one scrape: the exact one where there is one, and beside
 // it the activity sample of the same pool, whose server-side facts no pool-side view has.
 type observed struct {
-	stats  *collector.PoolStats
-	server *collector.PoolStats
+	stats  *metrics.PoolStats
+	server *metrics.PoolStats
 }
 
 // preferExact keeps one sample per (target, pool). Where the application reports its pool
 // itself (app) and pg_stat_activity sees the same pool, the exact numbers win; the activity
 // sample is kept beside it for idle-in-transaction and query ages.
-func preferExact(pools []collector.PoolStats) []observed {
+func preferExact(pools []metrics.PoolStats) []observed {
 	app := map[key]bool{}
 	for i := range pools {
-		if pools[i].Source == collector.SourceApp {
+		if pools[i].Source == metrics.SourceApp {
 			app[key{pools[i].Target, pools[i].Pool}] = true
 		}
 	}
 	out := make([]observed, 0, len(pools))
-	server := map[key]*collector.PoolStats{}
+	server := map[key]*metrics.PoolStats{}
 	for i := range pools {
 		p := &pools[i]
-		if app[key{p.Target, p.Pool}] && p.Source == collector.SourceActivity {
+		if app[key{p.Target, p.Pool}] && p.Source == metrics.SourceActivity {
 			server[key{p.Target, p.Pool}] = p
 			continue
 		}
@@ -100,8 +100,8 @@ func (o observed) sample(t time.Time) advice.Sample {
 
 // PoolFromStats describes the pool group behind a collector sample. A pool that matched no
 // configuration has no known settings (zero) and counts as one instance.
-func PoolFromStats(p *collector.PoolStats) advice.Pool {
-	ap := advice.Pool{Name: p.Pool, Source: advice.Source(p.Source), Instances: 1}
+func PoolFromStats(p *metrics.PoolStats) advice.Pool {
+	ap := advice.Pool{Name: p.Pool, Source: metrics.Source(p.Source), Instances: 1}
 	if p.Configured {
 		ap.Settings = p.Settings
 		ap.Instances = max(p.Instances, 1)

@@ -21,9 +21,12 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/poolsim"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // The scenarios run a real PostgreSQL (internal/pgtest), a simulated application
@@ -78,12 +81,12 @@ func startScenario(t *testing.T, opts pgtest.Options, window time.Duration, pool
 	}
 	popts := collector.DefaultPostgresOptions()
 	popts.Probe = false
-	target, err := collector.NewPostgresTarget(scenarioTarget, dsn, pools, popts, slog.New(slog.DiscardHandler))
+	target, err := collector.NewPostgresTarget(scenarioTarget, dsn, pools, nil, popts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	mgr := NewManager(Options{Window: window})
-	exp := collector.NewExporter([]collector.Target{target}, mgr.Observe)
+	exp := collector.NewExporter([]*collector.Target{target}, collector.ExporterOptions{Observer: mgr.Observe})
 	s := &scenario{pg: pg, mgr: mgr, exp: exp, appDSN: pg.DSN("app", appPassword, "postgres")}
 	s.api = httptest.NewServer(mgr.Handler())
 	t.Cleanup(func() {
@@ -285,15 +288,15 @@ func TestScenarioTimeouts(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.MaxConns = 2
-	tracer := collector.InstrumentConfig(cfg)
+	tracer := pgxpoolcollector.InstrumentConfig(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	st := collector.PgxpoolSettings(cfg)
+	st := pgxpoolcollector.SettingsOf(cfg)
 	st.Timeout = 100 * time.Millisecond
-	pc := collector.NewPgxpoolCollector(pool, tracer, collector.PgxpoolOptions{Target: scenarioTarget, Pool: "svc", Settings: &st})
+	pc := pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{Target: scenarioTarget, Pool: "svc", Settings: &st})
 
 	mgr := NewManager(Options{Window: time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -313,7 +316,7 @@ func TestScenarioTimeouts(t *testing.T) {
 		})
 	}
 	for range 15 {
-		mgr.Observe(collector.Result{Pools: pc.Samples()})
+		mgr.Observe(collector.Result{Pools: []metrics.PoolStats{readPgxpool(t, pc, st)}})
 		time.Sleep(200 * time.Millisecond)
 	}
 	cancel()
@@ -347,7 +350,7 @@ func TestScenarioTimeouts(t *testing.T) {
 		t.Errorf("recommended %d/%d by %s, want 3/0 by observed_peak; env %q; %v",
 			o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.Env, o.Recommendations)
 	}
-	if !r.Exact || r.Source != advice.SourcePgxpool {
+	if !r.Exact || r.Source != metrics.SourcePgxpool {
 		t.Errorf("source %s exact %v", r.Source, r.Exact)
 	}
 }
@@ -523,4 +526,46 @@ func TestScenarioAPIErrors(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("PUT: %d", resp.StatusCode)
 	}
+}
+
+// readPgxpool reads the one pool that c exports back into a pool sample, as the pool
+// history would receive it from a source: the series a Go service exports are all the
+// exporter could know of its pool.
+func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, settings poolcfg.Settings) metrics.PoolStats {
+	t.Helper()
+	mfs := testbin.Gather(t, c)
+	value := func(name string, labels map[string]string) float64 {
+		v, ok := testbin.SeriesValue(mfs, name, labels)
+		if !ok {
+			t.Fatalf("the pgxpool collector exports no %s%v", name, labels)
+		}
+		return v
+	}
+	h := mfs["dbpool_checkout_duration_seconds"].GetMetric()[0].GetHistogram()
+	p := metrics.PoolStats{
+		Source:     metrics.SourcePgxpool,
+		Configured: true,
+		Settings:   settings,
+		Instances:  int(value("dbpool_instances", nil)),
+		Open:       int(value("dbpool_open_connections", nil)),
+		InUse:      int(value("dbpool_in_use_connections", nil)),
+		Overflow:   int(value("dbpool_overflow_connections", nil)),
+		States:     map[string]int{},
+		Pending:    ptr(int(value("dbpool_pending_checkouts", nil))),
+		Checkouts: &metrics.CheckoutStats{Count: h.GetSampleCount(), DurationSeconds: h.GetSampleSum(),
+			Timeouts: ptr(uint64(value("dbpool_checkout_timeouts_total", nil)))},
+	}
+	for _, m := range mfs["dbpool_connections"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			switch l.GetName() {
+			case "target":
+				p.Target = l.GetValue()
+			case "pool":
+				p.Pool = l.GetValue()
+			case "state":
+				p.States[l.GetValue()] = int(m.GetGauge().GetValue())
+			}
+		}
+	}
+	return p
 }

@@ -39,7 +39,7 @@ type Config struct {
 	// more than 0 (see PgxPool for how the settings map onto pgxpool).
 	PoolImpl PoolImpl
 	// Registerer, when set and PoolImpl is ImplPgxpool, receives one
-	// collector.PgxpoolCollector that exports every instance's pool as the
+	// pgxpoolcollector.Collector that exports every instance's pool as the
 	// dbpool_* series of source "pgxpool". Run registers it once the pools
 	// exist and leaves it registered after returning, so that the final
 	// numbers can still be read. The QueuePool implementation registers

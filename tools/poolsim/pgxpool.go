@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -24,7 +24,7 @@ const (
 	// (QueuePool): the application the seed document describes.
 	ImplQueuePool PoolImpl = "queuepool"
 	// ImplPgxpool is a real *pgxpool.Pool instrumented with the project's
-	// pgxpool source (collector.InstrumentConfig), so that its exact checkout
+	// pgxpool source (pgxpoolcollector.InstrumentConfig), so that its exact checkout
 	// times and timeouts can be exported next to the activity source's
 	// estimate of the same pool.
 	ImplPgxpool PoolImpl = "pgxpool"
@@ -50,7 +50,7 @@ func (s PoolSettings) validatePgxpool() error {
 }
 
 // connectCounter counts the connections pgxpool opens. It is installed as the
-// pool's tracer before collector.InstrumentConfig, which wraps it: the
+// pool's tracer before pgxpoolcollector.InstrumentConfig, which wraps it: the
 // AcquireTracer forwards pgx.ConnectTracer calls to the tracer it wraps.
 type connectCounter struct {
 	connects, errors atomic.Uint64
@@ -101,7 +101,7 @@ func (c *connectCounter) TraceConnectEnd(_ context.Context, data pgx.TraceConnec
 //     also covers opening a new connection.
 type PgxPool struct {
 	pool     *pgxpool.Pool
-	tracer   *collector.AcquireTracer
+	tracer   *pgxpoolcollector.AcquireTracer
 	connects *connectCounter
 	set      PoolSettings
 
@@ -141,7 +141,7 @@ func NewPgxPool(cfg PoolConfig) (*PgxPool, error) {
 	}
 	p := &PgxPool{connects: &connectCounter{}, set: cfg.PoolSettings}
 	pc.ConnConfig.Tracer = p.connects
-	p.tracer = collector.InstrumentConfig(pc)
+	p.tracer = pgxpoolcollector.InstrumentConfig(pc)
 	p.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		return nil, fmt.Errorf("creating the pgxpool: %w", err)
@@ -153,7 +153,7 @@ func NewPgxPool(cfg PoolConfig) (*PgxPool, error) {
 func (p *PgxPool) Pool() *pgxpool.Pool { return p.pool }
 
 // Tracer returns the collector's AcquireTracer installed on the pool.
-func (p *PgxPool) Tracer() *collector.AcquireTracer { return p.tracer }
+func (p *PgxPool) Tracer() *pgxpoolcollector.AcquireTracer { return p.tracer }
 
 // Settings returns the pool's settings.
 func (p *PgxPool) Settings() PoolSettings { return p.set }

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/tools/poolsim"
 )
 
@@ -76,7 +76,7 @@ func TestPgxPool(t *testing.T) {
 	t.Cleanup(p.Close)
 	reg := prometheus.NewRegistry()
 	set := p.CollectorSettings()
-	reg.MustRegister(collector.NewPgxpoolCollector(p.Pool(), p.Tracer(), collector.PgxpoolOptions{Target: "pgtarget", Pool: app, Settings: &set}))
+	reg.MustRegister(pgxpoolcollector.New(p.Pool(), p.Tracer(), pgxpoolcollector.Options{Target: "pgtarget", Pool: app, Settings: &set}))
 
 	// MinConns 0: lazy, like QueuePool.
 	checkStats(t, "new pool", p.Stats(), 0, 0, 0, 0, 0)

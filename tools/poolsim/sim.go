@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 )
 
 // simPool is what a request needs from an instance's pool, whichever the
@@ -130,7 +130,7 @@ func (s *Sim) newPools() (insts []*instance, err error) {
 			insts = nil
 		}
 	}()
-	var pc *collector.PgxpoolCollector
+	var pc *pgxpoolcollector.Collector
 	for i := range s.cfg.Instances {
 		cfg := PoolConfig{DSN: s.cfg.DSN, ApplicationName: s.cfg.ApplicationName(i), PoolSettings: s.cfg.Pool}
 		if s.cfg.impl() == ImplQueuePool {
@@ -147,9 +147,9 @@ func (s *Sim) newPools() (insts []*instance, err error) {
 		}
 		insts = append(insts, &instance{idx: i, pool: p})
 		set := p.CollectorSettings()
-		opts := collector.PgxpoolOptions{Target: s.cfg.MetricsTarget, Pool: s.cfg.MetricsPool(i), Settings: &set}
+		opts := pgxpoolcollector.Options{Target: s.cfg.MetricsTarget, Pool: s.cfg.MetricsPool(i), Settings: &set}
 		if pc == nil {
-			pc = collector.NewPgxpoolCollector(p.Pool(), p.Tracer(), opts)
+			pc = pgxpoolcollector.New(p.Pool(), p.Tracer(), opts)
 		} else if err := pc.Add(p.Pool(), p.Tracer(), opts); err != nil {
 			return insts, err
 		}

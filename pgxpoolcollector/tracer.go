@@ -1,7 +1,7 @@
 // The AcquireTracer: what one *pgxpool.Pool's checkouts took, how many wait, and how many
 // gave up on an exhausted pool.
 
-package collector
+package pgxpoolcollector
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // checkoutBuckets are the upper bounds, in seconds, of dbpool_checkout_duration_seconds. They
@@ -180,7 +182,7 @@ func (t *AcquireTracer) observe(d time.Duration) {
 // snapshot reads the counters. Count is the sum of the bucket counts read, so buckets and
 // count always agree; the sum may include an observation or two that the buckets do not
 // yet, which is harmless for rate(_sum)/rate(_count).
-func (t *AcquireTracer) snapshot() (pending int, cs CheckoutStats) {
+func (t *AcquireTracer) snapshot() (pending int, cs metrics.CheckoutStats) {
 	pending = int(t.pending.Load())
 	cs.Buckets = make(map[float64]uint64, len(checkoutBuckets))
 	var cum uint64

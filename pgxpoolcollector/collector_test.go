@@ -1,12 +1,9 @@
-package collector_test
+package pgxpoolcollector_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
-	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,11 +13,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/tracelog"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
+	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
@@ -47,7 +44,7 @@ type poolWant struct {
 }
 
 // familyHelp lists the deterministic families in exposition order with their TYPE and HELP,
-// as pool.go defines them.
+// as internal/metrics defines them.
 var familyHelp = [][3]string{
 	{"dbpool_pool_info", "gauge", "Always 1; one series per pool and source that observes it (activity: estimate from pg_stat_activity; pgbouncer, pgxpool, app: exact)."},
 	{"dbpool_size_connections", "gauge", "Configured permanent connections per instance (DB_POOL_SIZE)."},
@@ -89,7 +86,7 @@ func (w poolWant) samples() map[string][]string {
 		"dbpool_open_connections":         line("dbpool_open_connections", float64(w.open)),
 		"dbpool_in_use_connections":       line("dbpool_in_use_connections", float64(w.acquired)),
 		"dbpool_connections": {
-			state(collector.StateAcquired, w.acquired), state(collector.StateConstructing, w.constructing), state(collector.StateIdle, w.idle),
+			state(metrics.StateAcquired, w.acquired), state(metrics.StateConstructing, w.constructing), state(metrics.StateIdle, w.idle),
 		},
 		"dbpool_checkouts_total":         line("dbpool_checkouts_total", float64(w.checkouts)),
 		"dbpool_checkout_timeouts_total": line("dbpool_checkout_timeouts_total", float64(w.timeouts)),
@@ -124,7 +121,7 @@ func defaultWant(target, pool string, n int) poolWant {
 	return poolWant{target: target, pool: pool, size: n, recycle: 3600}
 }
 
-func newPgxPool(t *testing.T, dsn string, maxConns int32, instrument bool, next pgx.QueryTracer) (*pgxpool.Pool, *collector.AcquireTracer) {
+func newPgxPool(t *testing.T, dsn string, maxConns int32, instrument bool, next pgx.QueryTracer) (*pgxpool.Pool, *pgxpoolcollector.AcquireTracer) {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -133,9 +130,9 @@ func newPgxPool(t *testing.T, dsn string, maxConns int32, instrument bool, next 
 	cfg.MaxConns = maxConns
 	cfg.MinConns = 0
 	cfg.ConnConfig.Tracer = next
-	var tracer *collector.AcquireTracer
+	var tracer *pgxpoolcollector.AcquireTracer
 	if instrument {
-		tracer = collector.InstrumentConfig(cfg)
+		tracer = pgxpoolcollector.InstrumentConfig(cfg)
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
@@ -293,7 +290,7 @@ func TestPgxpoolCollectorSaturated(t *testing.T) {
 	pg := pgtest.StartT(t, pgtest.Options{})
 	rec := &queryRecorder{}
 	pool, tracer := newPgxPool(t, pg.SuperuserDSN(""), maxConns, true, rec)
-	c := collector.NewPgxpoolCollector(pool, tracer, collector.PgxpoolOptions{Target: "db", Pool: "app"})
+	c := pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{Target: "db", Pool: "app"})
 	var times acquireTimes
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -488,7 +485,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pool, tracer := newPgxPool(t, tt.dsn, 1, true, nil)
-			c := collector.NewPgxpoolCollector(pool, tracer, collector.PgxpoolOptions{})
+			c := pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{})
 			checkouts := 0
 			if tt.hold {
 				conn, err := pool.Acquire(context.Background())
@@ -702,7 +699,7 @@ func TestAcquireTracerForwards(t *testing.T) {
 					t.Errorf("wrapped tracer: %s", call)
 				}
 			}
-			h := histogramOf(t, collector.NewPgxpoolCollector(wrapped, tracer, collector.PgxpoolOptions{}))
+			h := histogramOf(t, pgxpoolcollector.New(wrapped, tracer, pgxpoolcollector.Options{}))
 			if h.GetSampleCount() != 1 {
 				t.Errorf("tracer counted %d acquires, want 1", h.GetSampleCount())
 			}
@@ -724,11 +721,11 @@ func TestAcquireTracerInstrumentConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := collector.InstrumentConfig(cfg); got.Next() != nil {
+	if got := pgxpoolcollector.InstrumentConfig(cfg); got.Next() != nil {
 		t.Errorf("no tracer before: Next() = %v, want nil", got.Next())
 	}
 	first := cfg.ConnConfig.Tracer
-	again := collector.InstrumentConfig(cfg)
+	again := pgxpoolcollector.InstrumentConfig(cfg)
 	if again != first || cfg.ConnConfig.Tracer != first {
 		t.Error("InstrumentConfig twice wrapped the tracer twice")
 	}
@@ -736,7 +733,7 @@ func TestAcquireTracerInstrumentConfig(t *testing.T) {
 	cfg, _ = pgxpool.ParseConfig("postgres://u@127.0.0.1:1/db")
 	logTracer := &tracelog.TraceLog{Logger: tracelog.LoggerFunc(func(context.Context, tracelog.LogLevel, string, map[string]any) {}), LogLevel: tracelog.LogLevelInfo}
 	cfg.ConnConfig.Tracer = logTracer
-	tr := collector.InstrumentConfig(cfg)
+	tr := pgxpoolcollector.InstrumentConfig(cfg)
 	if tr.Next() != logTracer || cfg.ConnConfig.Tracer != tr {
 		t.Errorf("InstrumentConfig did not wrap the existing tracer: next %v, installed %v", tr.Next(), cfg.ConnConfig.Tracer)
 	}
@@ -750,7 +747,7 @@ func TestPgxpoolCollectorWithoutTracer(t *testing.T) {
 	for _, instrumented := range []bool{false, true} {
 		t.Run(fmt.Sprintf("instrumented=%v", instrumented), func(t *testing.T) {
 			pool, _ := newPgxPool(t, pg.SuperuserDSN(""), 1, instrumented, nil)
-			c := collector.NewPgxpoolCollector(pool, nil, collector.PgxpoolOptions{Target: "db"})
+			c := pgxpoolcollector.New(pool, nil, pgxpoolcollector.Options{Target: "db"})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			for range 3 {
@@ -795,9 +792,9 @@ func TestPgxpoolCollectorAdd(t *testing.T) {
 	pg := pgtest.StartT(t, pgtest.Options{})
 	a, ta := newPgxPool(t, pg.SuperuserDSN(""), 3, true, nil)
 	b, tb := newPgxPool(t, pg.SuperuserDSN(""), 2, true, nil)
-	c := collector.NewPgxpoolCollector(a, ta, collector.PgxpoolOptions{})
+	c := pgxpoolcollector.New(a, ta, pgxpoolcollector.Options{})
 	settings := poolcfg.Settings{PoolSize: 1, MaxOverflow: 1, Timeout: 5 * time.Second, PrePing: true}
-	if err := c.Add(b, tb, collector.PgxpoolOptions{Target: "db", Pool: "replica", Settings: &settings}); err != nil {
+	if err := c.Add(b, tb, pgxpoolcollector.Options{Target: "db", Pool: "replica", Settings: &settings}); err != nil {
 		t.Fatal(err)
 	}
 	conns := make([]*pgxpool.Conn, 0, 2)
@@ -821,35 +818,35 @@ func TestPgxpoolCollectorAdd(t *testing.T) {
 		t.Error(err)
 	}
 	lint(t, c)
-	if n := len(c.Samples()); n != 2 {
-		t.Errorf("Samples() returned %d pools, want 2", n)
+	if n := testutil.CollectAndCount(c, "dbpool_pool_info"); n != 2 {
+		t.Errorf("%d pools exported, want 2", n)
 	}
 
 	other, _ := newPgxPool(t, pg.SuperuserDSN(""), 1, false, nil)
 	for _, tt := range []struct {
 		name   string
 		pool   *pgxpool.Pool
-		tracer *collector.AcquireTracer
-		opts   collector.PgxpoolOptions
+		tracer *pgxpoolcollector.AcquireTracer
+		opts   pgxpoolcollector.Options
 	}{
-		{"nil pool", nil, nil, collector.PgxpoolOptions{Pool: "x"}},
-		{"labels taken", other, nil, collector.PgxpoolOptions{Target: "db", Pool: "replica"}},
-		{"tracer of another pool", other, ta, collector.PgxpoolOptions{Pool: "x"}},
-		{"no capacity", other, nil, collector.PgxpoolOptions{Pool: "x", Settings: &poolcfg.Settings{}}},
+		{"nil pool", nil, nil, pgxpoolcollector.Options{Pool: "x"}},
+		{"labels taken", other, nil, pgxpoolcollector.Options{Target: "db", Pool: "replica"}},
+		{"tracer of another pool", other, ta, pgxpoolcollector.Options{Pool: "x"}},
+		{"no capacity", other, nil, pgxpoolcollector.Options{Pool: "x", Settings: &poolcfg.Settings{}}},
 	} {
 		if err := c.Add(tt.pool, tt.tracer, tt.opts); err == nil {
 			t.Errorf("%s: Add succeeded", tt.name)
 		}
 	}
-	if n := len(c.Samples()); n != 2 {
-		t.Errorf("after rejected additions Samples() returned %d pools, want 2", n)
+	if n := testutil.CollectAndCount(c, "dbpool_pool_info"); n != 2 {
+		t.Errorf("after rejected additions %d pools exported, want 2", n)
 	}
 }
 
 // BenchmarkAcquireTracer measures what the tracer adds to every Acquire (the success path;
 // a real Acquire costs microseconds).
 func BenchmarkAcquireTracer(b *testing.B) {
-	tr := collector.NewAcquireTracer(nil)
+	tr := pgxpoolcollector.NewAcquireTracer(nil)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -858,51 +855,4 @@ func BenchmarkAcquireTracer(b *testing.B) {
 			tr.TraceAcquireEnd(c, nil, pgxpool.TraceAcquireEndData{})
 		}
 	})
-}
-
-// ExampleNewPgxpoolCollector exports a service's own pool as the dbpool_* series.
-func ExampleNewPgxpoolCollector() {
-	cfg, err := pgxpool.ParseConfig(os.Getenv("DATABASE_URL"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	// Before NewWithConfig: the pool picks its tracer up once, when it is created.
-	tracer := collector.InstrumentConfig(cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer pool.Close()
-
-	// Report the deadline the service puts on its acquires as the checkout timeout.
-	settings := collector.PgxpoolSettings(cfg)
-	settings.Timeout = 2 * time.Second
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector.NewPgxpoolCollector(pool, tracer, collector.PgxpoolOptions{
-		Target:   "orders-db", // as the dbpool_exporter watching that server names it
-		Pool:     "api",
-		Settings: &settings,
-	}))
-	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-}
-
-// ExampleInstrumentConfig keeps the tracer a service already has: it still receives every
-// call it received before.
-func ExampleInstrumentConfig() {
-	cfg, err := pgxpool.ParseConfig(os.Getenv("DATABASE_URL"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	logTracer := &tracelog.TraceLog{
-		Logger: tracelog.LoggerFunc(func(_ context.Context, level tracelog.LogLevel, msg string, _ map[string]any) {
-			log.Println(level, msg)
-		}),
-		LogLevel: tracelog.LogLevelWarn,
-	}
-	cfg.ConnConfig.Tracer = logTracer
-
-	tracer := collector.InstrumentConfig(cfg)
-	fmt.Println(cfg.ConnConfig.Tracer == tracer, tracer.Next() == logTracer)
-	// Output: true true
 }

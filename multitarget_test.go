@@ -35,7 +35,7 @@ func testExporter(t *testing.T, yaml string, args ...string) *collector.Exporter
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp, err := f.buildExporter(cfg, slog.New(slog.DiscardHandler), nil)
+	exp, err := f.buildExporter(cfg, slog.New(slog.DiscardHandler), lasting{appCounters: collector.NewAppCounters()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func testExporter(t *testing.T, yaml string, args ...string) *collector.Exporter
 	return exp
 }
 
-func TestProbeHandler(t *testing.T) {
+func TestMultiTargetHandler(t *testing.T) {
 	const secret = "Probe-S3cret-4711"
 	pgAddr, pgAccepted := testbin.SilentListener(t)
 	bouncerAddr, bouncerAccepted := testbin.SilentListener(t)
@@ -54,7 +54,7 @@ targets:
 pgbouncers:
   - {name: edge, dsn: "postgres://%s/pgbouncer", auth_module: monitor}
 `, secret, pgAddr, bouncerAddr))
-	srv := httptest.NewServer(probeHandler(func() *collector.Exporter { return exp }, 500*time.Millisecond, 10*time.Second,
+	srv := httptest.NewServer(multiTargetHandler(func() *collector.Exporter { return exp }, 500*time.Millisecond, 10*time.Second,
 		slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 
@@ -96,7 +96,7 @@ pgbouncers:
 	}
 	time.Sleep(50 * time.Millisecond)
 	if n := pgAccepted.Load() + bouncerAccepted.Load(); n != 0 {
-		t.Fatalf("refused probes made %d connection attempts", n)
+		t.Fatalf("refused requests made %d connection attempts", n)
 	}
 
 	// A known target that hangs: the answer comes by Prometheus' timeout minus the offset,
@@ -110,32 +110,42 @@ pgbouncers:
 			t.Fatalf("GET /probe?target=%s: %d %s", tc.target, code, body)
 		}
 		if took > 1500*time.Millisecond {
-			t.Errorf("probe of a hanging %s took %v, want about 1s (1.5s timeout - 0.5s offset)", tc.target, took)
+			t.Errorf("scrape of a hanging %s took %v, want about 1s (1.5s timeout - 0.5s offset)", tc.target, took)
 		}
 		if !strings.Contains(body, fmt.Sprintf(`dbpool_up{target=%q} 0`, tc.target)) {
-			t.Errorf("probe of %s: no dbpool_up 0:\n%s", tc.target, body)
+			t.Errorf("scrape of %s: no dbpool_up 0:\n%s", tc.target, body)
 		}
 		for _, line := range strings.Split(body, "\n") {
 			if strings.HasPrefix(line, "#") || line == "" {
 				continue
 			}
 			if !strings.Contains(line, fmt.Sprintf("target=%q", tc.target)) {
-				t.Errorf("probe of %s returned a series of something else: %s", tc.target, line)
+				t.Errorf("scrape of %s returned a series of something else: %s", tc.target, line)
 			}
 			if strings.HasPrefix(line, "go_") || strings.HasPrefix(line, "process_") || strings.HasPrefix(line, "dbpool_exporter_") {
-				t.Errorf("probe of %s returned a process-wide series: %s", tc.target, line)
+				t.Errorf("scrape of %s returned a process-wide series: %s", tc.target, line)
 			}
 		}
 		if strings.Contains(body, secret) {
-			t.Errorf("the password is in the probe's answer")
+			t.Errorf("the password is in the answer")
 		}
 		if tc.accepted.Load() == 0 {
-			t.Errorf("probe of %s never dialled its server", tc.target)
+			t.Errorf("scrape of %s never dialled its server", tc.target)
 		}
 	}
 }
 
-func TestProbeFlags(t *testing.T) {
+func TestTargetFlags(t *testing.T) {
+	parse := func(args ...string) (*flags, error) {
+		t.Helper()
+		app := kingpin.New("test", "")
+		f := addFlags(app)
+		if _, err := app.Parse(append([]string{"--pg.dsn=postgres://h/db"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := f.loadConfig(func(string) (string, bool) { return "", false })
+		return f, err
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -144,12 +154,7 @@ func TestProbeFlags(t *testing.T) {
 		{[]string{"--probe.max-connected-targets=-1"}, "--probe.max-connected-targets=-1: must be 0 (no cap) or more"},
 		{[]string{"--web.telemetry-path=/probe"}, "/probe is served by the exporter itself"},
 	} {
-		app := kingpin.New("test", "")
-		f := addFlags(app)
-		if _, err := app.Parse(append([]string{"--pg.dsn=postgres://h/db"}, tc.args...)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.loadConfig(func(string) (string, bool) { return "", false }); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
 	}

@@ -1,6 +1,6 @@
 // The AcquireTracer's forwarding of every other pgx tracer call to the tracer it wraps.
 
-package collector
+package pgxpoolcollector
 
 import (
 	"context"
