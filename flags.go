@@ -46,6 +46,9 @@ type flags struct {
 	scrapeTargets      bool
 	targetIdleTimeout  time.Duration
 	targetMaxConnected int
+
+	// deprecated lists the deprecated flags given, in the order given, for one warning each.
+	deprecated []string
 }
 
 func addFlags(app *kingpin.Application) *flags {
@@ -74,9 +77,27 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
 	app.Flag("metrics.scrape-targets", "Scrape every configured target on each request to the telemetry path. With --no-metrics.scrape-targets the telemetry path serves only the exporter's own metrics, and Prometheus scrapes each target through /probe?target=NAME (see docs/configuration.md, Multi-target probing).").Default("true").BoolVar(&f.scrapeTargets)
-	app.Flag("probe.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long, through the telemetry path or /probe; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.targetIdleTimeout)
-	app.Flag("probe.max-connected-targets", "Most targets holding monitoring connections at once when /probe?target=NAME connects one: the least recently scraped target is disconnected first. 0 is no cap. A scrape of all targets on the telemetry path (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.targetMaxConnected)
+	app.Flag("target.idle-timeout", "Close the monitoring connections of a target that has not been scraped for this long, through the telemetry path or /probe; its next scrape reconnects. 0 keeps them open.").Default("5m").DurationVar(&f.targetIdleTimeout)
+	app.Flag("target.max-connected", "Most targets holding monitoring connections at once when /probe?target=NAME connects one: the least recently scraped target is disconnected first. 0 is no cap. A scrape of all targets on the telemetry path (--metrics.scrape-targets) is not capped.").Default("50").IntVar(&f.targetMaxConnected)
+	f.deprecatedAlias(app, "probe.idle-timeout", "target.idle-timeout").DurationVar(&f.targetIdleTimeout)
+	f.deprecatedAlias(app, "probe.max-connected-targets", "target.max-connected").IntVar(&f.targetMaxConnected)
 	return f
+}
+
+// deprecatedAlias is a hidden flag under a former name that sets the same value as its
+// successor and is reported by warnDeprecated.
+func (f *flags) deprecatedAlias(app *kingpin.Application, old, successor string) *kingpin.FlagClause {
+	return app.Flag(old, "Deprecated: use --"+successor+".").Hidden().PreAction(func(*kingpin.ParseContext) error {
+		f.deprecated = append(f.deprecated, "--"+old+" is deprecated: use --"+successor)
+		return nil
+	})
+}
+
+// warnDeprecated logs one warning for each deprecated flag given.
+func (f *flags) warnDeprecated(logger *slog.Logger) {
+	for _, msg := range f.deprecated {
+		logger.Warn(msg)
+	}
 }
 
 // loadConfig assembles the configuration from the DB_* settings, the .env file, the flags
@@ -104,10 +125,10 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 		return nil, fmt.Errorf("--health.sample-interval=%s: must be 0 (off) or at least 1s", f.healthSampleInterval)
 	}
 	if f.targetIdleTimeout != 0 && f.targetIdleTimeout < time.Second {
-		return nil, fmt.Errorf("--probe.idle-timeout=%s: must be 0 (never) or at least 1s", f.targetIdleTimeout)
+		return nil, fmt.Errorf("--target.idle-timeout=%s: must be 0 (never) or at least 1s", f.targetIdleTimeout)
 	}
 	if f.targetMaxConnected < 0 {
-		return nil, fmt.Errorf("--probe.max-connected-targets=%d: must be 0 (no cap) or more", f.targetMaxConnected)
+		return nil, fmt.Errorf("--target.max-connected=%d: must be 0 (no cap) or more", f.targetMaxConnected)
 	}
 	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
@@ -216,7 +237,7 @@ func (f *flags) buildExporter(cfg *poolcfg.Config, logger *slog.Logger, keep las
 func (f *flags) warnUncapped(cfg *poolcfg.Config, logger *slog.Logger) {
 	n := len(targetNames(cfg, f.pgbouncer))
 	if f.scrapeTargets && f.targetMaxConnected > 0 && n > f.targetMaxConnected {
-		logger.Warn("every scrape of the telemetry path connects all targets, more than --probe.max-connected-targets; "+
+		logger.Warn("every scrape of the telemetry path connects all targets, more than --target.max-connected; "+
 			"for a fleet, set --no-metrics.scrape-targets and scrape each target through /probe?target=NAME",
 			"targets", n, "max_connected", f.targetMaxConnected)
 	}

@@ -73,6 +73,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	logger := promslog.New(logCfg)
+	f.warnDeprecated(logger)
 
 	cfg, err := f.loadConfig(os.LookupEnv)
 	if err != nil {

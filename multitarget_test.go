@@ -150,12 +150,32 @@ func TestTargetFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--probe.idle-timeout=10ms"}, "--probe.idle-timeout=10ms: must be 0 (never) or at least 1s"},
-		{[]string{"--probe.max-connected-targets=-1"}, "--probe.max-connected-targets=-1: must be 0 (no cap) or more"},
+		{[]string{"--target.idle-timeout=10ms"}, "--target.idle-timeout=10ms: must be 0 (never) or at least 1s"},
+		{[]string{"--target.max-connected=-1"}, "--target.max-connected=-1: must be 0 (no cap) or more"},
+		{[]string{"--probe.max-connected-targets=-1"}, "--target.max-connected=-1: must be 0 (no cap) or more"},
 		{[]string{"--web.telemetry-path=/probe"}, "/probe is served by the exporter itself"},
 	} {
 		if _, err := parse(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
+	}
+
+	// The former names still work, and say once each that they are deprecated.
+	f, err := parse("--probe.idle-timeout=2m", "--probe.max-connected-targets=7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.targetIdleTimeout != 2*time.Minute || f.targetMaxConnected != 7 {
+		t.Errorf("deprecated flags set idle timeout %v, cap %d; want 2m, 7", f.targetIdleTimeout, f.targetMaxConnected)
+	}
+	var logs strings.Builder
+	f.warnDeprecated(slog.New(slog.NewTextHandler(&logs, nil)))
+	for _, want := range []string{"--probe.idle-timeout is deprecated: use --target.idle-timeout", "--probe.max-connected-targets is deprecated: use --target.max-connected"} {
+		if strings.Count(logs.String(), want) != 1 {
+			t.Errorf("log should say %q once:\n%s", want, logs.String())
+		}
+	}
+	if f, _ := parse("--target.idle-timeout=2m"); len(f.deprecated) != 0 {
+		t.Errorf("current flags reported as deprecated: %v", f.deprecated)
 	}
 }

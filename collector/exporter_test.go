@@ -125,10 +125,10 @@ func TestScrapeTargetFleet(t *testing.T) {
 		t.Errorf("connected targets after the cap = %d, want 2", n)
 	}
 	if err := testutil.CollectAndCompare(fleet, strings.NewReader(`
-# HELP dbpool_exporter_connected_targets Targets that hold or may hold monitoring connections: scraped, and not disconnected since for being idle (--probe.idle-timeout) or over the cap (--probe.max-connected-targets).
+# HELP dbpool_exporter_connected_targets Targets that hold or may hold monitoring connections: scraped, and not disconnected since for being idle (--target.idle-timeout) or over the cap (--target.max-connected).
 # TYPE dbpool_exporter_connected_targets gauge
 dbpool_exporter_connected_targets 2
-# HELP dbpool_exporter_target_disconnects_total Targets whose monitoring connections were closed, by reason: idle (not scraped for --probe.idle-timeout) or cap (least recently used when a /probe scrape needed a connection beyond --probe.max-connected-targets).
+# HELP dbpool_exporter_target_disconnects_total Targets whose monitoring connections were closed, by reason: idle (not scraped for --target.idle-timeout) or cap (least recently used when a /probe scrape needed a connection beyond --target.max-connected).
 # TYPE dbpool_exporter_target_disconnects_total counter
 dbpool_exporter_target_disconnects_total{reason="cap"} 1
 dbpool_exporter_target_disconnects_total{reason="idle"} 0

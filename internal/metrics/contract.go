@@ -103,8 +103,8 @@ const (
 
 // Values of the reason label of dbpool_exporter_target_disconnects_total.
 const (
-	DisconnectIdle = "idle" // not scraped for --probe.idle-timeout
-	DisconnectCap  = "cap"  // least recently used beyond --probe.max-connected-targets
+	DisconnectIdle = "idle" // not scraped for --target.idle-timeout
+	DisconnectCap  = "cap"  // least recently used beyond --target.max-connected
 )
 
 // Group is who describes a series: the collector that may emit it.
@@ -272,12 +272,12 @@ var (
 		"Configured targets (PostgreSQL servers and PgBouncers) that /metrics or /probe can scrape.")
 	ExporterConnectedTargets = gauge(ExporterGroup, "exporter", "connected_targets",
 		"Targets that hold or may hold monitoring connections: scraped, and not disconnected since for being idle "+
-			"(--probe.idle-timeout) or over the cap (--probe.max-connected-targets).")
+			"(--target.idle-timeout) or over the cap (--target.max-connected).")
 	ExporterMaxConnectedTargets = gauge(ExporterGroup, "exporter", "max_connected_targets",
-		"The cap on connected targets (--probe.max-connected-targets) that a /probe scrape enforces; absent without a cap.")
+		"The cap on connected targets (--target.max-connected) that a /probe scrape enforces; absent without a cap.")
 	ExporterTargetDisconnects = counter(ExporterGroup, "exporter", "target_disconnects_total",
-		"Targets whose monitoring connections were closed, by reason: idle (not scraped for --probe.idle-timeout) or cap "+
-			"(least recently used when a /probe scrape needed a connection beyond --probe.max-connected-targets).", "reason")
+		"Targets whose monitoring connections were closed, by reason: idle (not scraped for --target.idle-timeout) or cap "+
+			"(least recently used when a /probe scrape needed a connection beyond --target.max-connected).", "reason")
 )
 
 // The recommendations drawn from the pool history.
