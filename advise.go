@@ -24,7 +24,7 @@ import (
 // adviseHelp is the advise command's help.
 const adviseHelp = "Sample the pools for a while with the same flags and configuration, print each pool's health, warnings and recommendations " +
 	"(DB_POOL_SIZE / DB_MAX_OVERFLOW for application pools, PgBouncer's and pgxpool's own settings for theirs), and exit: " +
-	"0 all configured pools healthy, 3 a configured pool has warnings or is saturated (unconfigured app:* groups count only with " +
+	"0 all configured pools healthy, 3 a configured pool has warnings or is saturated (unconfigured application_name:* groups count only with " +
 	"--advise.include-unconfigured; their warnings print either way), 1 error (bad configuration, database unreachable for the whole run)."
 
 // Exit codes of the advise command, for CI and cron.
@@ -38,7 +38,7 @@ type adviseFlags struct {
 	interval time.Duration
 	duration time.Duration
 	output   string
-	// includeUnconfigured counts the app:* groups of unconfigured backends (psql, pg_dump,
+	// includeUnconfigured counts the application_name:* groups of unconfigured backends (psql, pg_dump,
 	// cron jobs) in the exit code too.
 	includeUnconfigured bool
 }
@@ -47,7 +47,7 @@ func addAdviseFlags(cmd *kingpin.CmdClause) *adviseFlags {
 	a := &adviseFlags{}
 	cmd.Flag("advise.interval", "Time between two samples.").Default("5s").DurationVar(&a.interval)
 	cmd.Flag("advise.duration", "How long to sample; the advice covers this window. 0 takes one sample.").Default("1m").DurationVar(&a.duration)
-	cmd.Flag("advise.include-unconfigured", "Let warnings of backends that matched no configured pool (app:* groups such as app:psql) set exit code 3 too; by default only configured pools do, and the others' warnings are printed all the same.").BoolVar(&a.includeUnconfigured)
+	cmd.Flag("advise.include-unconfigured", "Let warnings of backends that matched no configured pool (application_name:* groups such as application_name:psql) set exit code 3 too; by default only configured pools do, and the others' warnings are printed all the same.").BoolVar(&a.includeUnconfigured)
 	cmd.Flag("output", "Output format: text (with .env lines ready to paste) or json (the /api/v1/pools reports).").Default("text").EnumVar(&a.output, "text", "json")
 	return a
 }
@@ -67,7 +67,7 @@ type adviseOutput struct {
 	Targets         []adviseTarget `json:"targets"`
 	Healthy         bool           `json:"healthy"`
 	ExitCode        int            `json:"exit_code"`
-	// IncludeUnconfigured says whether app:* pools counted in healthy and exit_code.
+	// IncludeUnconfigured says whether application_name:* pools counted in healthy and exit_code.
 	IncludeUnconfigured bool `json:"include_unconfigured"`
 	// NotCounted lists the unhealthy pools that did not count (unconfigured ones by default).
 	NotCounted []string        `json:"not_counted"`
@@ -138,7 +138,7 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 		Samples:         samples,
 		Interrupted:     interrupted,
 		Targets:         []adviseTarget{},
-		// Ad-hoc sessions (psql, pg_dump) form app:* groups whose warnings are no verdict
+		// Ad-hoc sessions (psql, pg_dump) form application_name:* groups whose warnings are no verdict
 		// on the application's pools: by default they do not fail a cron or CI run.
 		IncludeUnconfigured: a.includeUnconfigured,
 		NotCounted:          []string{},

@@ -152,7 +152,7 @@ func TestAdviseCommand(t *testing.T) {
 	})
 
 	// The same six sessions when the configuration names another pool: they form the
-	// unconfigured group app:leaky, like an ad-hoc psql would. Its warning prints, but it
+	// unconfigured group application_name:leaky, like an ad-hoc psql would. Its warning prints, but it
 	// fails the run only with --advise.include-unconfigured.
 	t.Run("leak in an unconfigured group: exit 0 unless --advise.include-unconfigured", func(t *testing.T) {
 		other := append(append([]string{}, short...), "--pool.name=api", "--pool.application-name=api")
@@ -161,9 +161,9 @@ func TestAdviseCommand(t *testing.T) {
 		if code != adviseHealthy {
 			t.Errorf("exit code %d, want %d\nstderr:\n%s", code, adviseHealthy, errOut)
 		}
-		for _, want := range []string{"== pool api on 127.0.0.1:", "== pool app:leaky on 127.0.0.1:", ": WARNING\n",
+		for _, want := range []string{"== pool api on 127.0.0.1:", "== pool application_name:leaky on 127.0.0.1:", ": WARNING\n",
 			"  - [idle_in_transaction] 6 connections are idle in transaction",
-			"summary: 2 pool(s): 1 ok, 1 warning, 0 saturated; exit code 0 (not counted: 1 unconfigured pool(s) with warnings, app:leaky on 127.0.0.1:",
+			"summary: 2 pool(s): 1 ok, 1 warning, 0 saturated; exit code 0 (not counted: 1 unconfigured pool(s) with warnings, application_name:leaky on 127.0.0.1:",
 			"--advise.include-unconfigured counts them)"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q", want)

@@ -64,7 +64,7 @@ func TestActivityRealSessions(t *testing.T) {
 	// The exporter's own pool is sampled while the scrape uses it: its numbers vary.
 	c := withoutOwnPool{exp.ScrapeCollector(context.Background())}
 
-	// Three unmatched applications fit under the cap of 3 only as 2 + "app:other": the two
+	// Three unmatched applications fit under the cap of 3 only as 2 + "application_name:other": the two
 	// first by size then name (batch-a, batch-b) keep their name.
 	want := `
 # HELP dbpool_connections Open connections by state, a disjoint breakdown of dbpool_open_connections in the source's own state names.
@@ -73,39 +73,39 @@ dbpool_connections{pool="api",source="activity",state="active",target="db"} 1
 dbpool_connections{pool="api",source="activity",state="idle",target="db"} 3
 dbpool_connections{pool="api",source="activity",state="idle in transaction",target="db"} 1
 dbpool_connections{pool="api",source="activity",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:batch-a",source="activity",state="active",target="db"} 0
-dbpool_connections{pool="app:batch-a",source="activity",state="idle",target="db"} 1
-dbpool_connections{pool="app:batch-a",source="activity",state="idle in transaction",target="db"} 0
-dbpool_connections{pool="app:batch-a",source="activity",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:batch-b",source="activity",state="active",target="db"} 0
-dbpool_connections{pool="app:batch-b",source="activity",state="idle",target="db"} 1
-dbpool_connections{pool="app:batch-b",source="activity",state="idle in transaction",target="db"} 0
-dbpool_connections{pool="app:batch-b",source="activity",state="idle in transaction (aborted)",target="db"} 0
-dbpool_connections{pool="app:other",source="activity",state="active",target="db"} 1
-dbpool_connections{pool="app:other",source="activity",state="idle",target="db"} 1
-dbpool_connections{pool="app:other",source="activity",state="idle in transaction",target="db"} 1
-dbpool_connections{pool="app:other",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="application_name:batch-a",source="activity",state="active",target="db"} 0
+dbpool_connections{pool="application_name:batch-a",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="application_name:batch-a",source="activity",state="idle in transaction",target="db"} 0
+dbpool_connections{pool="application_name:batch-a",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="application_name:batch-b",source="activity",state="active",target="db"} 0
+dbpool_connections{pool="application_name:batch-b",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="application_name:batch-b",source="activity",state="idle in transaction",target="db"} 0
+dbpool_connections{pool="application_name:batch-b",source="activity",state="idle in transaction (aborted)",target="db"} 0
+dbpool_connections{pool="application_name:other",source="activity",state="active",target="db"} 1
+dbpool_connections{pool="application_name:other",source="activity",state="idle",target="db"} 1
+dbpool_connections{pool="application_name:other",source="activity",state="idle in transaction",target="db"} 1
+dbpool_connections{pool="application_name:other",source="activity",state="idle in transaction (aborted)",target="db"} 0
 # HELP dbpool_in_use_connections Connections checked out or busy; never counts idle ones. A lower bound for the activity source.
 # TYPE dbpool_in_use_connections gauge
 dbpool_in_use_connections{pool="api",source="activity",target="db"} 2
-dbpool_in_use_connections{pool="app:batch-a",source="activity",target="db"} 0
-dbpool_in_use_connections{pool="app:batch-b",source="activity",target="db"} 0
-dbpool_in_use_connections{pool="app:other",source="activity",target="db"} 2
+dbpool_in_use_connections{pool="application_name:batch-a",source="activity",target="db"} 0
+dbpool_in_use_connections{pool="application_name:batch-b",source="activity",target="db"} 0
+dbpool_in_use_connections{pool="application_name:other",source="activity",target="db"} 2
 # HELP dbpool_lock_waiting_connections Connections waiting for a heavyweight lock.
 # TYPE dbpool_lock_waiting_connections gauge
 dbpool_lock_waiting_connections{pool="api",source="activity",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:batch-a",source="activity",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:batch-b",source="activity",target="db"} 0
-dbpool_lock_waiting_connections{pool="app:other",source="activity",target="db"} 1
+dbpool_lock_waiting_connections{pool="application_name:batch-a",source="activity",target="db"} 0
+dbpool_lock_waiting_connections{pool="application_name:batch-b",source="activity",target="db"} 0
+dbpool_lock_waiting_connections{pool="application_name:other",source="activity",target="db"} 1
 # HELP dbpool_max_connections Capacity of the pool group: instances x (pool size + max overflow).
 # TYPE dbpool_max_connections gauge
 dbpool_max_connections{pool="api",source="activity",target="db"} 6
 # HELP dbpool_open_connections Connections the pool group has open (in use plus idle).
 # TYPE dbpool_open_connections gauge
 dbpool_open_connections{pool="api",source="activity",target="db"} 5
-dbpool_open_connections{pool="app:batch-a",source="activity",target="db"} 1
-dbpool_open_connections{pool="app:batch-b",source="activity",target="db"} 1
-dbpool_open_connections{pool="app:other",source="activity",target="db"} 3
+dbpool_open_connections{pool="application_name:batch-a",source="activity",target="db"} 1
+dbpool_open_connections{pool="application_name:batch-b",source="activity",target="db"} 1
+dbpool_open_connections{pool="application_name:other",source="activity",target="db"} 3
 # HELP dbpool_overflow_connections Connections beyond the pool size: per instance max(0, open - pool size), summed.
 # TYPE dbpool_overflow_connections gauge
 dbpool_overflow_connections{pool="api",source="activity",target="db"} 3

@@ -378,7 +378,7 @@ func faultExhausted(t *testing.T) {
 
 // faultManyNames: 500 sessions take 10,000 distinct application names, 500 at a time over 20
 // rounds; the pools the exporter reports stay within --collector.activity.max-applications
-// (the rest is app:other), the series count does not grow, and every backend is counted.
+// (the rest is application_name:other), the series count does not grow, and every backend is counted.
 // The health history (/api/v1/pools, /pools) remembers pools seen within its window: with
 // 50 new groups a round it passes its cap of health.DefaultMaxPools, which must hold.
 func faultManyNames(t *testing.T) {
@@ -440,7 +440,7 @@ func faultManyNames(t *testing.T) {
 	if len(history.Pools) > health.DefaultMaxPools {
 		t.Errorf("/api/v1/pools lists %d pools, more than the cap of %d", len(history.Pools), health.DefaultMaxPools)
 	}
-	// The configured pool, the capped application groups, app:other and the exporter's own.
+	// The configured pool, the capped application groups, application_name:other and the exporter's own.
 	if bound := 1 + maxApps + 1 + 1; maxPools > bound {
 		t.Errorf("%d pools in one scrape, want at most %d (max-applications %d)", maxPools, bound, maxApps)
 	}

@@ -225,7 +225,7 @@ var (
 		"job":      `(dbpool|dbpool-sidecar)`,
 		"instance": `(10.0.0.1:9187|10.0.0.2:9187)`,
 		"target":   `(db-1:5432/app|pgbouncer:db-1:6432/pgbouncer)`,
-		"pool":     `(api|app/app|app:other)`,
+		"pool":     `(api|app/app|application_name:other)`,
 	}
 	varRefRe     = regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(:[^}]*)?\}|\$([A-Za-z0-9_]+)|\[\[([A-Za-z0-9_]+)(:[^\]]*)?\]\]`)
 	labelVarUse  = regexp.MustCompile(`\b(job|instance|target|pool)\s*=~\s*"\$(job|instance|target|pool)"`)

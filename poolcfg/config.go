@@ -72,11 +72,12 @@ var poolNameRe = regexp.MustCompile(`^[a-zA-Z0-9_.:/-]+$`)
 
 // Pool names the exporter itself uses as the pool label next to the configured pools, so a
 // configured pool of that name would duplicate their series.
+// Pool names the exporter gives pools itself, so that no configured pool may have them.
 const (
 	// UnmatchedPoolPrefix starts the pool name of backends that match no configured pool:
-	// the activity source groups them by application_name, as app:<name>, and
-	// the groups beyond its cap as app:other.
-	UnmatchedPoolPrefix = "app:"
+	// the activity source groups them by application_name, as application_name:<name>, and
+	// the groups beyond its cap as application_name:other.
+	UnmatchedPoolPrefix = "application_name:"
 	// OwnPoolName is the pool of the exporter's own monitoring connections on every
 	// PostgreSQL target.
 	OwnPoolName = "dbpool_exporter"

@@ -247,10 +247,10 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate pool name", target + "pools:\n  - name: api\n    match: {user: a}\n  - name: api\n    match: {user: b}\n",
 			`c.yml:7: pools[1].name="api": duplicate pool name, also used by pools[0].name (line 5)`},
 		{"bad pool name", target + "pools:\n  - name: my api\n", `c.yml:5: pools[0].name="my api": must match [a-zA-Z0-9_.:/-]+`},
-		{"pool name in the unmatched applications' namespace", target + "pools:\n  - name: app:api-0\n",
-			`c.yml:5: pools[0].name="app:api-0": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`},
-		{"pool named app:other", target + "pools:\n  - name: app:other\n",
-			`c.yml:5: pools[0].name="app:other": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs`},
+		{"pool name in the unmatched applications' namespace", target + "pools:\n  - name: application_name:api-0\n",
+			`c.yml:5: pools[0].name="application_name:api-0": the prefix "application_name:" is reserved: backends that match no pool are reported as pool "application_name:<application_name>" (and "application_name:other"), and this pool's series would collide with theirs`},
+		{"pool named application_name:other", target + "pools:\n  - name: application_name:other\n",
+			`c.yml:5: pools[0].name="application_name:other": the prefix "application_name:" is reserved: backends that match no pool are reported as pool "application_name:<application_name>" (and "application_name:other"), and this pool's series would collide with theirs`},
 		{"pool named like the exporter's own pool", target + "pools:\n  - name: dbpool_exporter\n",
 			`c.yml:5: pools[0].name="dbpool_exporter": reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target`},
 		{"missing pool name", target + "pools:\n  - match: {user: a}\n", `c.yml:5: pools[0].name: required`},
@@ -390,14 +390,14 @@ func TestValidate(t *testing.T) {
 		{"reserved pool names", func(c *Config) {
 			p := c.Pools[0]
 			p.Name, p.Match = "dbpool_exporter", Matcher{User: "x"}
-			c.Pools[0].Name = "app:api"
+			c.Pools[0].Name = "application_name:api"
 			c.Pools = append(c.Pools, p)
-		}, `pools[0].name="app:api": the prefix "app:" is reserved: backends that match no pool are reported as pool "app:<application_name>" (and "app:other"), and this pool's series would collide with theirs` + "\n" +
+		}, `pools[0].name="application_name:api": the prefix "application_name:" is reserved: backends that match no pool are reported as pool "application_name:<application_name>" (and "application_name:other"), and this pool's series would collide with theirs` + "\n" +
 			`pools[1].name="dbpool_exporter": reserved: the exporter reports its own monitoring connections as this pool on every PostgreSQL target`},
 		{"pool names that merely look reserved", func(c *Config) {
 			p := c.Pools[0]
 			p.Name, p.Match = "dbpool_exporter_api", Matcher{User: "x"}
-			c.Pools[0].Name = "api:app:x"
+			c.Pools[0].Name = "app:api"
 			c.Pools = append(c.Pools, p)
 		}, ""},
 		{"pgbouncer named like a target", func(c *Config) { c.PgBouncers = []PgBouncer{{Name: "main", DSN: dsn}} },

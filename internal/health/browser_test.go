@@ -20,7 +20,7 @@ import (
 )
 
 // xssName is an application_name a hostile client could choose; unmatched backends become
-// pool "app:<application_name>", which the page must show as text.
+// pool "application_name:<application_name>", which the page must show as text.
 const xssName = `<script>alert(1)</script>`
 
 // chromiumPath finds Debian's chromium. Missing is a failure, not a skip: make test installs
@@ -81,7 +81,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	waitFor(t, 20*time.Second, "pool api saturated while the others are seen", func() bool {
 		api, ok1 := s.findReport(t, "api")
 		_, ok2 := s.findReport(t, "reports")
-		_, ok3 := s.findReport(t, "app:"+xssName)
+		_, ok3 := s.findReport(t, "application_name:"+xssName)
 		return ok1 && ok2 && ok3 && api.State == StateSaturated
 	})
 	// Freeze the history so that the browser sees the state the API just reported.
@@ -95,7 +95,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	raw, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if strings.Contains(string(raw), "<script") || !strings.Contains(string(raw), "app:&lt;script&gt;alert(1)&lt;/script&gt;") {
+	if strings.Contains(string(raw), "<script") || !strings.Contains(string(raw), "application_name:&lt;script&gt;alert(1)&lt;/script&gt;") {
 		t.Errorf("the page does not escape the application name:\n%s", raw)
 	}
 
@@ -114,7 +114,7 @@ func TestStatusPageInChromium(t *testing.T) {
 			}
 		}
 	}
-	if row := domRow(dom, "app:&lt;script&gt;alert(1)&lt;/script&gt;"); !strings.Contains(row, "<strong>app:&lt;script&gt;alert(1)&lt;/script&gt;</strong>") {
+	if row := domRow(dom, "application_name:&lt;script&gt;alert(1)&lt;/script&gt;"); !strings.Contains(row, "<strong>application_name:&lt;script&gt;alert(1)&lt;/script&gt;</strong>") {
 		t.Errorf("the hostile pool's row does not show its name as text:\n%s", row)
 	}
 

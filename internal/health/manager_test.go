@@ -139,7 +139,7 @@ func TestPoolsBoundedAndForgotten(t *testing.T) {
 	for i := range 100 {
 		pools := []metrics.PoolStats{configured}
 		for j := range 3 {
-			pools = append(pools, metrics.PoolStats{Target: "db", Pool: fmt.Sprintf("app:x%d", 3*i+j), Source: metrics.SourceActivity, Open: 1})
+			pools = append(pools, metrics.PoolStats{Target: "db", Pool: fmt.Sprintf("application_name:x%d", 3*i+j), Source: metrics.SourceActivity, Open: 1})
 		}
 		m.Observe(collector.Result{Pools: pools})
 		c.add(time.Second)
@@ -150,7 +150,7 @@ func TestPoolsBoundedAndForgotten(t *testing.T) {
 	if _, err := m.Find("db", "api"); err != nil {
 		t.Errorf("the configured pool was evicted for churning application names: %v", err)
 	}
-	if _, err := m.Find("db", "app:x299"); err != nil {
+	if _, err := m.Find("db", "application_name:x299"); err != nil {
 		t.Errorf("the newest application is not tracked: %v", err)
 	}
 
@@ -178,7 +178,7 @@ func TestServerBudget(t *testing.T) {
 			Pools: []metrics.PoolStats{
 				activityPool("db", "api", 10, 20, 5, 10),
 				activityPool("db", "worker", 2, 4, 3, 1),
-				{Target: "db", Pool: "app:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1},
+				{Target: "db", Pool: "application_name:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1},
 			},
 			Servers: []collector.ServerStats{{Target: "db", MaxConnections: 100, ReservedConnections: 3}},
 		})
@@ -210,7 +210,7 @@ func TestServerBudget(t *testing.T) {
 	if !hasFinding(worker.Health.Warnings, advice.RuleServerBudget, fleetWarning) {
 		t.Errorf("worker warnings lack the fleet budget: %v", worker.Health.Warnings)
 	}
-	psql, _ := m.Find("db", "app:psql")
+	psql, _ := m.Find("db", "application_name:psql")
 	if psql.Configured || psql.Optimization.PerInstanceBudget != nil || psql.Optimization.Env != "" ||
 		psql.Optimization.Recommendations[0].Rule != RuleUnconfigured {
 		t.Errorf("unconfigured pool: configured %v, budget %v, env %q, recommendations %v",
@@ -282,7 +282,7 @@ func TestMetrics(t *testing.T) {
 		m.Observe(collector.Result{Pools: pools})
 		c.add(15 * time.Second)
 	}
-	unconfigured := metrics.PoolStats{Target: "db", Pool: "app:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1}
+	unconfigured := metrics.PoolStats{Target: "db", Pool: "application_name:psql", Source: metrics.SourceActivity, Open: 1, InUse: 1}
 	for range 5 {
 		observe(activityPool("db", "api", 10, 20, 1, 9), unconfigured)
 	}
@@ -292,7 +292,7 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("lint: %v %v", problems, err)
 	}
 	// api: 75 s of 9 in use of 10 -> the seed's scale-up to 15/30. new: one sample, too short.
-	// app:psql: not configured.
+	// application_name:psql: not configured.
 	want := `
 # HELP dbpool_recommended_max_overflow_connections Recommended extra connections per instance beyond the pool size (DB_MAX_OVERFLOW) from the pool's history; the rules behind it are at /api/v1/optimize.
 # TYPE dbpool_recommended_max_overflow_connections gauge
@@ -372,7 +372,7 @@ func TestAPI(t *testing.T) {
 func TestPageEscapes(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
-	evil := `app:<script>alert(1)</script>`
+	evil := `application_name:<script>alert(1)</script>`
 	m.Observe(collector.Result{Pools: []metrics.PoolStats{
 		activityPool(`db"><b>x`, "api", 5, 10, 1, 2),
 		{Target: "db", Pool: evil, Source: metrics.SourceActivity, Open: 1, InUse: 1,
@@ -389,7 +389,7 @@ func TestPageEscapes(t *testing.T) {
 			t.Errorf("page contains %q", bad)
 		}
 	}
-	for _, want := range []string{"app:&lt;script&gt;alert(1)&lt;/script&gt;", `style="width: 13.3%"`} {
+	for _, want := range []string{"application_name:&lt;script&gt;alert(1)&lt;/script&gt;", `style="width: 13.3%"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}

@@ -39,7 +39,7 @@ type Report struct {
 	Pool   string         `json:"pool"`
 	Source metrics.Source `json:"source"`
 	Exact  bool           `json:"exact"`
-	// Configured is false for backends that matched no configured pool (pool "app:<name>"):
+	// Configured is false for backends that matched no configured pool (pool "application_name:<name>"):
 	// their DB_* settings, capacity and server budget are unknown.
 	Configured   bool      `json:"configured"`
 	State        State     `json:"state"`

@@ -95,7 +95,7 @@ const (
 	// OwnPool is the exporter's own monitoring connections on every PostgreSQL target.
 	OwnPool = poolcfg.OwnPoolName
 	// UnmatchedPoolPrefix starts the pool of the backends that match no configured pool,
-	// grouped by application_name: app:psql.
+	// grouped by application_name: application_name:psql.
 	UnmatchedPoolPrefix = poolcfg.UnmatchedPoolPrefix
 	// OtherApplications gathers the unmatched backends beyond the cap on such groups.
 	OtherApplications = UnmatchedPoolPrefix + "other"

@@ -201,7 +201,7 @@ local u = import '../lib/utils.libsonnet';
         keep their locks and hold back VACUUM. A handful for a moment is normal between
         statements of a transaction; more than 5 for 5 minutes is a leaked session or a missing
         commit/rollback. Not critical by itself: it leads to the utilization and timeout alerts.
-        Unlike DbPoolLongQuery it also covers app:<name> groups: an ad-hoc session left open
+        Unlike DbPoolLongQuery it also covers application_name:<name> groups: an ad-hoc session left open
         in a transaction holds locks and VACUUM back just the same.
       ||| % c.idleInTransactionAlertFor,
       alert: 'DbPoolIdleInTransaction',
@@ -231,7 +231,7 @@ local u = import '../lib/utils.libsonnet';
         expression already waits 30 s and cannot flap on a blip: a `for` on top would only move
         the alert to 30 s + `for` and miss the 40 s query the seed means. Warning, because long
         queries are a cause; the pool alerts they lead to carry the urgency. Only configured
-        pools (those with a capacity): ad-hoc sessions grouped as app:<name>, such as a nightly
+        pools (those with a capacity): ad-hoc sessions grouped as application_name:<name>, such as a nightly
         pg_dump or a psql report, run long queries on purpose.
       |||,
       alert: 'DbPoolLongQuery',
