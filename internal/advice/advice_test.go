@@ -66,8 +66,8 @@ var (
 
 	// The seed's "Too Many Database Connections": 5 instances of the default 10/20 pool on a
 	// server with max_connections 100 (PostgreSQL's default 3 superuser-reserved slots).
-	fleetPool    = pool(10, 20, 5)
-	fleetSamples = series(600, 15, func(int) Sample { return Sample{InUse: 15, Open: 50} })
+	groupPool    = pool(10, 20, 5)
+	groupSamples = series(600, 15, func(int) Sample { return Sample{InUse: 15, Open: 50} })
 	seedServer   = &Server{MaxConnections: 100, ReservedConnections: 3}
 
 	// Undersized: 5/10 serving up to 12 at once, with waits and timeouts.
@@ -86,8 +86,8 @@ var (
 	bigPool    = pool(20, 40, 1)
 	bigSamples = series(3700, 15, func(i int) Sample { return Sample{InUse: i % 4, Open: 20} })
 
-	// A fleet of 4 instances of 10/20 among 10 instances in all on a 100-connection server.
-	crowdServer = &Server{MaxConnections: 100, ReservedConnections: 3, TotalInstances: 10, FleetCapacity: 300}
+	// A pool group of 4 instances of 10/20 among 10 instances in all on a 100-connection server.
+	crowdServer = &Server{MaxConnections: 100, ReservedConnections: 3, TotalInstances: 10, TotalCapacity: 300}
 )
 
 func TestOptimizePoolSettings(t *testing.T) {
@@ -122,7 +122,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 		},
 		{
 			name:         "seed: 5 instances, max_connections 100, 20 for admin -> 16 per instance -> 8/8",
-			in:           Input{Pool: fleetPool, Summary: summarize(fleetPool, fleetSamples), Server: seedServer},
+			in:           Input{Pool: groupPool, Summary: summarize(groupPool, groupSamples), Server: seedServer},
 			wantSize:     8,
 			wantOverflow: 8,
 			wantRule:     RuleServerBudget,
@@ -132,8 +132,8 @@ func TestOptimizePoolSettings(t *testing.T) {
 		},
 		{
 			name: "seed: the same budget with no sample yet and explicit headroom",
-			in: Input{Pool: fleetPool, Server: &Server{MaxConnections: 100, AdminHeadroom: 20, TotalInstances: 5},
-				Summary: summarize(fleetPool, nil)},
+			in: Input{Pool: groupPool, Server: &Server{MaxConnections: 100, AdminHeadroom: 20, TotalInstances: 5},
+				Summary: summarize(groupPool, nil)},
 			wantSize:     8,
 			wantOverflow: 8,
 			wantRule:     RuleServerBudget,
@@ -211,7 +211,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantText:     []string{"below the peak of 10 in use per instance"},
 		},
 		{
-			name: "fleet over max_connections, the peak fits the budget: keep the peak as pool_size",
+			name: "pools over max_connections, the peak fits the budget: keep the peak as pool_size",
 			in: Input{Pool: pool(10, 20, 4), Server: crowdServer,
 				Summary: summarize(pool(10, 20, 4), series(600, 15, func(int) Sample { return Sample{InUse: 24} }))},
 			wantSize:     6,
@@ -222,7 +222,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantBudget:   8,
 		},
 		{
-			name: "fleet over max_connections, the peak does not fit: warn loudly",
+			name: "pools over max_connections, the peak does not fit: warn loudly",
 			in: Input{Pool: pool(10, 20, 4), Server: crowdServer,
 				Summary: summarize(pool(10, 20, 4), series(600, 15, func(int) Sample { return Sample{InUse: 48} }))},
 			wantSize:     8,
@@ -233,7 +233,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantBudget:   8,
 		},
 		{
-			name: "a server too small for the fleet still gets pool_size 1",
+			name: "a server too small for the pool group still gets pool_size 1",
 			in: Input{Pool: pool(10, 20, 10), Server: &Server{MaxConnections: 10, ReservedConnections: 3},
 				Summary: summarize(pool(10, 20, 10), nil)},
 			wantSize:     1,
@@ -285,7 +285,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 }
 
 func TestEnvLines(t *testing.T) {
-	got := EnvLines(OptimizePoolSettings(Input{Pool: fleetPool, Server: seedServer}, DefaultThresholds()))
+	got := EnvLines(OptimizePoolSettings(Input{Pool: groupPool, Server: seedServer}, DefaultThresholds()))
 	if want := "DB_POOL_SIZE=8\nDB_MAX_OVERFLOW=8\n"; got != want {
 		t.Errorf("EnvLines = %q, want %q", got, want)
 	}
@@ -375,7 +375,7 @@ func TestPoolHealth(t *testing.T) {
 			utilPct:  10,
 		},
 		{
-			name: "fleet over max_connections",
+			name: "pools over max_connections",
 			in: Input{Pool: pool(10, 20, 4), Server: crowdServer,
 				Summary: summarize(pool(10, 20, 4), series(600, 15, func(int) Sample { return Sample{InUse: 8} }))},
 			warnings: []string{RuleServerBudget, RuleServerBudget},

@@ -23,7 +23,7 @@ import (
 //     (max_connections - kept back) / instances on the server. It wins over everything: the
 //     budget is split half and half (the seed's 16 -> 8/8), except that pool_size stays at a
 //     smaller demand or rises to the observed peak while the budget allows; if even the peak
-//     does not fit, a loud recommendation says the fleet needs fewer instances, a bigger
+//     does not fit, a loud recommendation says the pool group needs fewer instances, a bigger
 //     max_connections or PgBouncer.
 func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 	p, s := in.Pool, in.Summary
@@ -134,7 +134,7 @@ func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 			msg := fmt.Sprintf("%s: cap DB_POOL_SIZE + DB_MAX_OVERFLOW at %d, so DB_POOL_SIZE=%d, DB_MAX_OVERFLOW=%d",
 				budgetText(srv, inst), budget, newSize, newOverflow)
 			if peak > newSize || budget < 1 {
-				msg += fmt.Sprintf(". WARNING: the budget cannot hold the peak of %d in use per instance: this fleet needs fewer instances, a bigger max_connections, or PgBouncer in front", peak)
+				msg += fmt.Sprintf(". WARNING: the budget cannot hold the peak of %d in use per instance: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front", peak)
 			}
 			rec(RuleServerBudget, msg)
 			size, overflow, rule = newSize, newOverflow, RuleServerBudget

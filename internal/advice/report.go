@@ -272,10 +272,10 @@ func PoolHealth(in Input, th Thresholds) Health {
 				fmt.Sprintf("each instance may open %d connections (pool_size %d + max_overflow %d), more than its share of the server: %s",
 					c, set.PoolSize, set.MaxOverflow, budgetText(srv, p.instances())), fix)
 		}
-		if srv.FleetCapacity > srv.Available() {
+		if srv.TotalCapacity > srv.Available() {
 			warn(RuleServerBudget,
 				fmt.Sprintf("the pools on this server may open %d connections together, more than the %d available (max_connections %d - %d kept back); at peak, logins fail with \"too many clients\"",
-					srv.FleetCapacity, srv.Available(), srv.MaxConnections, srv.KeptBack()), fix)
+					srv.TotalCapacity, srv.Available(), srv.MaxConnections, srv.KeptBack()), fix)
 		}
 	}
 	return h

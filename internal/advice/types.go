@@ -80,9 +80,9 @@ type Server struct {
 	// TotalInstances is the number of pool instances of ALL pools on this server, which share
 	// the budget. 0 (or fewer than the pool's own instances) means the pool's own instances.
 	TotalInstances int
-	// FleetCapacity is the sum over all pools on the server of instances x (pool_size +
-	// max_overflow): what the fleet may open at worst. 0 means unknown.
-	FleetCapacity int
+	// TotalCapacity is the sum over all pools on the server of instances x (pool_size +
+	// max_overflow): what they may open together at worst. 0 means unknown.
+	TotalCapacity int
 }
 
 // KeptBack is how many of max_connections the applications must leave alone:

@@ -20,8 +20,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
@@ -80,8 +78,8 @@ type poolState struct {
 	lastSeen   time.Time
 }
 
-// fleet is what the configured pools of one target may open together.
-type fleet struct{ instances, capacity int }
+// serverPools is what the configured pools of one target may open together.
+type serverPools struct{ instances, capacity int }
 
 // Manager keeps one advice.History per (target, pool) and analyzes them on demand. It is
 // safe for concurrent use; it is also a prometheus.Collector of the recommendations.
@@ -95,15 +93,13 @@ type Manager struct {
 	mu            sync.Mutex
 	pools         map[key]*poolState
 	servers       map[string]collector.ServerStats
-	fleets        map[string]fleet
+	onServer      map[string]serverPools
 	lastObserved  time.Time
 	firstObserved time.Time
 
 	sampling atomic.Bool
 	// sampleInterval is the interval of the last RunSampler, for StaleAfter's default.
 	sampleInterval atomic.Int64
-
-	sizeDesc, overflowDesc *prometheus.Desc
 }
 
 // NewManager returns an empty Manager.
@@ -137,13 +133,7 @@ func NewManager(o Options) *Manager {
 		now:        o.Now,
 		pools:      map[key]*poolState{},
 		servers:    map[string]collector.ServerStats{},
-		fleets:     map[string]fleet{},
-		sizeDesc: prometheus.NewDesc("dbpool_recommended_size_connections",
-			"Recommended permanent connections per instance (DB_POOL_SIZE) from the pool's history; the rules behind it are at /api/v1/optimize.",
-			[]string{"target", "pool"}, nil),
-		overflowDesc: prometheus.NewDesc("dbpool_recommended_max_overflow_connections",
-			"Recommended extra connections per instance beyond the pool size (DB_MAX_OVERFLOW) from the pool's history; the rules behind it are at /api/v1/optimize.",
-			[]string{"target", "pool"}, nil),
+		onServer:   map[string]serverPools{},
 	}
 }
 
@@ -173,20 +163,20 @@ func (m *Manager) Observe(r collector.Result) {
 		m.servers[s.Target] = s
 	}
 	// The configured pools of a target appear in every successful sample of it, so one
-	// result gives the whole fleet sharing that server's connections.
+	// result gives all the pools sharing that server's connections.
 	pools := preferExact(r.Pools)
-	fleets := map[string]fleet{}
+	onServer := map[string]serverPools{}
 	for _, o := range pools {
 		p := o.stats
 		if p.Configured && !p.Auxiliary {
-			f := fleets[p.Target]
+			f := onServer[p.Target]
 			f.instances += max(p.Instances, 1)
 			f.capacity += p.Capacity()
-			fleets[p.Target] = f
+			onServer[p.Target] = f
 		}
 	}
-	for t, f := range fleets {
-		m.fleets[t] = f
+	for t, f := range onServer {
+		m.onServer[t] = f
 	}
 	for _, o := range pools {
 		p := o.stats
@@ -307,12 +297,12 @@ func (m *Manager) snapshots(match func(key) bool) []snapshot {
 		// Only a configured pool has settings to hold against the server's budget; the
 		// budget is shared by the configured pools of the same target.
 		if srv, ok := m.servers[k.target]; ok && st.configured && srv.MaxConnections > 0 {
-			f := m.fleets[k.target]
+			f := m.onServer[k.target]
 			s.server = &advice.Server{
 				MaxConnections:      srv.MaxConnections,
 				ReservedConnections: srv.ReservedConnections,
 				TotalInstances:      f.instances,
-				FleetCapacity:       f.capacity,
+				TotalCapacity:       f.capacity,
 			}
 		}
 		out = append(out, s)

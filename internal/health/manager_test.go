@@ -198,17 +198,17 @@ func TestServerBudget(t *testing.T) {
 	if o.Env != "DB_POOL_SIZE=5\nDB_MAX_OVERFLOW=5\n" {
 		t.Errorf("env %q", o.Env)
 	}
-	fleetWarning := "may open 168 connections together, more than the 80 available"
-	if !hasFinding(api.Health.Warnings, advice.RuleServerBudget, fleetWarning) {
-		t.Errorf("api warnings lack the fleet budget: %v", api.Health.Warnings)
+	budgetWarning := "may open 168 connections together, more than the 80 available"
+	if !hasFinding(api.Health.Warnings, advice.RuleServerBudget, budgetWarning) {
+		t.Errorf("api warnings lack the server budget: %v", api.Health.Warnings)
 	}
 	if n := strings.Count(strings.Join(rulesOf(api.Health.Recommendations), ","), advice.RuleServerBudget); n != 1 ||
 		!slices.Equal(api.StateReasons, []string{advice.RuleServerBudget}) {
 		t.Errorf("the budget's fix is said %d times; state reasons %v", n, api.StateReasons)
 	}
 	worker, _ := m.Find("db", "worker")
-	if !hasFinding(worker.Health.Warnings, advice.RuleServerBudget, fleetWarning) {
-		t.Errorf("worker warnings lack the fleet budget: %v", worker.Health.Warnings)
+	if !hasFinding(worker.Health.Warnings, advice.RuleServerBudget, budgetWarning) {
+		t.Errorf("worker warnings lack the server budget: %v", worker.Health.Warnings)
 	}
 	psql, _ := m.Find("db", "application_name:psql")
 	if psql.Configured || psql.Optimization.PerInstanceBudget != nil || psql.Optimization.Env != "" ||
@@ -507,8 +507,8 @@ func TestAuxiliaryPoolsNotAdvised(t *testing.T) {
 	if !slices.Equal(names, []string{"app/app"}) {
 		t.Errorf("reports for %v, want only app/app", names)
 	}
-	if f := m.fleets["bouncer"]; f.instances != 1 || f.capacity != 5 {
-		t.Errorf("fleet %+v, want only the application pool's 1 instance and capacity 5", f)
+	if f := m.onServer["bouncer"]; f.instances != 1 || f.capacity != 5 {
+		t.Errorf("pools on the server %+v, want only the application pool's 1 instance and capacity 5", f)
 	}
 }
 
@@ -527,7 +527,7 @@ func appPool(target, name string, size, overflow, instances, inUse int) metrics.
 
 // TestPrefersExactView: where the application reports its pool and pg_stat_activity sees the
 // same pool, the report is the exact one, with idle-in-transaction and query ages from the
-// server, counted once in the target's fleet; a scrape that misses the app endpoint does not
+// server, counted once in the target's pools; a scrape that misses the app endpoint does not
 // mix the estimate into the history.
 func TestPrefersExactView(t *testing.T) {
 	c := newClock()
@@ -565,9 +565,9 @@ func TestPrefersExactView(t *testing.T) {
 		t.Error("an app pool is configured by DB_*: the report should carry .env lines")
 	}
 	m.mu.Lock()
-	f := m.fleets["db"]
+	f := m.onServer["db"]
 	m.mu.Unlock()
 	if f.instances != 2 || f.capacity != 30 {
-		t.Errorf("fleet of db: %+v, want the pool counted once (2 instances, capacity 30)", f)
+		t.Errorf("pools on db: %+v, want the pool counted once (2 instances, capacity 30)", f)
 	}
 }

@@ -1,11 +1,14 @@
 package health
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
+)
 
 // Describe implements prometheus.Collector.
 func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
-	ch <- m.sizeDesc
-	ch <- m.overflowDesc
+	metrics.Describe(ch, metrics.AdviceGroup)
 }
 
 // Collect implements prometheus.Collector: the recommendation of every configured pool of
@@ -25,7 +28,7 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		o := r.Optimization
-		ch <- prometheus.MustNewConstMetric(m.sizeDesc, prometheus.GaugeValue, float64(o.RecommendedPoolSize), r.Target, r.Pool)
-		ch <- prometheus.MustNewConstMetric(m.overflowDesc, prometheus.GaugeValue, float64(o.RecommendedMaxOverflow), r.Target, r.Pool)
+		ch <- metrics.RecommendedSize.Metric(float64(o.RecommendedPoolSize), r.Target, r.Pool)
+		ch <- metrics.RecommendedMaxOverflow.Metric(float64(o.RecommendedMaxOverflow), r.Target, r.Pool)
 	}
 }

@@ -158,7 +158,7 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		// advice words its fixes in DB_* terms; this pool has other settings.
 		h.Recommendations = m.foreignFixes(s, h.Recommendations)
 	}
-	// Two server_budget warnings (per instance, whole fleet) come with the same fix: say it once.
+	// Two server_budget warnings (per instance, all pools on the server) come with the same fix: say it once.
 	h.Recommendations = dedupe(h.Recommendations)
 	h.UtilizationPct = round2(h.UtilizationPct)
 	h.AvgUtilizationPct = round2(h.AvgUtilizationPct)

@@ -442,11 +442,11 @@ func TestScenarioIdleInTransactionLeak(t *testing.T) {
 	}
 }
 
-// TestScenarioFleetOverBudget: the seed's "Too Many Database Connections": 5 instances of
+// TestScenarioServerOverBudget: the seed's "Too Many Database Connections": 5 instances of
 // the default 10/20 pool on a server with max_connections 100. The per-instance budget,
 // (100 - 20 kept back for admin) / 5 = 16, wins over everything: DB_POOL_SIZE=8,
 // DB_MAX_OVERFLOW=8.
-func TestScenarioFleetOverBudget(t *testing.T) {
+func TestScenarioServerOverBudget(t *testing.T) {
 	s := startScenario(t, pgtest.Options{MaxConnections: 100}, 10*time.Second, regexPool("api", "api", 10, 20, 5))
 	s.simulate(t, simConfig("api", 5, 10, 20, 10, 50*time.Millisecond))
 	s.sample()
