@@ -24,7 +24,7 @@ apps:
 
 func TestParseApps(t *testing.T) {
 	isolatePGEnv(t)
-	c, err := Parse([]byte(appsConfig), "config.yml")
+	c, err := parse([]byte(appsConfig), "config.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestParseApps(t *testing.T) {
 
 func TestLoneAppDefaults(t *testing.T) {
 	isolatePGEnv(t)
-	c, err := Parse([]byte("targets: [{dsn: 'postgres://m@db:5432/app'}]\npools: [{name: api}]\napps: [{url: 'http://[::1]:9931/dbpool'}]\n"), "c.yml")
+	c, err := parse([]byte("targets: [{dsn: 'postgres://m@db:5432/app'}]\npools: [{name: api}]\napps: [{url: 'http://[::1]:9931/dbpool'}]\n"), "c.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestAppErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse([]byte(head+tt.apps+"\n"), "c.yml")
+			_, err := parse([]byte(head+tt.apps+"\n"), "c.yml")
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tt.want)
 			}

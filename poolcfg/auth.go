@@ -246,12 +246,3 @@ func dsnParamKeys(s string) map[string]bool {
 	}
 	return keys
 }
-
-// AuthModuleNames lists the configured auth modules by name.
-func (c *Config) AuthModuleNames() []string {
-	var names []string
-	for _, m := range c.AuthModules {
-		names = append(names, m.Name)
-	}
-	return names
-}

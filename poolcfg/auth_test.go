@@ -39,7 +39,7 @@ pgbouncers:
 
 func TestParseAuthModules(t *testing.T) {
 	isolatePGEnv(t)
-	c, err := Parse([]byte(authConfig), "config.yml")
+	c, err := parse([]byte(authConfig), "config.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestParseAuthPasswordSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("MONITOR_PW", "EnvS3cret")
-	c, err := Parse([]byte(`auth_modules:
+	c, err := parse([]byte(`auth_modules:
   file: {user: m, password_file: pw}
   env: {user: m, password_env: MONITOR_PW}
 targets:
@@ -141,7 +141,7 @@ func TestParseAuthErrors(t *testing.T) {
 	t.Setenv("EMPTY_PW", "")
 	t.Setenv("SOME_VAR", "SomeS3cret")
 	// Every problem at once, in file order, each with its line; no password anywhere.
-	_, err := Parse([]byte(`auth_modules:
+	_, err := parse([]byte(`auth_modules:
   nouser:
     password: NoUserS3cret
   two:
@@ -232,7 +232,7 @@ pgbouncers:
 			`c.yml:1: targets[0].auth_module="m": unknown auth module (there are no auth_modules)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(tc.yaml), "c.yml")
+			_, err := parse([]byte(tc.yaml), "c.yml")
 			if err == nil || err.Error() != tc.want {
 				t.Errorf("got  %v\nwant %s", err, tc.want)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -82,24 +81,6 @@ const (
 	// PostgreSQL target.
 	OwnPoolName = "dbpool_exporter"
 )
-
-// Load reads and parses the config file at path with the seed's DefaultSettings.
-func Load(path string) (*Config, error) { return LoadWithDefaults(path, DefaultSettings()) }
-
-// LoadWithDefaults reads and parses the config file at path (see ParseWithDefaults).
-func LoadWithDefaults(path string, defaults Settings) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return ParseWithDefaults(data, path, defaults)
-}
-
-// Parse parses a YAML config with the seed's DefaultSettings. name is used in error messages
-// and to resolve relative dsn_file paths.
-func Parse(data []byte, name string) (*Config, error) {
-	return ParseWithDefaults(data, name, DefaultSettings())
-}
 
 // ParseWithDefaults parses a YAML config. A pool's settings that the file leaves out come
 // from defaults, which main takes from the DB_* environment: the pool's YAML keys win over

@@ -1,7 +1,6 @@
 package poolcfg
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -44,7 +43,7 @@ pools:
 
 func TestParseFull(t *testing.T) {
 	isolatePGEnv(t)
-	c, err := Parse([]byte(fullConfig), "config.yml")
+	c, err := parse([]byte(fullConfig), "config.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +105,7 @@ pools:
 		}
 	}
 
-	c, err = Parse([]byte("targets:\n  - dsn: postgres://db1/appdb\npools:\n  - name: all\n"), "config.yml")
+	c, err = parse([]byte("targets:\n  - dsn: postgres://db1/appdb\npools:\n  - name: all\n"), "config.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +114,7 @@ pools:
 	}
 
 	// PgBouncer alone is a valid configuration, named after its DSN.
-	c, err = Parse([]byte("pgbouncers:\n  - dsn: postgres://pgbouncer@127.0.0.1:6432/pgbouncer\n"), "config.yml")
+	c, err = parse([]byte("pgbouncers:\n  - dsn: postgres://pgbouncer@127.0.0.1:6432/pgbouncer\n"), "config.yml")
 	if err != nil || c.PgBouncers[0].Name != "127.0.0.1:6432/pgbouncer" {
 		t.Errorf("pgbouncer only: %+v, %v", c, err)
 	}
@@ -133,7 +132,7 @@ func TestParseDSNSources(t *testing.T) {
 	t.Setenv("REPLICA_DSN", "host=db2 password=EnvSecretPw dbname=appdb")
 	t.Setenv("EMPTY_DSN", "")
 	t.Setenv("BAD_DSN", "postgres://u:EnvSecretPw@db/x?sslmode=bogus")
-	c, err := Parse([]byte(`targets:
+	c, err := parse([]byte(`targets:
   - name: main
     dsn_file: main.dsn
   - name: replica
@@ -149,7 +148,7 @@ func TestParseDSNSources(t *testing.T) {
 		t.Errorf("dsn_env: %q", got)
 	}
 
-	_, err = Parse([]byte(`targets:
+	_, err = parse([]byte(`targets:
   - name: a
     dsn_file: missing.dsn
   - name: b
@@ -281,7 +280,7 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse([]byte(tt.yaml), "c.yml")
+			c, err := parse([]byte(tt.yaml), "c.yml")
 			if err == nil {
 				t.Fatalf("no error; got %+v", c)
 			}
@@ -301,7 +300,7 @@ func TestParseErrors(t *testing.T) {
 // TestParseAllErrorsAtOnce: one run reports every problem, in file order.
 func TestParseAllErrorsAtOnce(t *testing.T) {
 	isolatePGEnv(t)
-	_, err := Parse([]byte(`targets:
+	_, err := parse([]byte(`targets:
   - name: main
     dsn: postgres://monitor:S3cretMonitorPw@db1/appdb
 pools:
@@ -337,22 +336,23 @@ pgbouncers:
 	})
 }
 
-func TestLoad(t *testing.T) {
+// parse parses a YAML config with the tuning guide's DefaultSettings.
+func parse(data []byte, name string) (*Config, error) {
+	return ParseWithDefaults(data, name, DefaultSettings())
+}
+
+// TestParseWithDefaults: the pool's own keys win over the defaults (the DB_* settings),
+// which fill in the rest.
+func TestParseWithDefaults(t *testing.T) {
 	isolatePGEnv(t)
-	path := filepath.Join(t.TempDir(), "config.yml")
-	if err := os.WriteFile(path, []byte("targets:\n  - dsn: postgres://db1/appdb\npools:\n  - name: api\n    pool_size: 3\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := Load(path)
+	data := []byte("targets:\n  - dsn: postgres://db1/appdb\npools:\n  - name: api\n    pool_size: 3\n")
+	c, err := parse(data, "config.yml")
 	if err != nil || c.Pools[0].Settings.PoolSize != 3 || c.Pools[0].Settings.MaxOverflow != 20 {
-		t.Fatalf("Load = %+v, %v", c, err)
+		t.Fatalf("with the default settings: %+v, %v", c, err)
 	}
-	c, err = LoadWithDefaults(path, Settings{PoolSize: 1, MaxOverflow: 1, Timeout: time.Second})
+	c, err = ParseWithDefaults(data, "config.yml", Settings{PoolSize: 1, MaxOverflow: 1, Timeout: time.Second})
 	if err != nil || c.Pools[0].Settings != (Settings{PoolSize: 3, MaxOverflow: 1, Timeout: time.Second}) {
-		t.Fatalf("LoadWithDefaults = %+v, %v", c, err)
-	}
-	if _, err := Load(filepath.Join(t.TempDir(), "missing.yml")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("missing file: %v", err)
+		t.Fatalf("with other defaults: %+v, %v", c, err)
 	}
 }
 
@@ -419,7 +419,7 @@ func TestValidate(t *testing.T) {
 // TestParseNeverShowsPasswords prints a parsed config and a failed one in every way.
 func TestParseNeverShowsPasswords(t *testing.T) {
 	isolatePGEnv(t)
-	c, err := Parse([]byte(fullConfig), "config.yml")
+	c, err := parse([]byte(fullConfig), "config.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,7 +430,7 @@ func TestParseNeverShowsPasswords(t *testing.T) {
 			}
 		}
 	}
-	_, err = Parse([]byte(strings.Replace(fullConfig, "pool_size: 15", "pool_size: x", 1)+"bogus: 1\n"), "config.yml")
+	_, err = parse([]byte(strings.Replace(fullConfig, "pool_size: 15", "pool_size: x", 1)+"bogus: 1\n"), "config.yml")
 	if err == nil || strings.Contains(err.Error(), "S3cret") {
 		t.Errorf("error = %v", err)
 	}

@@ -97,7 +97,7 @@ func FuzzParse(f *testing.F) {
 		if unsafeInput(string(data)) {
 			t.Skip()
 		}
-		c, err := Parse(data, "fuzz.yml")
+		c, err := parse(data, "fuzz.yml")
 		if err != nil {
 			if c != nil {
 				t.Errorf("config returned with an error")

@@ -11,7 +11,6 @@ package health
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -370,10 +369,4 @@ func (m *Manager) Find(target, pool string) (Report, error) {
 		targets[i] = s.key.target
 	}
 	return Report{}, &AmbiguousError{Pool: pool, Targets: targets}
-}
-
-// IsNotFound reports whether err says that a pool is unknown.
-func IsNotFound(err error) bool {
-	var nf *NotFoundError
-	return errors.As(err, &nf)
 }
