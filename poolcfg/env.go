@@ -167,7 +167,7 @@ func (e Env) Lookup(key string) (value, where string, ok bool) {
 	return "", "", false
 }
 
-// SettingsFromEnv overrides base with the seed's DB_* variables found in env:
+// SettingsFromEnv overrides base with the DB_* variables found in env:
 // DB_POOL_SIZE and DB_MAX_OVERFLOW (integers), DB_POOL_TIMEOUT and DB_POOL_RECYCLE (seconds,
 // integer or decimal, or Go durations such as 30s; DB_POOL_RECYCLE=-1 means never, stored
 // as Recycle 0, and an explicit 0 is refused because SQLAlchemy reads it as "at every

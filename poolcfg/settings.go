@@ -17,7 +17,7 @@ const (
 	maxInstances   = 1_000_000
 )
 
-// setting names, as in YAML; envNames maps them to the seed's DB_* variables.
+// setting names, as in YAML; envNames maps them to the DB_* variables.
 const (
 	keyPoolSize    = "pool_size"
 	keyMaxOverflow = "max_overflow"
@@ -88,7 +88,7 @@ func parseCount(raw string, old int) (int, string) {
 	return n, ""
 }
 
-// parseSeconds accepts a number of seconds (integer or decimal, as the seed's DB_POOL_TIMEOUT)
+// parseSeconds accepts a number of seconds (integer or decimal, as DB_POOL_TIMEOUT=0.5 is written)
 // or a Go duration such as 30s or 1h30m.
 func parseSeconds(raw string, old time.Duration) (time.Duration, string) {
 	v := strings.TrimSpace(raw)

@@ -1,5 +1,5 @@
 // Package poolcfg holds the validated description of what dbpool_exporter watches: the
-// PostgreSQL targets, the application pools on them (with the seed document's DB_* settings)
+// PostgreSQL targets, the application pools on them (with their DB_* settings)
 // and the PgBouncer consoles. It has no flags and no globals: main reads flags, environment
 // and files, and passes plain values in.
 package poolcfg
@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// Settings are one application pool's settings, named after the seed document's DB_* variables.
+// Settings are one application pool's settings, named after the DB_* variables that configure
+// a SQLAlchemy pool (pool_size, max_overflow, pool_timeout, pool_recycle, pool_pre_ping, echo).
 type Settings struct {
 	PoolSize    int           // DB_POOL_SIZE: permanent connections per instance.
 	MaxOverflow int           // DB_MAX_OVERFLOW: extra connections per instance, closed on return.
@@ -20,7 +21,8 @@ type Settings struct {
 	Echo        bool          // DB_ECHO.
 }
 
-// DefaultSettings returns the seed document's defaults.
+// DefaultSettings returns the defaults of the DB_* variables: 10, 20, 30 s, 3600 s, pre-ping on,
+// echo off.
 func DefaultSettings() Settings {
 	return Settings{
 		PoolSize:    10,

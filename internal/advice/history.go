@@ -228,7 +228,7 @@ func counterIncrease(prev, cur *float64) (float64, bool) {
 
 // Summary condenses the samples of one pool over a window. Utilizations are ratios (0.85 =
 // 85%) of in-use connections to the group's permanent connections, instances x pool_size, as in
-// the seed's get_pool_health: above 1 means overflow connections are in use. A pool_size of 0
+// get_pool_health: above 1 means overflow connections are in use. A pool_size of 0
 // falls back to the group's capacity. Pointer fields are nil when the source cannot observe them
 // or the window holds too few samples to tell.
 type Summary struct {

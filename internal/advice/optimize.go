@@ -6,22 +6,22 @@ import (
 	"time"
 )
 
-// OptimizePoolSettings recommends per-instance pool_size and max_overflow, as the seed's
-// optimize_pool_settings does. The rules apply in this order, each recorded when it changes
+// OptimizePoolSettings recommends per-instance pool_size and max_overflow, the answer of
+// optimize_pool_settings. The rules apply in this order, each recorded when it changes
 // the numbers:
 //
 //  1. demand: Little's law when an arrival rate and hold time are known (in flight per instance
 //     x 1.5, rounded up: 100/s x 50 ms = 5 -> 8), otherwise the observed peak in use per instance
 //     x 1.5. Demand only ever raises pool_size; lowering is shrink_oversized's job.
 //  2. scale_up_50pct: average utilization above the threshold, or any checkout timeout, raises
-//     pool_size to 1.5 x the current one (the seed's 10/20 -> 15/30).
+//     pool_size to 1.5 x the current one (10/20 -> 15/30).
 //  3. observed_peak as a floor: pool_size is never below the peak in use per instance.
 //  4. shrink_oversized: when nothing asked for more and, over a full window, the peak stayed below
 //     30% of pool_size, pool_size shrinks to the demand, never below the peak nor below 1.
 //  5. overflow_2x: max_overflow = 2 x pool_size.
 //  6. server_budget: pool_size + max_overflow may not exceed the per-instance budget
 //     (max_connections - kept back) / instances on the server. It wins over everything: the
-//     budget is split half and half (the seed's 16 -> 8/8), except that pool_size stays at a
+//     budget is split half and half (16 -> 8/8), except that pool_size stays at a
 //     smaller demand or rises to the observed peak while the budget allows; if even the peak
 //     does not fit, a loud recommendation says the pool group needs fewer instances, a bigger
 //     max_connections or PgBouncer.

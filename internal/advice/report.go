@@ -17,8 +17,8 @@ type Input struct {
 	Server  *Server // nil when the server's connection budget is unknown
 }
 
-// Status mirrors the seed's check_pool_status. Counts are for the whole pool group (all
-// instances); for a single-instance pool they are the seed's numbers.
+// Status is check_pool_status. Counts are for the whole pool group (all instances); for a
+// single-instance pool they are that pool's own.
 type Status struct {
 	PoolSize         int `json:"pool_size"` // instances x DB_POOL_SIZE
 	CheckedOut       int `json:"checked_out"`
@@ -32,7 +32,7 @@ type Status struct {
 	Estimated []string `json:"estimated"`
 }
 
-// Health mirrors the seed's get_pool_health.
+// Health is get_pool_health.
 type Health struct {
 	UtilizationPct     float64   `json:"utilization_pct"` // latest sample
 	AvgUtilizationPct  float64   `json:"avg_utilization_pct"`
@@ -45,7 +45,7 @@ type Health struct {
 	Estimated []string       `json:"estimated"`
 }
 
-// Connections mirrors the seed's get_active_connections. IdleInTransaction and
+// Connections is get_active_connections. IdleInTransaction and
 // LongestQuerySeconds are null when the source cannot observe them.
 type Connections struct {
 	TotalConnections    int      `json:"total_connections"`
@@ -59,7 +59,7 @@ type Connections struct {
 	Estimated []string       `json:"estimated"`
 }
 
-// CurrentSettings are a pool's settings as the seed's optimize_pool_settings reports them
+// CurrentSettings are a pool's settings as optimize_pool_settings reports them
 // (durations in seconds, like DB_POOL_TIMEOUT and DB_POOL_RECYCLE).
 type CurrentSettings struct {
 	PoolSize    int     `json:"pool_size"`
@@ -70,7 +70,7 @@ type CurrentSettings struct {
 	Echo        bool    `json:"echo"`
 }
 
-// Optimization mirrors the seed's optimize_pool_settings. Sizes are per instance, as in .env.
+// Optimization is optimize_pool_settings. Sizes are per instance, as in .env.
 type Optimization struct {
 	CurrentSettings        CurrentSettings `json:"current_settings"`
 	RecommendedPoolSize    int             `json:"recommended_pool_size"`
@@ -115,7 +115,7 @@ func Analyze(in Input, th Thresholds) Report {
 	}
 }
 
-// CheckPoolStatus reports the latest sample as the seed's check_pool_status does.
+// CheckPoolStatus reports the latest sample, as check_pool_status does.
 func CheckPoolStatus(in Input) Status {
 	l := in.Summary.Latest
 	st := Status{
@@ -134,7 +134,7 @@ func CheckPoolStatus(in Input) Status {
 	return st
 }
 
-// ActiveConnections reports the latest sample as the seed's get_active_connections does.
+// ActiveConnections reports the latest sample, as get_active_connections does.
 func ActiveConnections(in Input) Connections {
 	l := in.Summary.Latest
 	return Connections{
@@ -172,7 +172,7 @@ func estimateNote(p Pool) string {
 	return lowerBound
 }
 
-// PoolHealth applies the seed's health thresholds, as get_pool_health does. Utilization,
+// PoolHealth applies the health thresholds, as get_pool_health does. Utilization,
 // checkout time, timeouts and overflow are judged over the window; idle-in-transaction and
 // long queries on the latest sample, since they describe what is stuck right now.
 func PoolHealth(in Input, th Thresholds) Health {

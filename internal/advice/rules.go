@@ -4,7 +4,7 @@ import "time"
 
 // Rule names. Each warning and recommendation carries the name of the rule that produced it.
 const (
-	// Health rules (seed: "Metrics to Monitor", the target levels).
+	// Health rules: the levels a healthy pool stays within.
 	RuleUtilizationHigh   = "utilization_high"    // average utilization over the window > 70%
 	RuleUtilizationPeak   = "utilization_peak"    // peak utilization over the window > 90%
 	RuleCheckoutSlow      = "checkout_slow"       // average checkout time over the window > 10 ms
@@ -13,8 +13,8 @@ const (
 	RuleIdleInTransaction = "idle_in_transaction" // any connection idle in transaction now (> 5: alert level)
 	RuleLongQuery         = "long_query"          // a query running > 5 s now (> 30 s: alert level)
 
-	// Sizing rules (seed: "Calculate Pool Size Based on Traffic", "High Pool Utilization",
-	// "Too Many Database Connections", DB_MAX_OVERFLOW's recommendation).
+	// Sizing rules: size from traffic, grow a busy pool, fit the server's connection budget,
+	// overflow twice the pool size.
 	RuleLittlesLaw      = "littles_law"      // in flight = arrival rate x hold time, +50%
 	RuleObservedPeak    = "observed_peak"    // peak in use per instance, +50%; also the floor
 	RuleScaleUp         = "scale_up_50pct"   // utilization > 70% or timeouts: pool_size x 1.5
@@ -24,7 +24,7 @@ const (
 	RuleKeepCurrent     = "keep_current"     // the current pool_size fits what was observed
 	RuleNoData          = "no_data"          // no sample in the window
 
-	// Settings rules (seed: DB_POOL_PRE_PING and DB_ECHO recommendations).
+	// Settings rules: pre-ping on and echo off in production.
 	RulePrePingDisabled = "pre_ping_disabled"
 	RuleEchoEnabled     = "echo_enabled"
 )
@@ -35,7 +35,7 @@ type Finding struct {
 	Message string `json:"message"`
 }
 
-// Thresholds are the levels the rules compare against. DefaultThresholds gives the seed's.
+// Thresholds are the levels the rules compare against; DefaultThresholds gives the usual ones.
 type Thresholds struct {
 	AvgUtilization         float64       // utilization_high; also triggers scale_up_50pct
 	PeakUtilization        float64       // utilization_peak
@@ -51,7 +51,7 @@ type Thresholds struct {
 	OversizedFraction      float64       // shrink_oversized: peak below this share of pool_size
 }
 
-// DefaultThresholds returns the seed document's levels.
+// DefaultThresholds returns the levels a healthy pool stays within.
 func DefaultThresholds() Thresholds {
 	return Thresholds{
 		AvgUtilization:         0.70,

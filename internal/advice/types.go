@@ -1,6 +1,6 @@
-// Package advice turns a stream of pool samples into the four answers of the seed document's
-// application (check_pool_status, get_pool_health, get_active_connections and
-// optimize_pool_settings) for any pool the exporter watches.
+// Package advice turns a stream of pool samples into the four answers a pooled service gives
+// about its own pool (check_pool_status, get_pool_health, get_active_connections and
+// optimize_pool_settings), for any pool the exporter watches.
 //
 // It is pure: no database, no HTTP, no clock of its own. Collectors feed a History per pool;
 // the JSON API, status page and CLI call Analyze (or the four functions) on its Summary.
@@ -34,7 +34,7 @@ func (p Pool) instances() int {
 
 // Sample is one observation of a pool group. Counts are totals over all instances of the pool.
 // Pointer fields are optional: nil means the source cannot observe the value, which is not the
-// same as zero (design section 3: absent, never a made-up zero).
+// same as zero: a series the source cannot observe is absent, never a made-up zero.
 type Sample struct {
 	Time     time.Time `json:"time"`
 	Open     int       `json:"open"`     // connections the pool holds: in use + idle
@@ -61,7 +61,7 @@ type Sample struct {
 }
 
 // DefaultAdminHeadroomFraction is the share of max_connections kept free for administrators,
-// migrations and tools when Server.AdminHeadroom is 0: the seed's "reserve 20 for admin" of 100.
+// migrations and tools when Server.AdminHeadroom is 0: 20 of 100 connections.
 const DefaultAdminHeadroomFraction = 0.20
 
 // NoAdminHeadroom as Server.AdminHeadroom keeps back only the reserved connections.
@@ -87,8 +87,8 @@ type Server struct {
 
 // KeptBack is how many of max_connections the applications must leave alone:
 // max(ReservedConnections, AdminHeadroom). The two are not added because the superuser-reserved
-// slots are themselves admin headroom; this is what makes the seed's example hold (100
-// connections with PostgreSQL's default 3 reserved: keep back 20, 80 for the applications).
+// slots are themselves admin headroom: of 100 connections with PostgreSQL's default 3
+// reserved, keep back 20 and leave 80 to the applications.
 func (s Server) KeptBack() int {
 	h := s.AdminHeadroom
 	switch {

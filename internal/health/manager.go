@@ -1,6 +1,6 @@
 // Package health keeps a bounded history of every pool the exporter watches and answers the
-// seed document's four questions (check_pool_status, get_pool_health, get_active_connections,
-// optimize_pool_settings) for each of them: as a JSON API under /api/v1/, an HTML status page
+// four questions a pooled service asks about its pool (check_pool_status, get_pool_health,
+// get_active_connections, optimize_pool_settings) for each of them: as a JSON API under /api/v1/, an HTML status page
 // at /pools, and the dbpool_recommended_* metrics. The rules themselves live in
 // internal/advice; this package feeds them from collector samples and serves their answers.
 //
@@ -60,7 +60,7 @@ type Options struct {
 	// never goes stale between two of them, even when the Prometheus scrape that reads the
 	// metric runs before the observation it triggers.
 	StaleAfter time.Duration
-	// Thresholds default to the seed's (advice.DefaultThresholds).
+	// Thresholds default to advice.DefaultThresholds.
 	Thresholds *advice.Thresholds
 	// Now is the clock; default time.Now.
 	Now func() time.Time

@@ -30,8 +30,8 @@ const (
 // RuleUnconfigured names the note on pools that matched no configured pool.
 const RuleUnconfigured = "unconfigured_pool"
 
-// Report is the seed's four answers for one pool, as the JSON API serves them. Status,
-// Health, Connections and Optimization carry the seed's keys (check_pool_status,
+// Report is the four answers for one pool, as the JSON API serves them. Status, Health,
+// Connections and Optimization carry the keys of the four questions (check_pool_status,
 // get_pool_health, get_active_connections, optimize_pool_settings) plus, in each, the
 // source and whether its numbers are exact or which of them are estimated.
 type Report struct {
@@ -53,7 +53,7 @@ type Report struct {
 	Optimization Optimization       `json:"optimization"`
 }
 
-// Status is the seed's check_pool_status plus the group's limits and waiters.
+// Status is check_pool_status plus the group's limits and waiters.
 type Status struct {
 	advice.Status
 	MaxOverflow int  `json:"max_overflow"` // instances x DB_MAX_OVERFLOW
@@ -61,7 +61,7 @@ type Status struct {
 	Pending     *int `json:"pending"`      // callers waiting now; null when the source cannot see them
 }
 
-// Health is the seed's get_pool_health. utilization_pct keeps the seed's meaning, in use
+// Health is get_pool_health. utilization_pct is in use
 // over the permanent connections (instances x pool_size): above 100 when overflow
 // connections are in use, and what the sizing rules judge. capacity_utilization_pct is in use
 // over the whole capacity (instances x (pool_size + max_overflow)): exactly
@@ -71,7 +71,7 @@ type Health struct {
 	CapacityUtilizationPct *float64 `json:"capacity_utilization_pct"`
 }
 
-// Optimization is the seed's optimize_pool_settings plus the .env lines.
+// Optimization is optimize_pool_settings plus the .env lines.
 type Optimization struct {
 	advice.Optimization
 	// SettingNames say which settings current_settings and the recommended sizes stand for:
@@ -92,7 +92,7 @@ type SettingNames struct {
 }
 
 // settingNames says what pool_size, max_overflow and timeout are called for a source. The
-// activity and app sources watch the application's own pool, which the seed's DB_* settings
+// activity and app sources watch the application's own pool, which the DB_* settings
 // (SQLAlchemy's pool_size, max_overflow, pool_timeout) configure. PgBouncer's pool is
 // default_pool_size, or pool_size of the database in [databases], plus reserve_pool_size;
 // pgxpool has MaxConns and no overflow at all.

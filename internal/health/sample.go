@@ -9,7 +9,7 @@ import (
 
 // SampleFromStats turns one collector sample into an advice sample taken at t.
 //
-// Active, idle and idle-in-transaction are the seed's get_active_connections counts. Only
+// Active, idle and idle-in-transaction are get_active_connections' counts. Only
 // pg_stat_activity knows the session states; the pool-side sources know which connections
 // are checked out, so for them active is the in-use count and idle the rest of the open
 // connections that are ready for use, and idle-in-transaction and the longest query stay

@@ -78,7 +78,7 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the seed's pool defaults and a light workload.
+// DefaultConfig returns the DB_* defaults and a light workload.
 func DefaultConfig() Config {
 	return Config{
 		AppName:       "api",

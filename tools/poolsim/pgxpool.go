@@ -21,7 +21,7 @@ type PoolImpl string
 
 const (
 	// ImplQueuePool is the SQLAlchemy QueuePool rendition in this package
-	// (QueuePool): the application the seed document describes.
+	// (QueuePool): a SQLAlchemy service.
 	ImplQueuePool PoolImpl = "queuepool"
 	// ImplPgxpool is a real *pgxpool.Pool instrumented with the project's
 	// pgxpool source (pgxpoolcollector.InstrumentConfig), so that its exact checkout
@@ -81,7 +81,7 @@ func (c *connectCounter) TraceConnectEnd(_ context.Context, data pgx.TraceConnec
 	}
 }
 
-// PgxPool is one instance's *pgxpool.Pool configured from the seed's
+// PgxPool is one instance's *pgxpool.Pool configured from the DB_*
 // settings, with the sim's own checkout accounting next to the collector's
 // AcquireTracer, so that the two can be compared:
 //
@@ -159,7 +159,7 @@ func (p *PgxPool) Tracer() *pgxpoolcollector.AcquireTracer { return p.tracer }
 func (p *PgxPool) Settings() PoolSettings { return p.set }
 
 // CollectorSettings are the settings to report through the collector: the
-// seed's settings as the activity source of the same application knows them,
+// DB_* settings as the activity source of the same application knows them,
 // so that size, overflow and capacity series agree; capacity is MaxConns.
 func (p *PgxPool) CollectorSettings() poolcfg.Settings {
 	return poolcfg.Settings{

@@ -1,5 +1,5 @@
 // Package poolsim (tooling, not product) simulates an application that reaches PostgreSQL through
-// SQLAlchemy's QueuePool configured as the seed document configures it
+// SQLAlchemy's QueuePool configured by the DB_* variables
 // (DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_POOL_TIMEOUT, DB_POOL_RECYCLE,
 // DB_POOL_PRE_PING). The demo and the end-to-end tests use it as the watched
 // application: because the pool is ours, its true numbers (checked out,

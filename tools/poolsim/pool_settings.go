@@ -26,7 +26,7 @@ func (e *TimeoutError) Error() string {
 // Is makes errors.Is(err, ErrPoolTimeout) true.
 func (e *TimeoutError) Is(target error) bool { return target == ErrPoolTimeout }
 
-// PoolSettings are the seed's pool settings, in SQLAlchemy's meaning.
+// PoolSettings are the DB_* pool settings, in SQLAlchemy's meaning.
 type PoolSettings struct {
 	// Size is pool_size: connections kept open once created. They are
 	// opened lazily, on demand, as QueuePool does.
@@ -45,7 +45,7 @@ type PoolSettings struct {
 	PrePing bool
 }
 
-// DefaultPoolSettings returns the seed's defaults: 10, 20, 30 s, 3600 s, true.
+// DefaultPoolSettings returns the DB_* defaults: 10, 20, 30 s, 3600 s, true.
 func DefaultPoolSettings() PoolSettings {
 	return PoolSettings{Size: 10, MaxOverflow: 20, Timeout: 30 * time.Second, Recycle: time.Hour, PrePing: true}
 }
@@ -55,7 +55,7 @@ func (s PoolSettings) Validate() error {
 	var errs []error
 	if s.Size < 1 {
 		// SQLAlchemy reads pool_size=0 as "no limit"; a pool without a size is
-		// not what the seed configures, so it is refused rather than guessed.
+		// not a configuration this simulation models, so it is refused rather than guessed.
 		errs = append(errs, fmt.Errorf("pool size must be at least 1, got %d", s.Size))
 	}
 	if s.MaxOverflow < -1 {

@@ -255,7 +255,7 @@ func sleepQuery(ctx context.Context, conn *pgx.Conn, d time.Duration) error {
 	return err
 }
 
-// idleInTransaction is the seed's "Bad: potential idle-in-transaction" code:
+// idleInTransaction is the classic idle-in-transaction bug:
 // a transaction is opened and the connection then sits idle while holding it.
 // If ctx ends first, Release rolls the transaction back.
 func idleInTransaction(ctx context.Context, conn *pgx.Conn, d time.Duration) error {

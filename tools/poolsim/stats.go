@@ -36,7 +36,7 @@ type InstanceStats struct {
 	WorkloadStats
 }
 
-// SettingsStats repeats the pool settings in the units of the seed's env.
+// SettingsStats repeats the pool settings in the units of the DB_* variables.
 type SettingsStats struct {
 	PoolSize       int     `json:"pool_size"`
 	MaxOverflow    int     `json:"max_overflow"`

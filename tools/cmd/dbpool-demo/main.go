@@ -61,8 +61,8 @@ const (
 	appRole     = "app"
 	poolName    = "api"
 	appName     = "api"
-	// The simulated application's .env, as the seed document writes it.
-	appEnv = `# Database connection pool configuration (the seed's "Development" sizes, a bit larger)
+	// The simulated application's .env: development sizes, a bit larger.
+	appEnv = `# Database connection pool configuration
 DB_POOL_SIZE=5
 DB_MAX_OVERFLOW=10
 DB_POOL_TIMEOUT=5

@@ -1,5 +1,5 @@
 // Command poolsim is tooling, not product: a simulated application whose connections go through
-// SQLAlchemy-style QueuePools, one per instance, configured by the seed's
+// SQLAlchemy-style QueuePools, one per instance, configured by the
 // DB_* variables. It gives the exporter something real to watch, and prints
 // and serves the pool's true numbers so they can be compared with what the
 // exporter reports. With --pool.impl=pgxpool the instances use real pgxpools
@@ -36,7 +36,7 @@ import (
 func main() { os.Exit(run()) }
 
 // setting is the value of a pool flag whose default can come from one of the
-// seed's DB_* variables. kingpin's own parse errors do not say which flag or
+// DB_* variables. kingpin's own parse errors do not say which flag or
 // variable was wrong, and with a value read from an .env file that is the
 // first thing a user needs to know.
 type setting struct {
@@ -75,7 +75,7 @@ func intSetting(p *int) *setting {
 	}
 }
 
-// parseSeconds accepts a bare number of seconds, because the seed's
+// parseSeconds accepts a bare number of seconds, because
 // DB_POOL_TIMEOUT and DB_POOL_RECYCLE are written "30" and "3600", or a Go
 // duration such as 30s.
 func parseSeconds(s string) (time.Duration, error) {
@@ -102,7 +102,7 @@ func secondsSetting(p *time.Duration) *setting {
 	}
 }
 
-// parseBool accepts what the seed's Python settings loader (pydantic) accepts
+// parseBool accepts what a Python settings loader (pydantic) accepts
 // in an .env file, so the same file configures both.
 func parseBool(s string) (bool, error) {
 	switch strings.ToLower(s) {
@@ -132,7 +132,7 @@ func run() int {
 	cfg := poolsim.DefaultConfig()
 	app := kingpin.New("poolsim", "A simulated application that holds PostgreSQL connections through SQLAlchemy-style QueuePools "+
 		"(one independent pool per instance, application_name <app-name>-<index>), for demos and end-to-end tests of dbpool_exporter. "+
-		"Pool settings default to the seed's DB_* environment variables. "+
+		"Pool settings default to the DB_* environment variables. "+
 		"Prints the true pool numbers every --report-interval and serves them as JSON at /status. "+
 		"With --pool.impl=pgxpool each instance uses a real pgxpool instead, and its exact dbpool_* series (checkout times, "+
 		"pending checkouts, timeouts) are served at --metrics.listen, next to what the exporter's activity source estimates for the same backends.")
