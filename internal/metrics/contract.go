@@ -1,7 +1,7 @@
 // Package metrics is dbpool_exporter's metric contract: every series it exports (name, type,
 // help, labels) and every label value it sets, built once, here, from one namespace. The
-// metric table of the documentation lists the same series (a test in the repository root
-// compares them both ways); alerts and the dashboard use only what the table lists.
+// metric table of docs/metrics.md lists the same series, and contract_test.go compares the
+// two both ways; alerts and the dashboard use only what the table lists.
 //
 // pool.go holds the pool sample that every source fills (PoolStats) and turns it into the
 // pool series, so that every source speaks this one language.
@@ -169,9 +169,6 @@ func counter(g Group, subsystem, name, help string, labels ...string) Counter {
 func histogram(g Group, subsystem, name, help string, labels ...string) Histogram {
 	return Histogram{declare(g, "histogram", subsystem, name, help, labels)}
 }
-
-// Contract returns every series, in the order declared here.
-func Contract() []Series { return slices.Clone(contract) }
 
 // Describe sends the descriptors of the series of the groups.
 func Describe(ch chan<- *prometheus.Desc, groups ...Group) {
