@@ -8,15 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
@@ -292,22 +289,6 @@ func TestAppEndpointFailures(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "app good") {
 		t.Errorf("the log blames the good endpoint:\n%s", logs.String())
-	}
-}
-
-// withoutOwnPool hides the exporter's own monitoring pool, whose checkout timings vary.
-type withoutOwnPool struct{ prometheus.Collector }
-
-func (w withoutOwnPool) Collect(ch chan<- prometheus.Metric) {
-	all := make(chan prometheus.Metric)
-	go func() { w.Collector.Collect(all); close(all) }()
-	for m := range all {
-		var d dto.Metric
-		if err := m.Write(&d); err == nil && !slices.ContainsFunc(d.GetLabel(), func(l *dto.LabelPair) bool {
-			return l.GetName() == "pool" && l.GetValue() == metrics.OwnPool
-		}) {
-			ch <- m
-		}
 	}
 }
 

@@ -14,8 +14,8 @@ import (
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
-// probeTargets are the exporter's target names, one PostgreSQL server each.
-var probeTargets = []string{"alpha", "beta", "gamma"}
+// multiTargets are the exporter's target names, one PostgreSQL server each.
+var multiTargets = []string{"alpha", "beta", "gamma"}
 
 // docFile holds the Multi-target probing section, relative to the repository's root.
 const docFile = "docs/configuration.md"
@@ -42,7 +42,7 @@ func docPrometheusConfig(t *testing.T, targets []string, exporterAddr string) st
 	cfg := m[1]
 	targetsRe := regexp.MustCompile(`(?m)^(\s*- targets: )\[[^\]]*\](\s*#.*names from dbpool.yml.*)$`)
 	if !targetsRe.MatchString(cfg) || !strings.Contains(cfg, "dbpool-exporter:9930") || !strings.Contains(cfg, "__param_target") {
-		t.Fatalf("%s: prometheus.yml changed shape; the test expects a probe target list marked "+
+		t.Fatalf("%s: prometheus.yml changed shape; the test expects a target list marked "+
 			"'names from dbpool.yml', __param_target and the address dbpool-exporter:9930:\n%s", docFile, cfg)
 	}
 	cfg = targetsRe.ReplaceAllString(cfg, "${1}["+strings.Join(targets, ", ")+"]")
@@ -51,18 +51,18 @@ func docPrometheusConfig(t *testing.T, targets []string, exporterAddr string) st
 	return "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n" + cfg
 }
 
-// TestProbeEndToEnd: a real Prometheus scrapes three PostgreSQL servers through one exporter
+// TestMultiTargetEndToEnd: a real Prometheus scrapes three PostgreSQL servers through one exporter
 // with the documented relabel_configs: one series of dbpool_up per server, each with its own
 // instance label, and the exporter's own metrics in their own job.
-func TestProbeEndToEnd(t *testing.T) {
+func TestMultiTargetEndToEnd(t *testing.T) {
 	promBin := findBinary(t, "PROMETHEUS", "prometheus")
 	exporterBin := testbin.Exporter(t)
 	dir := t.TempDir() // first, so that it is removed after every process is gone
 
-	servers := make([]*pgtest.Postgres, len(probeTargets))
-	errs := make([]error, len(probeTargets))
+	servers := make([]*pgtest.Postgres, len(multiTargets))
+	errs := make([]error, len(multiTargets))
 	var wg sync.WaitGroup
-	for i := range probeTargets {
+	for i := range multiTargets {
 		wg.Go(func() { servers[i], errs[i] = pgtest.Start(pgtest.Options{}) })
 	}
 	wg.Wait()
@@ -79,7 +79,7 @@ func TestProbeEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Host DSNs without credentials: the auth module adds them.
-		fmt.Fprintf(&targets, "  - name: %s\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", probeTargets[i], pg.Host, pg.Port)
+		fmt.Fprintf(&targets, "  - name: %s\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", multiTargets[i], pg.Host, pg.Port)
 	}
 	exporterCfg := filepath.Join(dir, "exporter.yml")
 	writeFile(t, exporterCfg, "auth_modules:\n  monitor:\n    user: dbpool_monitor\n    password_env: MONITOR_PASSWORD\n"+
@@ -100,7 +100,7 @@ func TestProbeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	promCfg := filepath.Join(promDir, "prometheus.yml")
-	writeFile(t, promCfg, docPrometheusConfig(t, probeTargets, exporterAddr))
+	writeFile(t, promCfg, docPrometheusConfig(t, multiTargets, exporterAddr))
 	promProc, promAddr := startServer(t, promDir, "prometheus", promBin, nil, "/-/ready", func(addr string) []string {
 		return []string{
 			"--config.file=" + promCfg,
@@ -147,14 +147,14 @@ func TestProbeEndToEnd(t *testing.T) {
 			instances[s.Metric["instance"]] = true
 		}
 		slices.Sort(got)
-		if !slices.Equal(got, probeTargets) || len(instances) != len(probeTargets) {
-			return fmt.Sprintf("dbpool_up == 1 for targets %v (instances %v), want %v, each its own instance", got, instances, probeTargets)
+		if !slices.Equal(got, multiTargets) || len(instances) != len(multiTargets) {
+			return fmt.Sprintf("dbpool_up == 1 for targets %v (instances %v), want %v, each its own instance", got, instances, multiTargets)
 		}
 		return ""
 	})
 
 	// Each probe carries only its own target: one dbpool_up series per scrape (instance).
-	for _, name := range probeTargets {
+	for _, name := range multiTargets {
 		s, err := prom.query(fmt.Sprintf(`count by (target) ({job="dbpool", instance=%q, target!=""})`, name))
 		if err != nil {
 			t.Fatal(err)
