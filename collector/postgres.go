@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
@@ -140,4 +141,28 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, apps 
 		closeIdleHTTP()
 	}
 	return newTarget(name, sources, release, closeAll, logger), nil
+}
+
+// ownPoolSource exports the exporter's own monitoring pool like any pgxpool (pool
+// dbpool_exporter, source pgxpool), so that the exporter's footprint on the server shows
+// too. It is sampled while the other sources run: the connection in use is usually the
+// activity source's own. Its series are not pool samples for the pool history: it is no
+// application's pool.
+type ownPoolSource struct {
+	pool *pgxpoolcollector.Collector
+}
+
+func (*ownPoolSource) Name() string { return metrics.CollectorPgxpool }
+
+func (s *ownPoolSource) Scrape(context.Context) (Scraped, error) {
+	ch := make(chan prometheus.Metric)
+	go func() {
+		s.pool.Collect(ch)
+		close(ch)
+	}()
+	var out Scraped
+	for m := range ch {
+		out.Metrics = append(out.Metrics, m)
+	}
+	return out, nil
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
-	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 )
 
 // probeSource times what an application's pool does when it grows: a fresh login (TCP, TLS,
@@ -57,26 +56,4 @@ func login(ctx context.Context, cfg *pgx.ConnConfig) error {
 	}()
 	_, err = conn.Exec(ctx, "SELECT 1")
 	return err
-}
-
-// ownPoolSource exports the exporter's own monitoring pool like any pgxpool (pool
-// dbpool_exporter, source pgxpool), so that the exporter's footprint on the server shows
-// too. Its series are not pool samples for the pool history: it is no application's pool.
-type ownPoolSource struct {
-	pool *pgxpoolcollector.Collector
-}
-
-func (*ownPoolSource) Name() string { return metrics.CollectorPgxpool }
-
-func (s *ownPoolSource) Scrape(context.Context) (Scraped, error) {
-	ch := make(chan prometheus.Metric)
-	go func() {
-		s.pool.Collect(ch)
-		close(ch)
-	}()
-	var out Scraped
-	for m := range ch {
-		out.Metrics = append(out.Metrics, m)
-	}
-	return out, nil
 }

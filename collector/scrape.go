@@ -10,12 +10,13 @@
 //     the scrape's (the margins are below). A source is a name and one call (Source): activity
 //     (activity.go: the monitoring connection, the server's settings, pg_stat_activity grouped
 //     into pools; "connection" with --no-collector.activity), probe (probe.go: a fresh login),
-//     pgxpool (probe.go: the exporter's own connection pool), app (app.go: the applications'
-//     own reports of their pools) on a PostgreSQL target; pgbouncer (pgbouncer.go: the admin
-//     console) on a PgBouncer.
+//     pgxpool (postgres.go: the exporter's own connection pool), app (app.go: the
+//     applications' own reports of their pools) on a PostgreSQL target, which postgres.go
+//     builds; pgbouncer (pgbouncer.go: the admin console) on a PgBouncer.
 //  4. Each source returns its finished pool samples and its other series (Scraped). The target
-//     turns the pool samples into the pool series (internal/metrics, the metric contract) and
-//     adds dbpool_up and, per source, dbpool_scrape_success and dbpool_scrape_duration_seconds.
+//     turns the pool samples into the pool series (internal/metrics/contract.go, where every
+//     series of the exporter is declared) and adds dbpool_up and, per source,
+//     dbpool_scrape_success and dbpool_scrape_duration_seconds.
 //     A source that fails, hangs or panics fails alone; the log says so once when it starts
 //     failing and once when it recovers (stateLogger).
 //  5. The Exporter gives the result (series, pool samples, server limits) to its observer,
