@@ -17,10 +17,10 @@ import (
 // multiTargets are the exporter's target names, one PostgreSQL server each.
 var multiTargets = []string{"alpha", "beta", "gamma"}
 
-// docFile holds the Multi-target probing section, relative to the repository's root.
+// docFile holds the Multi-target scraping section, relative to the repository's root.
 const docFile = "docs/configuration.md"
 
-// docPrometheusConfig returns the `# prometheus.yml` block of docFile's Multi-target probing
+// docPrometheusConfig returns the `# prometheus.yml` block of docFile's Multi-target scraping
 // section, with its target list and exporter address replaced: the test runs the documented
 // relabel_configs, not a copy that could drift from them.
 func docPrometheusConfig(t *testing.T, targets []string, exporterAddr string) string {
@@ -30,14 +30,14 @@ func docPrometheusConfig(t *testing.T, targets []string, exporterAddr string) st
 		t.Fatal(err)
 	}
 	section := string(doc)
-	if i := strings.Index(section, "## Multi-target probing\n"); i >= 0 {
+	if i := strings.Index(section, "## Multi-target scraping\n"); i >= 0 {
 		section = section[i:]
 	} else {
-		t.Fatalf("%s has no section Multi-target probing", docFile)
+		t.Fatalf("%s has no section Multi-target scraping", docFile)
 	}
 	m := regexp.MustCompile("(?s)```yaml\n# prometheus.yml\n(.*?)```").FindStringSubmatch(section)
 	if m == nil {
-		t.Fatalf("%s: no ```yaml block starting with # prometheus.yml in Multi-target probing", docFile)
+		t.Fatalf("%s: no ```yaml block starting with # prometheus.yml in Multi-target scraping", docFile)
 	}
 	cfg := m[1]
 	targetsRe := regexp.MustCompile(`(?m)^(\s*- targets: )\[[^\]]*\](\s*#.*names from dbpool.yml.*)$`)
