@@ -129,11 +129,13 @@ type Series struct {
 
 var contract []Series
 
-// Gauge, Counter and Histogram are a series' descriptor, typed so that it only makes
-// metrics of its own type.
+// A series' descriptor is typed, so that it only makes metrics of its own type.
 type (
-	Gauge     struct{ *prometheus.Desc }
-	Counter   struct{ *prometheus.Desc }
+	// Gauge is a gauge's descriptor.
+	Gauge struct{ *prometheus.Desc }
+	// Counter is a counter's descriptor.
+	Counter struct{ *prometheus.Desc }
+	// Histogram is a histogram's descriptor.
 	Histogram struct{ *prometheus.Desc }
 )
 
