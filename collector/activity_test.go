@@ -132,7 +132,7 @@ dbpool_up{target="db"} 1
 		t.Error(err)
 	}
 
-	assertLintClean(t, c)
+	testbin.LintClean(t, c)
 
 	mfs := gather(t, tgt, 10*time.Second)
 	api := map[string]string{"pool": "api"}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // appInstanceJSON is one instance of a dbpool-stats document, as integrations/python
@@ -221,7 +222,7 @@ dbpool_scrape_success{collector="pgxpool",target="db"} 1
 		"dbpool_process_in_use_connections", "dbpool_process_checkout_timeouts_total", "dbpool_process_checkout_duration_seconds"); err != nil {
 		t.Fatal(err)
 	}
-	assertLintClean(t, c)
+	testbin.LintClean(t, c)
 
 	mu.Lock()
 	defer mu.Unlock()

@@ -135,7 +135,7 @@ dbpool_exporter_target_disconnects_total{reason="idle"} 0
 `), "dbpool_exporter_connected_targets", "dbpool_exporter_target_disconnects_total"); err != nil {
 		t.Error(err)
 	}
-	assertLintClean(t, fleet)
+	testbin.LintClean(t, fleet)
 	e.Close()
 	for _, pg := range servers {
 		waitFor(t, pg, monitorBackendsQuery, 0)

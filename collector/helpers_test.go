@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
@@ -172,18 +171,6 @@ func gatherWithin(t *testing.T, tgt *Target, deadline time.Duration) map[string]
 		t.Errorf("scrape took %v, deadline %v", elapsed, deadline)
 	}
 	return mfs
-}
-
-// assertLintClean runs promtool's metric lint rules over what c exposes.
-func assertLintClean(t *testing.T, c prometheus.Collector) {
-	t.Helper()
-	problems, err := testutil.CollectAndLint(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint %s: %s", p.Metric, p.Text)
-	}
 }
 
 // withoutOwnPool hides the series of the exporter's own monitoring pool: it is sampled while

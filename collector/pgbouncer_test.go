@@ -576,7 +576,7 @@ dbpool_scrape_success{collector="pgbouncer",target="bouncer"} 1
 		"dbpool_size_connections", "dbpool_up", "dbpool_scrape_success"); err != nil {
 		t.Error(err)
 	}
-	assertLintClean(t, c)
+	testbin.LintClean(t, c)
 }
 
 // TestPgBouncerSaturatedPool drives more clients than pool plus reserve hold and checks
@@ -659,7 +659,7 @@ func TestPgBouncerSaturatedPool(t *testing.T) {
 	if _, ok := during["dbpool_checkout_timeouts_total"]; ok {
 		t.Error("dbpool_checkout_timeouts_total is exported, but PgBouncer does not count timeouts")
 	}
-	assertLintClean(t, NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(context.Background()))
+	testbin.LintClean(t, NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(context.Background()))
 
 	wg.Wait()
 	close(errs)

@@ -150,17 +150,25 @@ func (s exporterScrape) histogram(t *testing.T, name string, want map[string]str
 	return nil, 0
 }
 
-func TestAppSourceEndToEnd(t *testing.T) {
-	exporterBin := testbin.Exporter(t)
-	dir := t.TempDir()
-	pg := pgtest.StartT(t, pgtest.Options{})
-	monitorPW, appPW := randomPassword(t), randomPassword(t)
+// appDatabase starts a throwaway PostgreSQL with the exporter's role dbpool_monitor and the
+// applications' role app, each with a random password.
+func appDatabase(t *testing.T) (pg *pgtest.Postgres, monitorPW, appPW string) {
+	t.Helper()
+	pg = pgtest.StartT(t, pgtest.Options{})
+	monitorPW, appPW = randomPassword(t), randomPassword(t)
 	if err := pg.CreateRole("dbpool_monitor", monitorPW, false, "pg_monitor"); err != nil {
 		t.Fatal(err)
 	}
 	if err := pg.CreateRole("app", appPW, false); err != nil {
 		t.Fatal(err)
 	}
+	return pg, monitorPW, appPW
+}
+
+func TestAppSourceEndToEnd(t *testing.T) {
+	exporterBin := testbin.Exporter(t)
+	dir := t.TempDir()
+	pg, monitorPW, appPW := appDatabase(t)
 	// Basic-auth credentials in two of the app URLs (loadapp ignores them): the password must
 	// show nowhere either.
 	appURLPW := randomPassword(t)
@@ -383,14 +391,7 @@ apps:
 func TestAppCountersSurviveReload(t *testing.T) {
 	exporterBin := testbin.Exporter(t)
 	dir := t.TempDir()
-	pg := pgtest.StartT(t, pgtest.Options{})
-	monitorPW, appPW := randomPassword(t), randomPassword(t)
-	if err := pg.CreateRole("dbpool_monitor", monitorPW, false, "pg_monitor"); err != nil {
-		t.Fatal(err)
-	}
-	if err := pg.CreateRole("app", appPW, false); err != nil {
-		t.Fatal(err)
-	}
+	pg, monitorPW, appPW := appDatabase(t)
 	dsn := fmt.Sprintf("postgresql+psycopg2://app:%s@127.0.0.1:%d/postgres", appPW, pg.Port)
 	// quiet checks out nothing; busy checks out all the time: the pool's checkouts are
 	// busy's, so that losing them shows.

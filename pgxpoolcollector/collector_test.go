@@ -198,17 +198,6 @@ func histogramOf(t *testing.T, c prometheus.Collector) *dto.Histogram {
 	return h
 }
 
-func lint(t *testing.T, c prometheus.Collector) {
-	t.Helper()
-	problems, err := testutil.CollectAndLint(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
-}
-
 // expiringCtx is a context whose deadline passes when the test says so: the test can then
 // watch its acquire wait before it gives up with context.DeadlineExceeded, which a timer
 // would not guarantee.
@@ -389,7 +378,7 @@ func TestPgxpoolCollectorSaturated(t *testing.T) {
 	w.acquired, w.idle = 0, maxConns
 	w.checkouts += waiters
 	compare(t, c, w)
-	lint(t, c)
+	testbin.LintClean(t, c)
 
 	h := histogramOf(t, c)
 	if got, want := h.GetSampleCount(), uint64(maxConns+waiters+expiring+canceled); got != want {
@@ -777,7 +766,7 @@ func TestPgxpoolCollectorWithoutTracer(t *testing.T) {
 				w.checkouts, w.pending, wantBuckets = 5, 0, 15
 			}
 			compare(t, c, w)
-			lint(t, c)
+			testbin.LintClean(t, c)
 			h := histogramOf(t, c)
 			if h.GetSampleCount() != uint64(w.checkouts) || len(h.GetBucket()) != wantBuckets {
 				t.Errorf("histogram: count %d with %d buckets, want %d with %d", h.GetSampleCount(), len(h.GetBucket()), w.checkouts, wantBuckets)
@@ -817,7 +806,7 @@ func TestPgxpoolCollectorAdd(t *testing.T) {
 	if err := testutil.CollectAndCompare(c, strings.NewReader(exposition(wa, wb)), deterministicFamilies...); err != nil {
 		t.Error(err)
 	}
-	lint(t, c)
+	testbin.LintClean(t, c)
 	if n := testutil.CollectAndCount(c, "dbpool_pool_info"); n != 2 {
 		t.Errorf("%d pools exported, want 2", n)
 	}

@@ -316,7 +316,7 @@ func TestScenarioTimeouts(t *testing.T) {
 		})
 	}
 	for range 15 {
-		mgr.Observe(collector.Result{Pools: []metrics.PoolStats{readPgxpool(t, pc, st)}})
+		mgr.Observe(collector.Result{Pools: []metrics.PoolStats{readPgxpool(t, pc, scenarioTarget, "svc", st)}})
 		time.Sleep(200 * time.Millisecond)
 	}
 	cancel()
@@ -531,7 +531,7 @@ func TestScenarioAPIErrors(t *testing.T) {
 // readPgxpool reads the one pool that c exports back into a pool sample, as the pool
 // history would receive it from a source: the series a Go service exports are all the
 // exporter could know of its pool.
-func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, settings poolcfg.Settings) metrics.PoolStats {
+func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, target, pool string, settings poolcfg.Settings) metrics.PoolStats {
 	t.Helper()
 	mfs := testbin.Gather(t, c)
 	value := func(name string, labels map[string]string) float64 {
@@ -543,6 +543,8 @@ func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, settings poolcfg.S
 	}
 	h := mfs["dbpool_checkout_duration_seconds"].GetMetric()[0].GetHistogram()
 	p := metrics.PoolStats{
+		Target:     target,
+		Pool:       pool,
 		Source:     metrics.SourcePgxpool,
 		Configured: true,
 		Settings:   settings,
@@ -555,17 +557,8 @@ func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, settings poolcfg.S
 		Checkouts: &metrics.CheckoutStats{Count: h.GetSampleCount(), DurationSeconds: h.GetSampleSum(),
 			Timeouts: ptr(uint64(value("dbpool_checkout_timeouts_total", nil)))},
 	}
-	for _, m := range mfs["dbpool_connections"].GetMetric() {
-		for _, l := range m.GetLabel() {
-			switch l.GetName() {
-			case "target":
-				p.Target = l.GetValue()
-			case "pool":
-				p.Pool = l.GetValue()
-			case "state":
-				p.States[l.GetValue()] = int(m.GetGauge().GetValue())
-			}
-		}
+	for _, state := range []string{metrics.StateAcquired, metrics.StateIdle, metrics.StateConstructing} {
+		p.States[state] = int(value("dbpool_connections", map[string]string{"state": state}))
 	}
 	return p
 }
