@@ -25,13 +25,18 @@ func printSummary(metricsURL string, api *apiApp, workerURL string) {
 	fmt.Printf("%s  dbpool_up: postgres %g, pgbouncer %g  probe login %.1f ms\n", time.Now().Format("15:04:05"),
 		get(mfs, "dbpool_up", map[string]string{"target": "demo"}), get(mfs, "dbpool_up", map[string]string{"target": "pgbouncer"}),
 		1000*get(mfs, "dbpool_probe_connect_seconds", nil))
-	for _, v := range poolViews(mfs) {
+	views := poolViews(mfs)
+	width := 14 // the pool column fits the longest name, e.g. application_name:psql
+	for _, v := range views {
+		width = max(width, len(v.pool))
+	}
+	for _, v := range views {
 		if v.pool == "dbpool_exporter" {
 			continue // the exporter's own connection
 		}
 		l := map[string]string{"pool": v.pool, "source": v.source}
 		capacity := get(mfs, "dbpool_max_connections", l)
-		line := fmt.Sprintf("  pool %-14s in use %3.0f", v.pool, get(mfs, "dbpool_in_use_connections", l))
+		line := fmt.Sprintf("  pool %-*s in use %3.0f", width, v.pool, get(mfs, "dbpool_in_use_connections", l))
 		if capacity > 0 {
 			line += fmt.Sprintf("/%-3.0f (%3.0f%%)  overflow %2.0f/%-3.0f", capacity, 100*get(mfs, "dbpool_utilization_ratio", l),
 				get(mfs, "dbpool_overflow_connections", l), get(mfs, "dbpool_max_overflow_connections", l)*get(mfs, "dbpool_instances", l))
