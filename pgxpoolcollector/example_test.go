@@ -16,9 +16,10 @@ import (
 	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 )
 
-// ExampleNew exports a service's own pool as the dbpool_* series.
+// ExampleNew exports a service's own pool as the dbpool_* series. Nothing connects until the
+// service uses its pool: the configuration series are there at once.
 func ExampleNew() {
-	cfg, err := pgxpool.ParseConfig(os.Getenv("DATABASE_URL"))
+	cfg, err := pgxpool.ParseConfig("postgres://app@orders-db.internal:5432/orders?pool_max_conns=4")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -41,6 +42,21 @@ func ExampleNew() {
 		Settings: &settings,
 	}))
 	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+
+	mfs, err := reg.Gather()
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "dbpool_max_connections", "dbpool_checkout_timeout_seconds", "dbpool_open_connections":
+			fmt.Println(mf.GetName(), mf.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
+	// Output:
+	// dbpool_checkout_timeout_seconds 2
+	// dbpool_max_connections 4
+	// dbpool_open_connections 0
 }
 
 // ExampleInstrumentConfig keeps the tracer a service already has: it still receives every
