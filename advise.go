@@ -18,6 +18,7 @@ import (
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/health"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
@@ -200,7 +201,7 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 func targetsUp(res collector.Result) map[string]bool {
 	up := map[string]bool{}
 	for _, m := range res.Metrics {
-		if !strings.HasPrefix(m.Desc().String(), `Desc{fqName: "dbpool_up",`) {
+		if m.Desc() != metrics.Up.Desc {
 			continue
 		}
 		var pb dto.Metric
