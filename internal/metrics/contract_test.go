@@ -84,19 +84,14 @@ func everyCollector(t *testing.T) []prometheus.Collector {
 	}
 	exp := collector.NewExporter([]*collector.Target{pg, bouncer}, collector.ExporterOptions{})
 	t.Cleanup(exp.Close)
-	cfg, err := pgxpool.ParseConfig(dsn.ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tracer := pgxpoolcollector.InstrumentConfig(cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	pool, err := pgxpool.New(context.Background(), dsn.ConnString())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
 	return []prometheus.Collector{
 		exp.ScrapeCollector(context.Background()),
-		pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{}),
+		pgxpoolcollector.New(pool, nil, pgxpoolcollector.Options{}),
 		collector.NewFleetMetrics(func() *collector.Exporter { return exp }),
 		health.NewManager(health.Options{}),
 		versioncollector.NewCollector("dbpool_exporter"),
