@@ -15,7 +15,7 @@ RELEASE_DIR ?= dist
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-peers faults clean tidy-check dockerfile-lint
+.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-peers bench-fleet faults clean tidy-check dockerfile-lint
 
 all: build
 
@@ -122,6 +122,13 @@ bench-peers: DEPS_FLAGS += --with-peers
 bench-peers: deps build
 	$(GO) build -o .bin/bench-peers ./bench/peers
 	./.bin/bench-peers --exporter ./$(BIN) $(ARGS)
+
+# One exporter holding 200 targets through /probe on a throwaway PostgreSQL: memory per
+# connected target and CPU per probe, next to their targets (bench/README.md, "Fleet";
+# docs/sharding.md). About 40 s. Asserts nothing. ARGS: flags (--targets, --rounds).
+bench-fleet: deps build
+	$(GO) build -o .bin/bench-fleet ./bench/fleet
+	./.bin/bench-fleet --exporter ./$(BIN) $(ARGS)
 
 clean:
 	rm -rf $(BIN) .bin $(RELEASE_DIR)
