@@ -39,6 +39,9 @@ var valueSets = []valueSet{
 				sm.Labels["release"] != "kube-prometheus-stack" {
 				t.Errorf("ServiceMonitor: want one /metrics endpoint and label release, got %+v", sm.Spec.Endpoints)
 			}
+			if pod, _ := o.PodSpec(); pod.Annotations["checksum/secret"] == "" {
+				t.Errorf("no checksum/secret annotation: a changed DSN would not reach the running pod")
+			}
 			if o.Deployments[0].Spec.Strategy.Type != "Recreate" || *o.Deployments[0].Spec.Replicas != 1 {
 				t.Errorf("Deployment: want 1 replica, Recreate")
 			}

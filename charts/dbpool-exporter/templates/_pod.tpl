@@ -69,10 +69,15 @@ metadata:
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- if or .Values.podAnnotations (and .Values.config .Values.restartOnConfigChange) }}
+  {{- $ownSecret := and .Values.secret.data (not .Values.secret.existingSecret) }}
+  {{- if or .Values.podAnnotations (and .Values.restartOnConfigChange (or .Values.config $ownSecret)) }}
   annotations:
     {{- if and .Values.config .Values.restartOnConfigChange }}
     checksum/config: {{ include "dbpool-exporter.configFile" . | sha256sum }}
+    {{- end }}
+    {{- if and $ownSecret .Values.restartOnConfigChange }}
+    {{- /* Variables from a Secret change only when the pod restarts. */}}
+    checksum/secret: {{ toJson .Values.secret.data | sha256sum }}
     {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
