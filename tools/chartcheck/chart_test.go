@@ -1,11 +1,14 @@
 package chartcheck
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
@@ -283,7 +286,7 @@ func TestRejectedValues(t *testing.T) {
 	}{
 		{"defaults: nothing to watch", ``, "nothing to watch: set secret.data.dsn"},
 		{"unknown key", "secret: {data: {dsn: x}}\nserviceMonitor: {enable: true}", "additional properties 'enable' not allowed"},
-		{"threshold that is not a number", "secret: {data: {dsn: x}}\nprometheusRule: {thresholds: {utilizationRatio: '0.8 or vector(1)'}}", "utilizationRatio"},
+		{"threshold that is not a number", "secret: {data: {dsn: x}}\nprometheusRule: {thresholds: {utilizationAlertRatio: '0.8 or vector(1)'}}", "utilizationAlertRatio"},
 		{"multiTarget without config", "secret: {data: {dsn: x}}\nmultiTarget: {enabled: true}", "multiTarget.enabled needs config.targets"},
 		{"shards without multiTarget", "config: {targets: [{name: a, dsn: 'postgres://a/b'}]}\nmultiTarget: {shards: 2}", "multiTarget.shards above 1 needs multiTarget.enabled"},
 		{"podMonitor without selector", "secret: {data: {dsn: x}}\npodMonitor: {enabled: true}", "podMonitor.enabled needs podMonitor.selector"},
@@ -421,4 +424,21 @@ func probedTargets(sm *monitoringv1.ServiceMonitor) []string {
 		}
 	}
 	return out
+}
+
+// TestAppVersionIsTheExporters: the chart's appVersion (the default image tag) is the
+// version in VERSION, so that a release bumps both.
+func TestAppVersionIsTheExporters(t *testing.T) {
+	version, err := os.ReadFile(filepath.Join(RepoRoot(), "VERSION"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chrt, err := loader.LoadDir(ChartDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.TrimSpace(string(version)); chrt.Metadata.AppVersion != want {
+		t.Errorf("charts/dbpool-exporter/Chart.yaml: appVersion %q, VERSION says %q: set appVersion to it (and raise the chart's version)",
+			chrt.Metadata.AppVersion, want)
+	}
 }
