@@ -65,8 +65,10 @@ func run() int {
 
 func bench(ctx context.Context, o options) (err error) {
 	began := time.Now()
-	// Every target holds one monitoring connection, and each probe in flight logs in once more.
-	maxConns := o.targets + 2*o.parallel + 20
+	// Every target holds one monitoring connection and each probe in flight logs in once more.
+	// The background sampler (--health.sample-interval) probes every connected target at once:
+	// on 200 servers that is one login each, here all 200 land on the one server.
+	maxConns := 2*o.targets + 2*o.parallel + 20
 	benchkit.Say("starting a throwaway PostgreSQL with max_connections %d", maxConns)
 	pg, err := pgtest.Start(pgtest.Options{MaxConnections: maxConns})
 	if err != nil {
@@ -106,8 +108,8 @@ func bench(ctx context.Context, o options) (err error) {
 
 	all := strconv.Itoa(o.targets)
 	settings := []setting{
-		{label: "cap " + all + ", login probe on", args: []string{"--probe.max-connected-targets=" + all}, connects: o.targets},
-		{label: "cap " + all + ", login probe off", args: []string{"--probe.max-connected-targets=" + all, "--no-collector.probe"}, connects: o.targets},
+		{label: "cap " + all + ", login probe on", args: []string{"--target.max-connected=" + all}, connects: o.targets},
+		{label: "cap " + all + ", login probe off", args: []string{"--target.max-connected=" + all, "--no-collector.probe"}, connects: o.targets},
 		{label: "cap 50 (default)", connects: min(50, o.targets)},
 	}
 	benchkit.PrintHost(version)

@@ -48,7 +48,7 @@ func printResults(o options, results []result) {
 RSS before: started, configuration loaded, nothing connected. RSS connected: after two rounds.
 RSS after: after the measured rounds. RSS/target and heap/target: (after - before) / connected.
 CPU/probe: the exporter's utime+stime over the measured rounds / probes (10 ms ticks).
-cap drops: targets disconnected by --probe.max-connected-targets during the measured rounds.
+cap drops: targets disconnected by --target.max-connected during the measured rounds.
 Not in these figures: the pool history behind /pools and the advice, which grows over
 --health.window (at most 720 points per pool, 500 pools) and holds a few points here.`)
 

@@ -96,7 +96,7 @@ var valueSets = []valueSet{
 			}
 			c := exporterContainer(t, o)
 			wantArgs(t, c, "--config.file=/etc/dbpool-exporter/config/config.yml", "--no-metrics.scrape-targets",
-				"--probe.max-connected-targets=10")
+				"--target.max-connected=10")
 			if env := envNames(c); len(env) != 0 {
 				t.Errorf("with a config file the pod needs no DSN variables, got %v", env)
 			}

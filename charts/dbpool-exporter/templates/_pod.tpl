@@ -27,7 +27,7 @@
 {{- end }}
 {{- if .Values.multiTarget.enabled }}
 - "--no-metrics.scrape-targets"
-- {{ printf "--probe.max-connected-targets=%v" .Values.multiTarget.maxConnectedTargets | quote }}
+- {{ printf "--target.max-connected=%v" .Values.multiTarget.maxConnected | quote }}
 {{- end }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}
