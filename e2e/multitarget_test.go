@@ -7,10 +7,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
-	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
@@ -59,57 +57,12 @@ func TestMultiTargetEndToEnd(t *testing.T) {
 	exporterBin := testbin.Exporter(t)
 	dir := t.TempDir() // first, so that it is removed after every process is gone
 
-	servers := make([]*pgtest.Postgres, len(multiTargets))
-	errs := make([]error, len(multiTargets))
-	var wg sync.WaitGroup
-	for i := range multiTargets {
-		wg.Go(func() { servers[i], errs[i] = pgtest.Start(pgtest.Options{}) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("pgtest: start PostgreSQL: %v", err)
-		}
-		t.Cleanup(func() { _ = servers[i].Close() })
-	}
-	password := randomPassword(t)
-	var targets strings.Builder
-	for i, pg := range servers {
-		if err := pg.CreateRole("dbpool_monitor", password, false, "pg_monitor"); err != nil {
-			t.Fatal(err)
-		}
-		// Host DSNs without credentials: the auth module adds them.
-		fmt.Fprintf(&targets, "  - name: %s\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", multiTargets[i], pg.Host, pg.Port)
-	}
-	exporterCfg := filepath.Join(dir, "exporter.yml")
-	writeFile(t, exporterCfg, "auth_modules:\n  monitor:\n    user: dbpool_monitor\n    password_env: MONITOR_PASSWORD\n"+
-		"    options: {sslmode: disable}\ntargets:\n"+targets.String())
-	exporter, exporterAddr := startServer(t, dir, "exporter", exporterBin, []string{"MONITOR_PASSWORD=" + password}, "/metrics",
-		func(addr string) []string {
-			return []string{
-				"--web.listen-address=" + addr,
-				"--config.file=" + exporterCfg,
-				"--no-metrics.scrape-targets",
-				"--scrape.timeout-offset=200ms", // Prometheus' timeout here is 1s
-				"--log.level=info",
-			}
-		})
-
-	promDir := filepath.Join(dir, "prometheus")
-	if err := os.Mkdir(promDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	promCfg := filepath.Join(promDir, "prometheus.yml")
-	writeFile(t, promCfg, docPrometheusConfig(t, multiTargets, exporterAddr))
-	promProc, promAddr := startServer(t, promDir, "prometheus", promBin, nil, "/-/ready", func(addr string) []string {
-		return []string{
-			"--config.file=" + promCfg,
-			"--storage.tsdb.path=" + filepath.Join(promDir, "data"),
-			"--web.listen-address=" + addr,
-			"--log.level=info",
-		}
-	})
-	prom := &prometheus{proc: promProc, addr: promAddr, config: promCfg, exporterAddr: exporterAddr}
+	f := startFleet(t, dir, len(multiTargets), multiTargets) // one server per target
+	servers, password := f.servers, f.password
+	exporter, exporterAddr := f.startExporter(t, dir, "exporter", exporterBin)
+	prom := startPrometheusWith(t, dir, promBin, docPrometheusConfig(t, multiTargets, exporterAddr))
+	prom.exporterAddr = exporterAddr
+	promProc := prom.proc
 	checkAlive := func() {
 		t.Helper()
 		for _, p := range []*process{exporter, promProc} {

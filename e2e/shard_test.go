@@ -11,11 +11,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/dbpool/dbpool_exporter/tools/pgtest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
@@ -86,65 +84,15 @@ func TestShardedExporters(t *testing.T) {
 	exporterBin := testbin.Exporter(t)
 	dir := t.TempDir()
 
-	servers := make([]*pgtest.Postgres, 2)
-	errs := make([]error, len(servers))
-	var wg sync.WaitGroup
-	for i := range servers {
-		wg.Go(func() { servers[i], errs[i] = pgtest.Start(pgtest.Options{}) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("pgtest: start PostgreSQL: %v", err)
-		}
-		t.Cleanup(func() { _ = servers[i].Close() })
-	}
-	password := randomPassword(t)
-	var targets strings.Builder
-	for _, pg := range servers {
-		if err := pg.CreateRole("dbpool_monitor", password, false, "pg_monitor"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i, name := range shardTargets {
-		pg := servers[i%len(servers)]
-		fmt.Fprintf(&targets, "  - name: %s\n    dsn: postgres://%s:%d/postgres\n    auth_module: monitor\n", name, pg.Host, pg.Port)
-	}
-	exporterCfg := filepath.Join(dir, "exporter.yml")
-	writeFile(t, exporterCfg, "auth_modules:\n  monitor:\n    user: dbpool_monitor\n    password_env: MONITOR_PASSWORD\n"+
-		"    options: {sslmode: disable}\ntargets:\n"+targets.String())
-
-	// Both exporters run the same configuration: every name.
+	// Six names on two servers; both exporters run the same configuration: every name.
+	f := startFleet(t, dir, 2, shardTargets)
 	exporters := make([]*process, 2)
 	addrs := make([]string, 2)
 	for i := range exporters {
-		exporters[i], addrs[i] = startServer(t, dir, fmt.Sprintf("exporter-%d", i), exporterBin,
-			[]string{"MONITOR_PASSWORD=" + password}, "/metrics", func(addr string) []string {
-				return []string{
-					"--web.listen-address=" + addr,
-					"--config.file=" + exporterCfg,
-					"--no-metrics.scrape-targets",
-					"--scrape.timeout-offset=200ms", // Prometheus' timeout here is 1s
-					"--log.level=info",
-				}
-			})
+		exporters[i], addrs[i] = f.startExporter(t, dir, fmt.Sprintf("exporter-%d", i), exporterBin)
 	}
-
-	promDir := filepath.Join(dir, "prometheus")
-	if err := os.Mkdir(promDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	promCfg := filepath.Join(promDir, "prometheus.yml")
-	writeFile(t, promCfg, shardingDocConfig(t, shardTargets, addrs))
-	promProc, promAddr := startServer(t, promDir, "prometheus", promBin, nil, "/-/ready", func(addr string) []string {
-		return []string{
-			"--config.file=" + promCfg,
-			"--storage.tsdb.path=" + filepath.Join(promDir, "data"),
-			"--web.listen-address=" + addr,
-			"--log.level=info",
-		}
-	})
-	prom := &prometheus{proc: promProc, addr: promAddr, config: promCfg}
+	prom := startPrometheusWith(t, dir, promBin, shardingDocConfig(t, shardTargets, addrs))
+	promProc := prom.proc
 	procs := append([]*process{promProc}, exporters...)
 	checkAlive := func() {
 		t.Helper()
