@@ -236,6 +236,9 @@ var (
 	CheckoutDuration    = histogram(PoolGroup, "", "checkout_duration_seconds", "Time callers waited to check out a connection.", poolLabels...)
 	CheckoutTimeouts    = poolCounter("checkout_timeouts_total", "Checkouts that gave up waiting because the pool was exhausted.")
 	LongestCheckoutWait = poolGauge("longest_checkout_wait_seconds", "Age of the oldest checkout that is still waiting; 0 when none waits.")
+	CheckoutFailures    = counter(PoolGroup, "", "checkout_failures_total", "Checkouts that failed, by reason: timeout (the pool was exhausted), connect (opening a connection failed), cancelled (the caller went away), other.", append(poolLabels[:3:3], "reason")...)
+	ConnectionUse       = histogram(PoolGroup, "", "connection_use_duration_seconds", "Time connections were held, from checkout to checkin.", poolLabels...)
+	ConnectionCreate    = histogram(PoolGroup, "", "connection_create_duration_seconds", "Time opening a new connection took (connect, authentication and the pool's setup of it), failed attempts included.", poolLabels...)
 
 	LongestQuery             = poolGauge("longest_query_seconds", "Age of the longest running query (state active); 0 when none runs.")
 	LongestTransaction       = poolGauge("longest_transaction_seconds", "Age of the oldest open transaction; 0 when none is open.")
@@ -328,6 +331,20 @@ func AppendPool(ms []prometheus.Metric, p *PoolStats) []prometheus.Metric {
 		counter(Checkouts, &c.Count)
 		ms = append(ms, CheckoutDuration.Metric(c.Count, c.DurationSeconds, c.Buckets, p.Target, p.Pool, source))
 		counter(CheckoutTimeouts, c.Timeouts)
+		if c.Failures != nil {
+			// Every reason, zero included, so that rate() has a series from the start.
+			for _, reason := range FailureReasons {
+				ms = append(ms, CheckoutFailures.Metric(float64(c.Failures[reason]), p.Target, p.Pool, source, reason))
+			}
+		}
+	}
+	for _, d := range []struct {
+		h Histogram
+		s *DurationStats
+	}{{ConnectionUse, p.UseTime}, {ConnectionCreate, p.CreateTime}} {
+		if d.s != nil {
+			ms = append(ms, d.h.Metric(d.s.Count, d.s.SumSeconds, d.s.Buckets, p.Target, p.Pool, source))
+		}
 	}
 	if l := p.Lifecycle; l != nil {
 		counter(ConnectionsOpened, l.Opened)

@@ -30,6 +30,14 @@ type PoolStats struct {
 
 	Checkouts *CheckoutStats
 
+	// UseTime is how long connections were held, checkout to checkin (OpenTelemetry's
+	// db.client.connection.use_time, HikariCP's usage); nil where the source cannot observe it.
+	// With the checkout rate it gives the offered load that the sizing model works from.
+	UseTime *DurationStats
+	// CreateTime is how long opening a new connection took (db.client.connection.create_time,
+	// HikariCP's creation); nil where the source cannot observe it.
+	CreateTime *DurationStats
+
 	// Lifecycle is set by sources that see connections being opened and replaced (app).
 	Lifecycle *LifecycleStats
 
@@ -49,6 +57,35 @@ type CheckoutStats struct {
 	// only has totals, in which case the histogram carries the +Inf bucket alone.
 	Buckets  map[float64]uint64
 	Timeouts *uint64
+	// Failures counts the checkouts that failed, by reason (FailureTimeout, FailureConnect,
+	// FailureCancelled, FailureOther); they are included in Count. Failures[FailureTimeout]
+	// equals Timeouts. Nil where the source cannot tell why a checkout failed.
+	Failures map[string]uint64
+}
+
+// Reasons a checkout failed: the reason label of dbpool_checkout_failures_total.
+const (
+	// FailureTimeout: the caller gave up waiting because the pool was exhausted.
+	FailureTimeout = "timeout"
+	// FailureConnect: the pool tried to open a new connection and the server refused or
+	// could not be reached (ConnectionRefusedError, too many clients, authentication).
+	FailureConnect = "connect"
+	// FailureCancelled: the caller went away (task cancelled, context cancelled) while the
+	// pool still had room.
+	FailureCancelled = "cancelled"
+	// FailureOther: any other error raised by the checkout, e.g. a failed pre-ping reconnect.
+	FailureOther = "other"
+)
+
+// FailureReasons are the values of the reason label, in the order they are exported.
+var FailureReasons = []string{FailureTimeout, FailureConnect, FailureCancelled, FailureOther}
+
+// DurationStats is a cumulative histogram of durations.
+type DurationStats struct {
+	Count      uint64
+	SumSeconds float64
+	// Buckets are cumulative (upper bound -> count); nil when the source only has totals.
+	Buckets map[float64]uint64
 }
 
 // ProcessStats is one process's pool within a pool group.
