@@ -14,9 +14,10 @@ Only SQLAlchemy (1.4 or 2.0) and the standard library are used. Nothing in
 this package raises into the application's checkouts: every hook swallows its
 own errors, and a failed hook only makes the figures less complete.
 
-The modules: stats (recording one pool from SQLAlchemy's pool events), multiprocess
-(the shared directory of worker processes, forks), exposition (the document and its
-endpoints), registry (the process's one mutable state).
+The modules: stats (recording one pool: hooks on the pool instance and its events),
+histogram (bucket bounds and counts), leaks (leak detection: checkout sites and the report),
+multiprocess (the shared directory of worker processes, forks), exposition (the document and
+its endpoints), registry (the process's one mutable state).
 """
 
 # Before the imports: exposition reads it.
@@ -24,7 +25,9 @@ __version__ = "0.4.0"
 
 from .exposition import FORMAT, FORMAT_VERSION, asgi_app, render_json, snapshot, start_http_server, wsgi_app  # noqa: E402
 from .multiprocess import mark_process_dead, set_multiprocess_dir, shutdown  # noqa: E402
-from .stats import BUCKETS, PoolStats, instrument, uninstrument  # noqa: E402
+from .histogram import BUCKETS, CREATE_BUCKETS, USE_BUCKETS  # noqa: E402
+from .leaks import DEFAULT_LEAK_THRESHOLD, ENV_LEAK_STACK, ENV_LEAK_THRESHOLD  # noqa: E402
+from .stats import FAILURE_REASONS, PoolStats, instrument, uninstrument  # noqa: E402
 
 # Outside __all__ but importable from here as they were before the modules split: the
 # defaults and environment variable names of the shared-directory mode, and the tests' reset.
@@ -34,8 +37,14 @@ from .stats import _reset_for_tests  # noqa: E402, F401
 
 __all__ = [
     "BUCKETS",
+    "CREATE_BUCKETS",
+    "DEFAULT_LEAK_THRESHOLD",
+    "ENV_LEAK_STACK",
+    "ENV_LEAK_THRESHOLD",
+    "FAILURE_REASONS",
     "FORMAT",
     "FORMAT_VERSION",
+    "USE_BUCKETS",
     "PoolStats",
     "asgi_app",
     "instrument",

@@ -1,27 +1,49 @@
-"""Per-pool recording: what one instrumented engine's pool does, from SQLAlchemy's pool events.
+"""Per-pool recording: what one instrumented engine's pool does, and its entry of the document.
 
-PoolStats wraps the pool's connect() (checkout time, failures, timeouts, callers waiting)
-and _do_get() (recycles), listens to the pool's events (connects, invalidations, pre-ping
-failures, closes) and turns them, with the pool's own status, into this instance's entry
-of the JSON document. instrument() and uninstrument() put pools into the registry and take
-them out.
+PoolStats replaces four methods on the pool instance (never on the class, so other pools are
+untouched):
+
+- connect(): every checkout attempt, its time and outcome, and the callers waiting now; a
+  successful one starts the connection's hold (with leak detection: and notes its site);
+- _do_return_conn(): the end of a hold, at checkin or detach;
+- _invoke_creator(): every attempt to open a DBAPI connection, and whether it failed;
+- _do_get(): only with pool_recycle, to count the connections replaced for their age.
+
+and listens to the pool events connect, invalidate, soft_invalidate, close and close_detached
+(which fire only when a connection opens, breaks or closes) and to engine_disposed.
+
+The hot path (connect and _do_return_conn, run on every checkout and checkin) reads the clock
+once per edge and takes no lock. Each of its updates is a dict insertion or removal, or one
+read-modify-write of a list element or an attribute (``counts[i] += 1``, ``h.sum += d``) with
+no call in between: CPython hands the GIL to another thread only at a call or a backward jump,
+so no update is interrupted half way. (tests/test_threads.py counts exactly with eight threads
+and a switch interval of 1 us.) Every hook catches its own errors: a bug here makes the
+figures less complete and never fails a checkout.
 """
 
-import bisect
+import asyncio
+import itertools
 import os
-import threading
+import sys
 import time
+from bisect import bisect_left
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
+from sqlalchemy.pool.base import _ConnectionRecord
 
-from . import multiprocess
+from . import leaks, multiprocess
+from .histogram import BUCKETS, CREATE_BUCKETS, USE_BUCKETS, Histogram
 from .registry import REGISTRY, hostname, log
 
-#: Upper bounds (seconds) of the cumulative checkout-time histogram buckets; the
-#: exporter's Go histogram uses the same bounds. +Inf is implied ("count").
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Why a checkout failed: the keys of checkouts.failures, in the document's order.
+FAILURE_REASONS = ("timeout", "connect", "cancelled", "other")
+#: record.info key of the clock reading when the record's DBAPI connect started.
+_CREATE_STARTED = "dbpool_stats.create_started"
+# The function that opens a record's DBAPI connection and runs the connect events; a checkout
+# that failed inside it failed to connect.
+_CONNECT_CODE = getattr(getattr(_ConnectionRecord, "_ConnectionRecord__connect", None), "__code__", None)
 
 
 def _call(obj, attr):
@@ -41,10 +63,24 @@ def _num(v):
     return v
 
 
+def failure_reason(exc):
+    """The key of checkouts.failures for an exception that a checkout raised."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _CONNECT_CODE:
+            return "connect"
+        tb = tb.tb_next
+    return "other"
+
+
 class PoolStats:
     """Statistics of one instrumented engine (or pool) in this process."""
 
-    def __init__(self, target, name, index, registry):
+    def __init__(self, target, name, index, registry, leak_threshold=None, leak_stack=False):
         self.name = name
         self._index = index  # 1 for the first engine of this name in the process
         self._registry = registry
@@ -56,70 +92,41 @@ class PoolStats:
             self._fixed_pool = target
         else:
             self._engine = target
-        self._disabled = False
+        #: seconds a connection may be held before it counts as leaked; None: detection off
+        self.leak_threshold = leak_threshold
+        self.leak_stack = leak_stack
         self._listeners = []  # (target, event name, fn)
-        self._lock = threading.Lock()
+        self._wrapped = []  # (pool, attribute, the pool's own instance attribute or None, wrapper)
+        # The hot path's closures hold these objects; _reset() zeroes them in place.
+        self._tokens = itertools.count()
+        self._waiting = {}  # token -> clock at the start of a checkout still in progress
+        self._held = {}  # connection record -> (clock at checkout, site or None)
+        self._wait = Histogram(BUCKETS)
+        self._use = Histogram(USE_BUCKETS)
+        self._create = Histogram(CREATE_BUCKETS)
+        self._failures = dict.fromkeys(FAILURE_REASONS, 0)
         self._reset()
 
     # --- identity and counters -------------------------------------------------
 
     def _reset(self):
-        self._lock = threading.Lock()
         self.pid = os.getpid()
         self.instance = "%s:%d" % (hostname(), self.pid)
         if self._index > 1:
             self.instance += "/%d" % self._index
-        self._next_token = 0
-        self._inflight = {}  # token -> monotonic start; insertion order == start order
-        self._count = 0
-        self._failed = 0
-        self._timeouts = 0
-        self._sum = 0.0
-        self._buckets = [0] * (len(BUCKETS) + 1)  # last slot: above the largest bound
+        self._waiting.clear()
+        self._held.clear()
+        for h in (self._wait, self._use, self._create):
+            h.reset()
+        for k in self._failures:
+            self._failures[k] = 0
+        self._create_failed = 0
         self._connects = 0
         self._invalidations = 0
         self._soft_invalidations = 0
         self._recycles = 0
         self._pre_ping_failures = 0
         self._closes = 0
-
-    # --- hot path ----------------------------------------------------------------
-
-    def _begin(self):
-        if not self._registry.active:
-            self._registry.activate()
-        with self._lock:
-            tok = self._next_token
-            self._next_token = tok + 1
-            # Read the clock under the lock so the dict stays ordered by start time.
-            self._inflight[tok] = time.monotonic()
-        return tok
-
-    def _end(self, tok, failed, timeout):
-        now = time.monotonic()
-        with self._lock:
-            start = self._inflight.pop(tok, None)
-            if start is None:  # counters were reset (fork) during this checkout
-                return
-            d = now - start
-            if d < 0:
-                d = 0.0
-            self._count += 1
-            self._sum += d
-            self._buckets[bisect.bisect_left(BUCKETS, d)] += 1
-            if failed:
-                self._failed += 1
-            if timeout:
-                self._timeouts += 1
-
-    def _incr(self, attr):
-        if self._disabled:
-            return
-        try:
-            with self._lock:
-                setattr(self, attr, getattr(self, attr) + 1)
-        except Exception:
-            pass
 
     # --- wiring ------------------------------------------------------------------
 
@@ -137,51 +144,20 @@ class PoolStats:
         except Exception:
             log.debug("dbpool_stats: cannot wrap pool", exc_info=True)
 
+    def _replace(self, pool, attr, make):
+        """Put make(the pool's current attr) on the pool instance as attr."""
+        own = pool.__dict__.get(attr)  # _invoke_creator is the instance's own; the others are the class's
+        wrapper = make(getattr(pool, attr))
+        setattr(pool, attr, wrapper)
+        self._wrapped.append((pool, attr, own, wrapper))
+
     def _wrap(self, pool):
-        stats = self
-        orig_connect = pool.connect
-        orig_do_get = getattr(pool, "_do_get", None)
-
-        def connect(*args, **kwargs):
-            if stats._disabled:
-                return orig_connect(*args, **kwargs)
-            try:
-                tok = stats._begin()
-            except Exception:
-                tok = None
-            try:
-                conn = orig_connect(*args, **kwargs)
-            except BaseException as e:
-                if tok is not None:
-                    try:
-                        stats._end(tok, True, isinstance(e, sa_exc.TimeoutError))
-                    except Exception:
-                        pass
-                raise
-            if tok is not None:
-                try:
-                    stats._end(tok, False, False)
-                except Exception:
-                    pass
-            return conn
-
-        connect._dbpool_stats = self
-        pool.connect = connect
-
-        if orig_do_get is not None:
-
-            def _do_get(*args, **kwargs):
-                rec = orig_do_get(*args, **kwargs)
-                if not stats._disabled:
-                    try:
-                        stats._check_recycle(pool, rec)
-                    except Exception:
-                        pass
-                return rec
-
-            _do_get._dbpool_stats = self
-            pool._do_get = _do_get
-
+        self._replace(pool, "connect", self._checkout_hook)
+        self._replace(pool, "_do_return_conn", self._checkin_hook)
+        self._replace(pool, "_invoke_creator", self._creator_hook)
+        recycle = getattr(pool, "_recycle", -1)
+        if recycle is not None and recycle > -1:
+            self._replace(pool, "_do_get", lambda orig: self._recycle_hook(orig, recycle))
         # Pool events live in the pool's dispatch, which Pool.recreate() copies to
         # the new pool: register only where they are not there yet.
         for name, fn in (
@@ -207,15 +183,16 @@ class PoolStats:
         self._pool = pool
 
     def _unwrap(self):
-        self._disabled = True
-        for pool in {id(p): p for p in (self._pool, self._fixed_pool) if p is not None}.values():
-            for attr in ("connect", "_do_get"):
-                fn = pool.__dict__.get(attr)
-                if getattr(fn, "_dbpool_stats", None) is self:
-                    try:
+        for pool, attr, own, wrapper in reversed(self._wrapped):
+            try:
+                if pool.__dict__.get(attr) is wrapper:
+                    if own is None:
                         del pool.__dict__[attr]
-                    except Exception:
-                        pass
+                    else:
+                        pool.__dict__[attr] = own
+            except Exception:
+                pass
+        self._wrapped = []
         for target, name, fn in self._listeners:
             try:
                 if event.contains(target, name, fn):
@@ -224,47 +201,157 @@ class PoolStats:
                 pass
         self._listeners = []
 
-    def _check_recycle(self, pool, rec):
-        # The exact test of _ConnectionRecord.get_connection(), which runs right
-        # after _do_get() returns: an open connection older than pool_recycle is
-        # closed and replaced. (Replacements after an invalidation are not counted.)
-        recycle = getattr(pool, "_recycle", -1)
-        if recycle is None or recycle < 0:
-            return
+    # --- the hooks: hot path -----------------------------------------------------
+
+    def _checkout_hook(self, orig_connect):
+        stats = self
+        registry = self._registry
+        clock = time.perf_counter
+        next_token = self._tokens.__next__
+        waiting, held = self._waiting, self._held
+        wait = self._wait
+        wait_counts, wait_bounds = wait.counts, wait.bounds
+        getframe = sys._getframe
+        if not self.leak_threshold:
+            site = None
+        elif self.leak_stack:
+            site = leaks.checkout_site_and_stack
+        else:
+            site = leaks.checkout_site
+
+        def connect():
+            try:
+                t0 = clock()
+                tok = next_token()
+                waiting[tok] = t0
+                if not registry.active:
+                    registry.activate()
+            except Exception:
+                tok = None
+            try:
+                fairy = orig_connect()
+            except BaseException as e:
+                stats._checkout_failed(tok, e)
+                raise
+            try:
+                t1 = clock()
+                del waiting[tok]  # KeyError after a fork's reset: nothing to record then
+                d = t1 - t0
+                wait_counts[bisect_left(wait_bounds, d)] += 1
+                wait.sum += d
+                held[fairy._connection_record] = (t1, site(getframe(1)) if site is not None else None)
+            except Exception:
+                pass
+            return fairy
+
+        connect._dbpool_stats = self
+        return connect
+
+    def _checkin_hook(self, orig_return):
+        clock = time.perf_counter
+        pop_held = self._held.pop
+        use = self._use
+        use_counts, use_bounds = use.counts, use.bounds
+
+        def _do_return_conn(record):
+            try:
+                h = pop_held(record, None)  # None: a failed checkout's record, never held
+                if h is not None:
+                    d = clock() - h[0]
+                    use_counts[bisect_left(use_bounds, d)] += 1
+                    use.sum += d
+            except Exception:
+                pass
+            return orig_return(record)
+
+        return _do_return_conn
+
+    # --- the hooks: when connections open, break or close ------------------------
+
+    def _checkout_failed(self, tok, exc):
         try:
-            conn = rec.dbapi_connection
-        except AttributeError:  # SQLAlchemy < 1.4.24
-            conn = rec.connection
-        if conn is not None and time.time() - rec.starttime > recycle:
-            self._incr("_recycles")
+            t0 = self._waiting.pop(tok, None)
+            if t0 is None:  # reset by a fork during this checkout
+                return
+            self._wait.observe(time.perf_counter() - t0)
+            self._failures[failure_reason(exc)] += 1
+        except Exception:
+            pass
+
+    def _creator_hook(self, orig_creator):
+        stats = self
+        clock = time.perf_counter
+
+        def _invoke_creator(record):
+            t0 = clock()
+            try:
+                conn = orig_creator(record)
+            except BaseException:
+                try:
+                    stats._create.observe(clock() - t0)
+                    stats._create_failed += 1
+                except Exception:
+                    pass
+                raise
+            try:
+                # The connect event, after SQLAlchemy's own setup of the connection, ends it.
+                record.info[_CREATE_STARTED] = t0
+            except Exception:
+                pass
+            return conn
+
+        return _invoke_creator
+
+    def _recycle_hook(self, orig_do_get, recycle):
+        stats = self
+
+        def _do_get():
+            rec = orig_do_get()
+            # The exact test of _ConnectionRecord.get_connection(), which runs right after
+            # _do_get() returns: an open connection older than pool_recycle is closed and
+            # replaced. (Replacements after an invalidation are not counted.)
+            try:
+                if rec.dbapi_connection is not None and time.time() - rec.starttime > recycle:
+                    stats._recycles += 1
+            except Exception:
+                pass
+            return rec
+
+        return _do_get
 
     def _on_connect(self, dbapi_connection, connection_record):
-        self._incr("_connects")
+        try:
+            self._connects += 1
+            t0 = connection_record.info.pop(_CREATE_STARTED, None)
+            if t0 is not None:
+                self._create.observe(time.perf_counter() - t0)
+        except Exception:
+            pass
 
     def _on_invalidate(self, dbapi_connection, connection_record, exception):
-        if self._disabled:
-            return
         try:
-            with self._lock:
-                self._invalidations += 1
-                # Pre-ping failure: _ConnectionFairy._checkout raises
-                # InvalidatePoolError when dialect.do_ping() reports a disconnect,
-                # and invalidates the record with it.
-                if isinstance(exception, sa_exc.InvalidatePoolError) and getattr(
-                    self._pool, "_pre_ping", False
-                ):
-                    self._pre_ping_failures += 1
+            self._invalidations += 1
+            # Pre-ping failure: _ConnectionFairy._checkout raises InvalidatePoolError when
+            # dialect.do_ping() reports a disconnect, and invalidates the record with it.
+            if isinstance(exception, sa_exc.InvalidatePoolError) and getattr(self._pool, "_pre_ping", False):
+                self._pre_ping_failures += 1
         except Exception:
             pass
 
     def _on_soft_invalidate(self, dbapi_connection, connection_record, exception):
-        self._incr("_soft_invalidations")
+        try:
+            self._soft_invalidations += 1
+        except Exception:
+            pass
 
     def _on_close(self, dbapi_connection, connection_record):
-        self._incr("_closes")
+        try:
+            self._closes += 1
+        except Exception:
+            pass
 
     def _on_close_detached(self, dbapi_connection):
-        self._incr("_closes")
+        self._on_close(dbapi_connection, None)
 
     def _on_engine_disposed(self, engine):
         self._ensure_wrapped()
@@ -302,50 +389,51 @@ class PoolStats:
             "pre_ping": bool(getattr(pool, "_pre_ping", False)),
             "echo": bool(echo),
         }
-        with self._lock:
-            now = time.monotonic()
-            collected_at = time.time()
-            pending = len(self._inflight)
-            oldest = next(iter(self._inflight.values()), None)
-            count = self._count
-            failed = self._failed
-            timeouts = self._timeouts
-            total = self._sum
-            raw = list(self._buckets)
-            counters = {
-                "connects": self._connects,
-                "invalidations": self._invalidations,
-                "soft_invalidations": self._soft_invalidations,
-                "recycles": self._recycles,
-                "pre_ping_failures": self._pre_ping_failures,
-                "closes": self._closes,
-            }
-            pid = self.pid
-            instance = self.instance
-        buckets = []
-        cum = 0
-        for le, n in zip(BUCKETS, raw):
-            cum += n
-            buckets.append({"le": le, "count": cum})
+        # One C-level copy each: the hot path may change them meanwhile.
+        now = time.perf_counter()
+        collected_at = time.time()
+        waiting = list(self._waiting.values())
+        held = list(self._held.values())
+        failures = dict(self._failures)
+        count, total, buckets = self._wait.read()
+        use_count, use_sum, use_buckets = self._use.read()
+        create_count, create_sum, create_buckets = self._create.read()
+        failed = sum(failures.values())
         snap = {
             "pool": self.name,
-            "instance": instance,
-            "pid": pid,
+            "instance": self.instance,
+            "pid": self.pid,
             "pool_class": type(pool).__name__,
             "collected_at": collected_at,
             "settings": settings,
             "status": status,
-            "pending_checkouts": pending,
-            "longest_checkout_wait_seconds": max(0.0, now - oldest) if oldest is not None else 0.0,
+            "pending_checkouts": len(waiting),
+            "longest_checkout_wait_seconds": max(0.0, now - min(waiting)) if waiting else 0.0,
             "checkouts": {
                 "count": count,
                 "failed": failed,
                 "sum_seconds": total,
                 "buckets": buckets,
-                "timeouts": timeouts,
+                "timeouts": failures["timeout"],
+                "failures": failures,
             },
+            "use_time": {"count": use_count, "sum_seconds": use_sum, "buckets": use_buckets},
+            "create_time": {
+                "count": create_count,
+                "failed": self._create_failed,
+                "sum_seconds": create_sum,
+                "buckets": create_buckets,
+            },
+            "held_connections": len(held),
+            "longest_held_seconds": max(0.0, now - min(t for t, _ in held)) if held else 0.0,
+            "leaks": leaks.report(held, now, self.leak_threshold),
+            "connects": self._connects,
+            "invalidations": self._invalidations,
+            "soft_invalidations": self._soft_invalidations,
+            "recycles": self._recycles,
+            "pre_ping_failures": self._pre_ping_failures,
+            "closes": self._closes,
         }
-        snap.update(counters)
         return snap
 
 
@@ -362,21 +450,29 @@ def _resolve(target):
     return target
 
 
-def instrument(engine, name="default", multiprocess_dir=None, interval=None):
+def instrument(engine, name="default", multiprocess_dir=None, interval=None, leak_threshold=None, leak_stack=None):
     """Record pool statistics of engine (Engine, AsyncEngine or Pool) under name.
 
-    Instrumenting the same engine twice returns the first PoolStats. With
-    multiprocess_dir (or the environment variable DBPOOL_STATS_DIR) this process
-    also writes its snapshot to that directory every interval seconds (default 1),
+    Instrumenting the same engine twice returns the first PoolStats (and keeps its
+    settings). With multiprocess_dir (or the environment variable DBPOOL_STATS_DIR) this
+    process also writes its snapshot to that directory every interval seconds (default 1),
     so that the endpoint of any worker process serves all of them.
+
+    leak_threshold: seconds a connection may be held before the document counts it as leaked
+    and names the line of the application that checked it out; 0 turns leak detection off.
+    Default: $DBPOOL_STATS_LEAK_THRESHOLD, else off. leak_stack=True (or
+    $DBPOOL_STATS_LEAK_STACK=1) keeps the whole stack of each checkout, not only its line.
+    A bad value raises ValueError naming the setting.
     """
     target = _resolve(engine)
     name = str(name)
+    threshold = leaks.threshold_from(leak_threshold)
+    stack = leaks.stack_from(leak_stack)
     with REGISTRY.lock:
         stats = REGISTRY.find(target)
         if stats is None:
             index = 1 + sum(1 for s in REGISTRY.pools if s.name == name)
-            stats = PoolStats(target, name, index, REGISTRY)
+            stats = PoolStats(target, name, index, REGISTRY, leak_threshold=threshold, leak_stack=stack)
             stats._ensure_wrapped()
             REGISTRY.pools.append(stats)
     multiprocess.enable(multiprocess_dir, interval)

@@ -9,11 +9,13 @@ pinned environment and driver. A missing variable is a failure, not a skip.
 """
 
 import os
+import socket
 import time
 import unittest
 
 import dbpool_stats
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 
@@ -34,6 +36,22 @@ def async_dsn():
 
 def admin_dsn():
     return env("DBPOOL_TEST_ADMIN_DSN")
+
+
+def refused_port():
+    """A local TCP port where nothing listens: connecting there is refused, as it is while
+    PostgreSQL is down."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def with_port(url, port):
+    """url (a SQLAlchemy URL string) with another port."""
+    return make_url(url).set(port=port).render_as_string(hide_password=False)
 
 
 def terminate(pid):
@@ -75,13 +93,19 @@ class PoolTestCase(unittest.TestCase):
         self._engines.append(e)
         return e
 
-    def assertHistogram(self, co):
+    def assertHistogram(self, co, bounds=dbpool_stats.BUCKETS):
         """Cumulative finite buckets with exactly the contract's bounds, monotone, <= count."""
-        self.assertEqual([b["le"] for b in co["buckets"]], list(dbpool_stats.BUCKETS))
-        self.assertEqual(
-            [b["le"] for b in co["buckets"]],
-            [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-        )
+        self.assertEqual([b["le"] for b in co["buckets"]], list(bounds))
+        if bounds is dbpool_stats.BUCKETS:
+            self.assertEqual(
+                [b["le"] for b in co["buckets"]],
+                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+            )
+        else:
+            self.assertEqual(
+                [b["le"] for b in co["buckets"]],
+                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+            )
         counts = [b["count"] for b in co["buckets"]]
         self.assertEqual(counts, sorted(counts), "buckets must be cumulative: %r" % counts)
         self.assertLessEqual(counts[-1], co["count"])

@@ -69,6 +69,8 @@ class AsyncEngineTest(PoolTestCase):
                 self.assertEqual(co["count"], tasks * rounds)
                 self.assertEqual(co["timeouts"], seen["timeouts"])
                 self.assertEqual(co["failed"], seen["timeouts"])
+                self.assertEqual(co["failures"], {"timeout": seen["timeouts"], "connect": 0, "cancelled": 0, "other": 0})
+                self.assertEqual(snap["use_time"]["count"], seen["ok"])
                 self.assertHistogram(co)
                 self.assertEqual(co["buckets"][-1]["count"], co["count"])
                 le_01 = [b["count"] for b in co["buckets"] if b["le"] == 0.1][0]

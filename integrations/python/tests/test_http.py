@@ -30,7 +30,8 @@ class EndpointTest(PoolTestCase):
         keys = {
             "pool", "instance", "pid", "pool_class", "collected_at", "settings", "status",
             "pending_checkouts", "longest_checkout_wait_seconds", "checkouts", "connects",
-            "invalidations", "recycles", "pre_ping_failures",
+            "invalidations", "recycles", "pre_ping_failures", "use_time", "create_time",
+            "held_connections", "longest_held_seconds", "leaks",
         }
         for inst in doc["instances"]:
             self.assertLessEqual(keys, set(inst), "missing: %s" % (keys - set(inst)))
@@ -42,7 +43,11 @@ class EndpointTest(PoolTestCase):
                 set(inst["status"]),
                 {"pool_size", "max_overflow", "checked_out", "checked_in", "overflow", "total_connections"},
             )
-            self.assertLessEqual({"count", "failed", "sum_seconds", "buckets", "timeouts"}, set(inst["checkouts"]))
+            self.assertLessEqual({"count", "failed", "sum_seconds", "buckets", "timeouts", "failures"}, set(inst["checkouts"]))
+            self.assertEqual(list(inst["checkouts"]["failures"]), ["timeout", "connect", "cancelled", "other"])
+            self.assertEqual(set(inst["use_time"]), {"count", "sum_seconds", "buckets"})
+            self.assertEqual(set(inst["create_time"]), {"count", "failed", "sum_seconds", "buckets"})
+            self.assertEqual(set(inst["leaks"]), {"threshold_seconds", "count", "sites"})
         return doc
 
     def test_http_listener(self):

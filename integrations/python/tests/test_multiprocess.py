@@ -217,9 +217,11 @@ class MultiprocessTest(PoolTestCase):
         self.assertTrue(a["instance"].endswith(":%d" % out["pid"]))
         self.assertEqual(a["checkouts"]["count"], 0)
         self.assertEqual(a["connects"], 0)
+        self.assertEqual((a["use_time"]["count"], a["create_time"]["count"], a["held_connections"]), (0, 0, 0))
         b = out["after_checkout"]
         self.assertEqual(b["checkouts"]["count"], 1)
         self.assertEqual(b["connects"], 1)
+        self.assertEqual((b["use_time"]["count"], b["create_time"]["count"]), (1, 1))
         # The parent's figures are untouched.
         p = stats.snapshot()
         self.assertEqual(p["pid"], os.getpid())

@@ -121,6 +121,9 @@ class SyncEngineTest(PoolTestCase):
         self.assertEqual(co["count"], threads * rounds, "one observation per checkout attempt")
         self.assertEqual(co["timeouts"], seen["timeouts"])
         self.assertEqual(co["failed"], seen["timeouts"])
+        self.assertEqual(co["failures"], {"timeout": seen["timeouts"], "connect": 0, "cancelled": 0, "other": 0})
+        # Each successful checkout's hold ended and was timed.
+        self.assertEqual(snap["use_time"]["count"], seen["ok"])
         self.assertEqual(co["count"] - co["failed"], seen["ok"])
         self.assertHistogram(co)
         self.assertEqual(co["buckets"][-1]["count"], co["count"])
@@ -255,23 +258,40 @@ class SyncEngineTest(PoolTestCase):
         self.assertEqual(snap["recycles"], 0)
 
     def test_broken_stats_code_never_raises_into_checkouts(self):
-        e = self.engine(pool_size=1)
-        stats = dbpool_stats.instrument(e, name="broken")
+        e = self.engine(pool_size=1, max_overflow=0, pool_timeout=0.1, pool_recycle=60)
+        stats = dbpool_stats.instrument(e, name="broken", leak_threshold=60)
 
         class Broken:
-            def __enter__(self):
+            """Stands for a bug: every use of it raises."""
+
+            def __getattr__(self, name):
                 raise RuntimeError("bug in the stats code")
 
-            def __exit__(self, *a):
-                return False
-
-        stats._lock = Broken()
+        broken = Broken()
+        # Everything the hooks change: the histograms' sums (after the buckets, so the
+        # exception comes half way through a hook), the create histogram, the failure and event
+        # counters.
+        stats._wait.sum = stats._use.sum = "not a number"
+        stats._create = stats._failures = broken
+        for attr in ("_connects", "_invalidations", "_soft_invalidations", "_recycles", "_closes"):
+            setattr(stats, attr, broken)
         for _ in range(3):
             with e.connect() as c:
                 self.assertEqual(c.execute(text("SELECT 1")).scalar(), 1)
-        c = e.connect()
-        c.invalidate()
-        c.close()
+        with e.connect():
+            with self.assertRaises(exc.TimeoutError):  # the failed checkout's hook is broken too
+                e.connect()
+        (record,) = e.pool._pool.queue
+        record.starttime -= 61  # recycled on the next checkout
+        with e.connect() as c:
+            self.assertEqual(c.execute(text("SELECT 1")).scalar(), 1)
+            c.invalidate()
+        raw = e.raw_connection()
+        raw.invalidate(soft=True)
+        raw.close()
+        e.dispose()  # closes
+        with e.connect() as c:  # the new pool's hooks hold the same broken objects
+            self.assertEqual(c.execute(text("SELECT 1")).scalar(), 1)
         # A broken snapshot leaves the document valid; the other engines still show.
         ok = self.engine(pool_size=1)
         dbpool_stats.instrument(ok, name="ok")
@@ -280,7 +300,9 @@ class SyncEngineTest(PoolTestCase):
         doc = json.loads(dbpool_stats.render_json())
         self.assertEqual([i["pool"] for i in doc["instances"]], ["ok"])
         # Pool methods that fail give nulls, not exceptions.
-        stats._lock = __import__("threading").Lock()
+        stats._failures = dict.fromkeys(dbpool_stats.FAILURE_REASONS, 0)
+        stats._create = dbpool_stats.histogram.Histogram(dbpool_stats.CREATE_BUCKETS)
+        stats._wait.sum = stats._use.sum = 0.0
         e.pool.size = lambda: 1 / 0
         snap = stats.snapshot()
         self.assertIsNone(snap["status"]["pool_size"])
@@ -288,15 +310,22 @@ class SyncEngineTest(PoolTestCase):
 
     def test_uninstrument(self):
         e = self.engine(pool_size=1)
+        creator = e.pool._invoke_creator
         stats = dbpool_stats.instrument(e)
+        self.assertIsNot(e.pool._invoke_creator, creator)
         with e.connect():
             pass
         dbpool_stats.uninstrument(e)
         self.assertNotIn("connect", e.pool.__dict__)
         with e.connect():
             pass
-        self.assertEqual(stats._count, 1)
+        self.assertEqual(stats.snapshot()["checkouts"]["count"], 1)
+        self.assertEqual(stats.snapshot()["use_time"]["count"], 1)
         self.assertEqual(dbpool_stats.snapshot()["instances"], [])
+        for attr in ("connect", "_do_get", "_do_return_conn"):
+            self.assertNotIn(attr, e.pool.__dict__)
+        # _invoke_creator is the pool's own attribute: put back, not removed.
+        self.assertIs(e.pool._invoke_creator, creator)
         dbpool_stats.uninstrument(object())  # unknown: ignored
 
     def test_instrument_rejects_non_engines(self):
