@@ -15,7 +15,7 @@ RELEASE_DIR ?= dist
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-peers bench-fleet faults clean tidy-check dockerfile-lint
+.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-python bench-peers bench-fleet faults clean tidy-check dockerfile-lint
 
 all: build
 
@@ -112,8 +112,17 @@ demo: deps build
 	$(GO) build -o .bin/dbpool-demo ./tools/cmd/dbpool-demo
 	./.bin/dbpool-demo --exporter ./$(BIN) $(ARGS)
 
+# The scrape benchmark (bench/README.md), then the Python integration's cost per checkout.
 bench: deps build
 	./bench/run.sh
+	$(BENCH_PYTHON)
+
+# What dbpool_stats adds to a SQLAlchemy checkout and checkin, with and without leak detection,
+# next to the bare pool and the target (integrations/python/README.md, "Cost"). ARGS: flags,
+# e.g. ARGS='--baseline DIR' adds another version of the package to the same run.
+BENCH_PYTHON = .venv/sa20/bin/python integrations/python/bench/checkout_cost.py
+bench-python: deps
+	$(BENCH_PYTHON) $(ARGS)
 
 # The same throwaway PostgreSQL and PgBouncer watched by dbpool_exporter, Debian's
 # prometheus-postgres-exporter and prometheus-pgbouncer-exporter (installed by deps). Prints
