@@ -127,15 +127,17 @@ def _frames(frame):
 
 def checkout_site_and_stack(frame):
     """checkout_site() plus the stack from the site outwards: (code, offset, ((code, offset), ...))."""
+    site = checkout_site(frame)
+    if site is None:
+        return None
     stack = []
     for f in _frames(frame):
-        if stack or not _is_internal(f):
+        # The frames before the site are all skipped ones: the first with its code is the site.
+        if stack or f.f_code is site[0]:
             stack.append((f.f_code, f.f_lasti))
             if len(stack) == STACK_LIMIT:
                 break
-    if not stack:
-        return None
-    return stack[0][0], stack[0][1], tuple(stack)
+    return site[0], site[1], tuple(stack)
 
 
 def _line(code, offset):

@@ -6,11 +6,12 @@ untouched):
 - connect(): every checkout attempt, its time and outcome, and the callers waiting now; a
   successful one starts the connection's hold (with leak detection: and notes its site);
 - _do_return_conn(): the end of a hold, at checkin or detach;
-- _invoke_creator(): every attempt to open a DBAPI connection, and whether it failed;
-- _do_get(): only with pool_recycle, to count the connections replaced for their age.
+- _invoke_creator(): every attempt to open a DBAPI connection, whether it failed, and whether
+  it replaces a connection that pool_recycle retired;
 
-and listens to the pool events connect, invalidate, soft_invalidate, close and close_detached
-(which fire only when a connection opens, breaks or closes) and to engine_disposed.
+and listens to the pool events connect, invalidate, soft_invalidate, close, close_detached and
+detach (which fire only when a connection opens, breaks, closes or leaves the pool) and to
+engine_disposed.
 
 The hot path (connect and _do_return_conn, run on every checkout and checkin) reads the clock
 once per edge and takes no lock. Each of its updates is a dict insertion or removal, or one
@@ -22,10 +23,10 @@ figures less complete and never fails a checkout.
 """
 
 import asyncio
-import itertools
 import os
 import sys
 import time
+import weakref
 from bisect import bisect_left
 
 from sqlalchemy import event
@@ -39,8 +40,6 @@ from .registry import REGISTRY, hostname, log
 
 #: Why a checkout failed: the keys of checkouts.failures, in the document's order.
 FAILURE_REASONS = ("timeout", "connect", "cancelled", "other")
-#: record.info key of the clock reading when the record's DBAPI connect started.
-_CREATE_STARTED = "dbpool_stats.create_started"
 # The function that opens a record's DBAPI connection and runs the connect events; a checkout
 # that failed inside it failed to connect.
 _CONNECT_CODE = getattr(getattr(_ConnectionRecord, "_ConnectionRecord__connect", None), "__code__", None)
@@ -98,13 +97,24 @@ class PoolStats:
         self._listeners = []  # (target, event name, fn)
         self._wrapped = []  # (pool, attribute, the pool's own instance attribute or None, wrapper)
         # The hot path's closures hold these objects; _reset() zeroes them in place.
-        self._tokens = itertools.count()
-        self._waiting = {}  # token -> clock at the start of a checkout still in progress
-        self._held = {}  # connection record -> (clock at checkout, site or None)
+        # Clock readings at the start of the checkouts in progress: distinct, since the GIL
+        # puts at least a few bytecodes between any two readings.
+        self._waiting = set()
+        self._held = {}  # connection record -> clock reading at its checkout
+        self._sites = {}  # connection record -> its checkout's site (leak detection only)
         self._wait = Histogram(BUCKETS)
         self._use = Histogram(USE_BUCKETS)
         self._create = Histogram(CREATE_BUCKETS)
         self._failures = dict.fromkeys(FAILURE_REASONS, 0)
+        # Recycles, counted off the hot path: records whose connection is open and was neither
+        # invalidated nor detached; of those, the ones that _ConnectionRecord.get_connection()
+        # closed for their age (pool_recycle, the first test it makes), until they reconnect.
+        self._open = weakref.WeakSet()
+        self._closed_for_age = weakref.WeakSet()
+        # record -> clock reading when its DBAPI connect started, until its connect event.
+        # (Not in record.info: on SQLAlchemy 1.4 a record whose info exists costs every
+        # checkout of it 0.3 us.)
+        self._connecting = weakref.WeakKeyDictionary()
         self._reset()
 
     # --- identity and counters -------------------------------------------------
@@ -116,6 +126,10 @@ class PoolStats:
             self.instance += "/%d" % self._index
         self._waiting.clear()
         self._held.clear()
+        self._sites.clear()
+        self._open.clear()
+        self._closed_for_age.clear()
+        self._connecting.clear()
         for h in (self._wait, self._use, self._create):
             h.reset()
         for k in self._failures:
@@ -155,9 +169,6 @@ class PoolStats:
         self._replace(pool, "connect", self._checkout_hook)
         self._replace(pool, "_do_return_conn", self._checkin_hook)
         self._replace(pool, "_invoke_creator", self._creator_hook)
-        recycle = getattr(pool, "_recycle", -1)
-        if recycle is not None and recycle > -1:
-            self._replace(pool, "_do_get", lambda orig: self._recycle_hook(orig, recycle))
         # Pool events live in the pool's dispatch, which Pool.recreate() copies to
         # the new pool: register only where they are not there yet.
         for name, fn in (
@@ -166,6 +177,7 @@ class PoolStats:
             ("soft_invalidate", self._on_soft_invalidate),
             ("close", self._on_close),
             ("close_detached", self._on_close_detached),
+            ("detach", self._on_detach),
         ):
             try:
                 # event.contains() does not know the copies that recreate() made.
@@ -207,8 +219,8 @@ class PoolStats:
         stats = self
         registry = self._registry
         clock = time.perf_counter
-        next_token = self._tokens.__next__
-        waiting, held = self._waiting, self._held
+        waiting_add, waiting_discard = self._waiting.add, self._waiting.discard
+        held, sites = self._held, self._sites
         wait = self._wait
         wait_counts, wait_bounds = wait.counts, wait.bounds
         getframe = sys._getframe
@@ -222,24 +234,26 @@ class PoolStats:
         def connect():
             try:
                 t0 = clock()
-                tok = next_token()
-                waiting[tok] = t0
+                waiting_add(t0)
                 if not registry.active:
                     registry.activate()
             except Exception:
-                tok = None
+                t0 = None
             try:
                 fairy = orig_connect()
             except BaseException as e:
-                stats._checkout_failed(tok, e)
+                stats._checkout_failed(t0, e)
                 raise
             try:
                 t1 = clock()
-                del waiting[tok]  # KeyError after a fork's reset: nothing to record then
+                waiting_discard(t0)
                 d = t1 - t0
                 wait_counts[bisect_left(wait_bounds, d)] += 1
                 wait.sum += d
-                held[fairy._connection_record] = (t1, site(getframe(1)) if site is not None else None)
+                record = fairy._connection_record
+                held[record] = t1
+                if site is not None:
+                    sites[record] = site(getframe(1))
             except Exception:
                 pass
             return fairy
@@ -250,16 +264,19 @@ class PoolStats:
     def _checkin_hook(self, orig_return):
         clock = time.perf_counter
         pop_held = self._held.pop
+        pop_site = self._sites.pop if self.leak_threshold else None
         use = self._use
         use_counts, use_bounds = use.counts, use.bounds
 
         def _do_return_conn(record):
             try:
-                h = pop_held(record, None)  # None: a failed checkout's record, never held
-                if h is not None:
-                    d = clock() - h[0]
+                t = pop_held(record, None)  # None: a failed checkout's record, never held
+                if t is not None:
+                    d = clock() - t
                     use_counts[bisect_left(use_bounds, d)] += 1
                     use.sum += d
+                    if pop_site is not None:
+                        pop_site(record, None)
             except Exception:
                 pass
             return orig_return(record)
@@ -268,11 +285,11 @@ class PoolStats:
 
     # --- the hooks: when connections open, break or close ------------------------
 
-    def _checkout_failed(self, tok, exc):
+    def _checkout_failed(self, t0, exc):
         try:
-            t0 = self._waiting.pop(tok, None)
-            if t0 is None:  # reset by a fork during this checkout
+            if t0 is None:  # the hook failed before the checkout
                 return
+            self._waiting.discard(t0)
             self._wait.observe(time.perf_counter() - t0)
             self._failures[failure_reason(exc)] += 1
         except Exception:
@@ -281,9 +298,17 @@ class PoolStats:
     def _creator_hook(self, orig_creator):
         stats = self
         clock = time.perf_counter
+        closed_for_age = self._closed_for_age
+        connecting = self._connecting
 
         def _invoke_creator(record):
             t0 = clock()
+            try:
+                if record in closed_for_age:  # reconnecting a record retired for its age
+                    closed_for_age.discard(record)
+                    stats._recycles += 1
+            except Exception:
+                pass
             try:
                 conn = orig_creator(record)
             except BaseException:
@@ -295,34 +320,18 @@ class PoolStats:
                 raise
             try:
                 # The connect event, after SQLAlchemy's own setup of the connection, ends it.
-                record.info[_CREATE_STARTED] = t0
+                connecting[record] = t0
             except Exception:
                 pass
             return conn
 
         return _invoke_creator
 
-    def _recycle_hook(self, orig_do_get, recycle):
-        stats = self
-
-        def _do_get():
-            rec = orig_do_get()
-            # The exact test of _ConnectionRecord.get_connection(), which runs right after
-            # _do_get() returns: an open connection older than pool_recycle is closed and
-            # replaced. (Replacements after an invalidation are not counted.)
-            try:
-                if rec.dbapi_connection is not None and time.time() - rec.starttime > recycle:
-                    stats._recycles += 1
-            except Exception:
-                pass
-            return rec
-
-        return _do_get
-
     def _on_connect(self, dbapi_connection, connection_record):
         try:
             self._connects += 1
-            t0 = connection_record.info.pop(_CREATE_STARTED, None)
+            self._open.add(connection_record)
+            t0 = self._connecting.pop(connection_record, None)
             if t0 is not None:
                 self._create.observe(time.perf_counter() - t0)
         except Exception:
@@ -331,6 +340,7 @@ class PoolStats:
     def _on_invalidate(self, dbapi_connection, connection_record, exception):
         try:
             self._invalidations += 1
+            self._open.discard(connection_record)  # its close next is no recycle
             # Pre-ping failure: _ConnectionFairy._checkout raises InvalidatePoolError when
             # dialect.do_ping() reports a disconnect, and invalidates the record with it.
             if isinstance(exception, sa_exc.InvalidatePoolError) and getattr(self._pool, "_pre_ping", False):
@@ -347,11 +357,27 @@ class PoolStats:
     def _on_close(self, dbapi_connection, connection_record):
         try:
             self._closes += 1
+            if connection_record in self._open:
+                self._open.discard(connection_record)
+                # get_connection() recycles for age exactly when this holds; a record closed
+                # for another reason (overflow returned, dispose) is never reconnected.
+                recycle = getattr(self._pool, "_recycle", -1)
+                if recycle is not None and recycle > -1 and time.time() - connection_record.starttime > recycle:
+                    self._closed_for_age.add(connection_record)
         except Exception:
             pass
 
     def _on_close_detached(self, dbapi_connection):
-        self._on_close(dbapi_connection, None)
+        try:
+            self._closes += 1
+        except Exception:
+            pass
+
+    def _on_detach(self, dbapi_connection, connection_record):
+        try:
+            self._open.discard(connection_record)
+        except Exception:
+            pass
 
     def _on_engine_disposed(self, engine):
         self._ensure_wrapped()
@@ -392,8 +418,10 @@ class PoolStats:
         # One C-level copy each: the hot path may change them meanwhile.
         now = time.perf_counter()
         collected_at = time.time()
-        waiting = list(self._waiting.values())
-        held = list(self._held.values())
+        waiting = list(self._waiting)
+        held = list(self._held.items())
+        sites = dict(self._sites)
+        held = [(t, sites.get(record)) for record, t in held]
         failures = dict(self._failures)
         count, total, buckets = self._wait.read()
         use_count, use_sum, use_buckets = self._use.read()
@@ -466,6 +494,8 @@ def instrument(engine, name="default", multiprocess_dir=None, interval=None, lea
     """
     target = _resolve(engine)
     name = str(name)
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        log.warning("dbpool_stats: this Python runs without the GIL; its lock-free counts may lose updates")
     threshold = leaks.threshold_from(leak_threshold)
     stack = leaks.stack_from(leak_stack)
     with REGISTRY.lock:

@@ -205,6 +205,21 @@ class SyncEngineTest(PoolTestCase):
         self.assertEqual(snap["settings"]["recycle_seconds"], 60)
         self.assertEqual(snap["invalidations"], 0)
 
+    def test_old_connections_closed_otherwise_are_no_recycles(self):
+        e = self.engine(pool_size=1, max_overflow=1, pool_recycle=60)
+        stats = dbpool_stats.instrument(e)
+        first, overflow = e.connect(), e.connect()
+        for c in (first, overflow):
+            c.connection._connection_record.starttime -= 61
+        first.invalidate()  # old, invalidated, then reopened on the next checkout
+        first.close()  # back in the pool's queue, which is then full
+        overflow.close()  # old, returned to a full queue: closed and never reconnected
+        with e.connect() as c:
+            c.execute(text("SELECT 1"))
+        snap = stats.snapshot()
+        self.assertEqual((snap["connects"], snap["closes"], snap["invalidations"]), (3, 2, 1))
+        self.assertEqual(snap["recycles"], 0)
+
     def test_invalidations(self):
         e = self.engine(pool_size=2)
         stats = dbpool_stats.instrument(e)
