@@ -14,9 +14,9 @@ detach (which fire only when a connection opens, breaks, closes or leaves the po
 engine_disposed.
 
 The hot path (connect and _do_return_conn, run on every checkout and checkin) reads the clock
-once per edge and takes no lock. Each of its updates is a dict insertion or removal, or one
-read-modify-write of a list element or an attribute (``counts[i] += 1``, ``h.sum += d``) with
-no call in between: CPython hands the GIL to another thread only at a call or a backward jump,
+once per edge and takes no lock. Each of its updates is a set or dict insertion or removal, or
+one read-modify-write of a list element or an attribute (``counts[i] += 1``, ``h.sum += d``)
+with no call in between: CPython hands the GIL to another thread only at a call or a backward jump,
 so no update is interrupted half way. (tests/test_threads.py counts exactly with eight threads
 and a switch interval of 1 us.) Every hook catches its own errors: a bug here makes the
 figures less complete and never fails a checkout.
