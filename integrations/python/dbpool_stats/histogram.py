@@ -2,7 +2,7 @@
 
 A Histogram is a preallocated list of counts, one per bound plus one above the largest, and a
 sum. The hot path in stats.py updates them in place (``counts[bisect_left(bounds, d)] += 1;
-h.sum += d``) without a lock; see stats.py for why that is safe under the GIL. snapshot()
+h.sum += d``) without a lock; see stats.py for why that is safe under the GIL. read()
 turns them into the document's cumulative form.
 """
 

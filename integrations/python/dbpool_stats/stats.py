@@ -1,6 +1,6 @@
 """Per-pool recording: what one instrumented engine's pool does, and its entry of the document.
 
-PoolStats replaces four methods on the pool instance (never on the class, so other pools are
+PoolStats replaces three methods on the pool instance (never on the class, so other pools are
 untouched):
 
 - connect(): every checkout attempt, its time and outcome, and the callers waiting now; a
@@ -16,8 +16,8 @@ engine_disposed.
 The hot path (connect and _do_return_conn, run on every checkout and checkin) reads the clock
 once per edge and takes no lock. Each of its updates is a set or dict insertion or removal, or
 one read-modify-write of a list element or an attribute (``counts[i] += 1``, ``h.sum += d``)
-with no call in between: CPython hands the GIL to another thread only at a call or a backward jump,
-so no update is interrupted half way. (tests/test_threads.py counts exactly with eight threads
+with no call in between: CPython hands the GIL to another thread only at a call or a backward
+jump, so no update is interrupted half way. (tests/test_threads.py counts exactly with eight threads
 and a switch interval of 1 us.) Every hook catches its own errors: a bug here makes the
 figures less complete and never fails a checkout.
 """
