@@ -9,29 +9,63 @@ import (
 	"strings"
 )
 
-// App is one endpoint of an application that serves its own pool statistics as dbpool-stats
-// JSON (integrations/python). Its instances are the exact view of Pool, next to what the
-// activity collector estimates for the same pool from pg_stat_activity.
+// App is one entry of the app endpoints of an application that serves its own pool
+// statistics as dbpool-stats JSON (integrations/python): one URL, every address of a DNS name
+// (dns+http://), or every target of a Prometheus file_sd file. Their instances are the exact
+// view of Pool, next to what the activity collector estimates for the same pool from
+// pg_stat_activity.
 type App struct {
-	Name string // names the endpoint in logs, errors and the landing page
-	URL  AppURL
-	Pool string // name of the Pool whose instances the endpoint reports
+	Name string // names the entry in logs, errors, the landing page and the app label
+	// URL is the endpoint (http, https), the DNS name whose addresses are the endpoints
+	// (dns+http, dns+https), or with FileSD the scheme, user info and path of every target,
+	// without a host (ParseAppURLTemplate).
+	URL AppURL
+	// FileSD is a Prometheus file_sd file (JSON, or YAML by its extension) listing the
+	// endpoints as host:port; empty for the other kinds.
+	FileSD string
+	Pool   string // name of the Pool whose instances the endpoints report
 	// AppPool keeps only the instances whose "pool" field is this name (the name the
 	// application gave to dbpool_stats.instrument); empty keeps all of them.
 	AppPool string
 }
 
-// AppURL is a validated http(s) URL of an app endpoint. Every way of printing it redacts a
-// password in its user info (http://user:pass@host/ sends basic auth); only Secret returns it.
+// Describe says where the entry's endpoints come from, passwords redacted.
+func (a App) Describe() string {
+	if a.FileSD != "" {
+		return "file_sd " + a.FileSD + ", " + a.URL.String()
+	}
+	return a.URL.String()
+}
+
+// AppURL is a validated URL of app endpoints. Every way of printing it redacts a password in
+// its user info (http://user:pass@host/ sends basic auth); only Secret returns it.
 type AppURL struct {
 	redacted string
 	name     string
 	full     *string // behind a pointer for the same reason as DSN.conn
+	// dnsHost and dnsPort are the name to resolve and the port of a dns+ URL.
+	dnsHost, dnsPort string
 }
 
-// ParseAppURL validates s: http or https, a host, no fragment. Its errors never quote s
+// dnsPrefix starts the scheme of a URL whose name's every address (A and AAAA records) is
+// one endpoint, as in Thanos and Cortex: dns+http://api-headless.prod.svc:9931/dbpool.
+const dnsPrefix = "dns+"
+
+// DefaultAppTemplate is the URL of a file_sd entry that gives none: plain HTTP, the path of
+// dbpool_stats.start_http_server.
+const DefaultAppTemplate = "http:///dbpool"
+
+// ParseAppURL validates s: http or https (one endpoint) or dns+http or dns+https with a
+// port (one endpoint per address of the name), a host, no fragment. Its errors never quote s
 // when s may have user info.
-func ParseAppURL(s string) (AppURL, error) {
+func ParseAppURL(s string) (AppURL, error) { return parseAppURL(s, false) }
+
+// ParseAppURLTemplate validates the URL of a file_sd entry: http or https, user info, path
+// and query, and no host (http:///dbpool, https://user:password@/dbpool): every target of
+// the file takes the host's place (WithHost).
+func ParseAppURLTemplate(s string) (AppURL, error) { return parseAppURL(s, true) }
+
+func parseAppURL(s string, template bool) (AppURL, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return AppURL{}, errors.New("empty URL")
@@ -48,11 +82,18 @@ func ParseAppURL(s string) (AppURL, error) {
 		}
 		return AppURL{}, fmt.Errorf("not a URL: %v", err)
 	}
-	switch {
-	case u.Scheme != "http" && u.Scheme != "https":
-		return AppURL{}, fmt.Errorf("scheme %q: must be http or https", u.Scheme)
-	case u.Host == "" || u.Hostname() == "":
+	dns := strings.HasPrefix(u.Scheme, dnsPrefix)
+	switch scheme := strings.TrimPrefix(u.Scheme, dnsPrefix); {
+	case scheme != "http" && scheme != "https":
+		return AppURL{}, fmt.Errorf("scheme %q: must be http or https, or dns+http or dns+https for every address of a DNS name", u.Scheme)
+	case template && dns:
+		return AppURL{}, fmt.Errorf("scheme %q: the file_sd targets are the endpoints: use http or https", u.Scheme)
+	case template && u.Host != "":
+		return AppURL{}, errors.New("the host comes from the file_sd targets: leave it out, as in http:///dbpool or https://user:password@/dbpool")
+	case !template && (u.Host == "" || u.Hostname() == ""):
 		return AppURL{}, errors.New("no host")
+	case dns && u.Port() == "":
+		return AppURL{}, errors.New("a dns+ URL needs a port (dns+http://name:9931/dbpool): every address of the name is an endpoint on it")
 	case u.Fragment != "":
 		return AppURL{}, errors.New("a fragment (#...) is not sent to the server: remove it")
 	}
@@ -60,7 +101,42 @@ func ParseAppURL(s string) (AppURL, error) {
 	if err != nil {
 		return AppURL{}, err
 	}
-	return AppURL{redacted: redacted, name: u.Host, full: &s}, nil
+	a := AppURL{redacted: redacted, name: u.Host, full: &s}
+	if dns {
+		a.dnsHost, a.dnsPort = u.Hostname(), u.Port()
+	}
+	return a, nil
+}
+
+// DNSName returns the name to resolve and the port of a dns+ URL; ok is false for the
+// other URLs.
+func (a AppURL) DNSName() (host, port string, ok bool) {
+	return a.dnsHost, a.dnsPort, a.dnsHost != ""
+}
+
+// WithHost returns the URL of one endpoint that a's discovery found: hostport (host:port, or
+// a host) in place of a's host, and the scheme without dns+; the user info, path and query
+// stay as written. hostport must be a bare host[:port]: nothing that could end the host
+// and start a path or another user info.
+func (a AppURL) WithHost(hostport string) (AppURL, error) {
+	if hostport == "" || strings.ContainsAny(hostport, "@/?#\\ \t\r\n%") {
+		return AppURL{}, fmt.Errorf("%q is not host:port", hostport)
+	}
+	scheme, rest, ok := strings.Cut(a.Secret(), "://")
+	if !ok {
+		return AppURL{}, errors.New("not a URL with an authority") // not from ParseAppURL
+	}
+	end := indexOrLen(rest, "/?#")
+	at := strings.LastIndex(rest[:end], "@")
+	scheme = strings.TrimPrefix(strings.ToLower(scheme), dnsPrefix)
+	e, err := ParseAppURL(scheme + "://" + rest[:at+1] + hostport + rest[end:])
+	if err != nil {
+		return AppURL{}, fmt.Errorf("endpoint %q: %w", hostport, err)
+	}
+	if e.name != hostport { // fail closed if net/url splits it otherwise
+		return AppURL{}, fmt.Errorf("%q is not host:port", hostport)
+	}
+	return e, nil
 }
 
 // String returns the URL as written, with its password, if any, replaced by xxxxx.
@@ -173,15 +249,21 @@ func (c *Config) validateApps(w *where, say func(path, format string, args ...an
 		default:
 			names[a.Name] = path + ".name"
 		}
+		// Two entries for the same endpoints would count their instances twice.
+		endpoints, key := a.URL.Secret(), path+".url"
+		if a.FileSD != "" {
+			endpoints, key = a.FileSD+"\x00"+endpoints, path+".file_sd"
+		}
 		switch {
-		case w.failed[path+".url"]:
+		case w.failed[path+".url"] || w.failed[path+".file_sd"]:
 		case a.URL.IsZero():
-			say(path+".url", "required")
-		case urls[a.URL.Secret()] != "":
-			// Two entries for one endpoint would count its instances twice.
-			say(path+".url", "same URL as %s: its instances would be counted twice", w.ref(urls[a.URL.Secret()]))
+			say(path+".url", "required (or file_sd)")
+		case urls[endpoints] != "" && a.FileSD != "":
+			say(key, "same file_sd and url as %s: its instances would be counted twice", w.ref(urls[endpoints]))
+		case urls[endpoints] != "":
+			say(key, "same URL as %s: its instances would be counted twice", w.ref(urls[endpoints]))
 		default:
-			urls[a.URL.Secret()] = path + ".url"
+			urls[endpoints] = key
 		}
 		switch {
 		case w.failed[path+".pool"]:

@@ -27,6 +27,7 @@ type rawConfig struct {
 type rawApp struct {
 	Name    yaml.Node `yaml:"name"`
 	URL     yaml.Node `yaml:"url"`
+	FileSD  yaml.Node `yaml:"file_sd"`
 	Pool    yaml.Node `yaml:"pool"`
 	AppPool yaml.Node `yaml:"app_pool"`
 }

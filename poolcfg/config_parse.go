@@ -165,9 +165,22 @@ func (p *parser) config(raw *rawConfig) *Config {
 		app := App{Name: p.name(&ra.Name, path)}
 		app.Pool, _ = p.scalar(&ra.Pool, path+".pool", false)
 		app.AppPool, _ = p.scalar(&ra.AppPool, path+".app_pool", false)
+		if v, ok := p.scalar(&ra.FileSD, path+".file_sd", false); ok {
+			app.FileSD = v
+			if !filepath.IsAbs(v) {
+				app.FileSD = filepath.Join(filepath.Dir(p.w.file), v)
+			}
+			if _, err := FileSDFormatOf(v); err != nil {
+				p.fail(path+".file_sd", valueError(p.w.at(path+".file_sd"), path+".file_sd", v, err.Error()))
+			}
+		}
 		// The URL may carry a password in its user info: never echoed in messages.
 		if v, ok := p.scalar(&ra.URL, path+".url", true); ok {
-			u, err := ParseAppURL(v)
+			parse := ParseAppURL
+			if app.FileSD != "" {
+				parse = ParseAppURLTemplate
+			}
+			u, err := parse(v)
 			if err != nil {
 				p.fail(path+".url", fmt.Errorf("%s%s.url: %w", p.w.at(path+".url"), path, err))
 			}
@@ -336,8 +349,15 @@ func (p *parser) applyDefaults(c *Config, defaults Settings) {
 	}
 	for i := range c.Apps {
 		app, path := &c.Apps[i], fmt.Sprintf("apps[%d].", i)
-		if !given(path+"name") && len(c.Apps) == 1 && !app.URL.IsZero() {
-			app.Name = app.URL.DefaultName()
+		if app.FileSD != "" && app.URL.IsZero() && !p.w.failed[path+"url"] {
+			app.URL, _ = ParseAppURLTemplate(DefaultAppTemplate)
+		}
+		if !given(path+"name") && len(c.Apps) == 1 {
+			if app.FileSD != "" {
+				app.Name = app.FileSD
+			} else if !app.URL.IsZero() {
+				app.Name = app.URL.DefaultName()
+			}
 		}
 		if !given(path+"pool") && len(c.Pools) == 1 {
 			app.Pool = c.Pools[0].Name

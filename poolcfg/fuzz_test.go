@@ -3,6 +3,7 @@ package poolcfg
 import (
 	"fmt"
 	"maps"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -89,6 +90,7 @@ func FuzzParse(f *testing.F) {
 		"targets:\n  - name: a\n    dsn_env: FUZZ_DSN\npools:\n  - name: p\n    target: a\n    match: {user: u, client_cidr: 10.0.0.1}\n    instances: 2\n    recycle: -1\n",
 		"targets: [{name: a, dsn: 'host=h password=Pw123456'}]\npools: [{name: x, match: {application_name_regex: 'a(?P<instance>.)'}, pool_size: 0}]\n",
 		"pools:\n  - name: api\n    bogus: 1\n",
+		"targets: [{dsn: 'postgres://m@db/app'}]\npools: [{name: api}]\napps:\n  - {name: a, url: 'dns+https://u:Pw123456@api.svc:9931/dbpool'}\n  - {name: b, file_sd: sd/api.json, url: 'http://u:Pw654321@/dbpool'}\n  - {name: c, file_sd: t.yml}\n",
 		"a: &x [1]\nb: *x\n",
 	} {
 		f.Add([]byte(seed))
@@ -137,6 +139,17 @@ func FuzzParse(f *testing.F) {
 			if pw := cfg.Password; distinctive(pw, string(data)) {
 				if out := fmt.Sprintf("%v %+v %#v", conn.DSN, conn, conn); strings.Contains(out, pw) {
 					t.Errorf("printed target %q contains its password %q", out, pw)
+				}
+			}
+		}
+		for _, a := range c.Apps {
+			u, err := url.Parse(a.URL.Secret())
+			if err != nil || (a.FileSD == "" && u.Host == "") {
+				t.Fatalf("accepted app URL %s does not parse: %v", a.URL, err)
+			}
+			if pw, _ := u.User.Password(); distinctive(pw, string(data)) {
+				if out := fmt.Sprintf("%v %+v %#v %s", a.URL, a, a, a.Describe()); strings.Contains(out, pw) {
+					t.Errorf("printed app %q contains its password %q", out, pw)
 				}
 			}
 		}

@@ -43,6 +43,12 @@ func appURL(p redactionParts, password string) string {
 	return withQuery("http://"+percentEncode(p.user)+":"+password+"@"+p.host+"/"+percentEncode(p.db), p.param)
 }
 
+// dnsAppURL is an app URL whose name's every address is an endpoint: the same user info, and
+// a port, which dns+ URLs need.
+func dnsAppURL(p redactionParts, password string) string {
+	return withQuery("dns+http://"+percentEncode(p.user)+":"+password+"@"+p.host+":9931/"+percentEncode(p.db), p.param)
+}
+
 func withQuery(s, param string) string {
 	if param != "" {
 		s += "?" + param
@@ -57,6 +63,8 @@ var redactionForms = []redactionForm{
 	{"key=value, password as is", false, false, kvDSN},
 	{"app URL", true, true, func(p redactionParts, pw string) string { return appURL(p, percentEncode(pw)) }},
 	{"app URL, password as is", true, false, appURL},
+	{"dns+ app URL", true, true, func(p redactionParts, pw string) string { return dnsAppURL(p, percentEncode(pw)) }},
+	{"dns+ app URL, password as is", true, false, dnsAppURL},
 }
 
 // neutralPassword stands in for the fuzzed one: a password that is one field in every form.
