@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +42,7 @@ type flags struct {
 	maxApplications int
 	pgbouncerDSN    string
 	appURLs         []string
+	appDNSServer    string
 
 	healthWindow         time.Duration
 	healthSampleInterval time.Duration
@@ -72,7 +76,8 @@ func addFlags(app *kingpin.Application) *flags {
 	app.Flag("collector.probe", "Time a fresh login on every scrape.").Default("true").BoolVar(&f.probe)
 	app.Flag("collector.pgbouncer", "Read PgBouncer admin consoles (--pgbouncer.dsn or pgbouncers: in --config.file).").Default("true").BoolVar(&f.pgbouncer)
 	app.Flag("pgbouncer.dsn", "Connection string of a PgBouncer admin console (database pgbouncer, a user in stats_users or admin_users).").Envar("PGBOUNCER_DSN").PlaceHolder("DSN").StringVar(&f.pgbouncerDSN)
-	app.Flag("app.url", "URL of an application endpoint that serves its pool's own statistics as dbpool-stats JSON (integrations/python); repeatable, one per endpoint, all reporting the pool of the DB_* settings (without --config.file; use apps: in the file otherwise). Basic auth: http://user:password@host:port/path.").PlaceHolder("URL").StringsVar(&f.appURLs)
+	app.Flag("app.url", "URL of an application endpoint that serves its pool's own statistics as dbpool-stats JSON (integrations/python); repeatable, one per endpoint, all reporting the pool of the DB_* settings (without --config.file; use apps: in the file otherwise). dns+http://name:port/path (or dns+https) reads every address of the name, looked up on each scrape. Basic auth: http://user:password@host:port/path.").PlaceHolder("URL").StringsVar(&f.appURLs)
+	app.Flag("app.dns-server", "DNS server (host:port, port 53 if left out) for the names of app endpoints (dns+ URLs, URL hosts, file_sd targets), e.g. the cluster DNS; default: the system's resolver.").PlaceHolder("HOST:PORT").StringVar(&f.appDNSServer)
 	app.Flag("collector.activity.max-applications", "Most application_name groups for backends that match no pool; the rest are reported as pool \"application_name:other\".").Default("20").IntVar(&f.maxApplications)
 	app.Flag("health.window", "How far back the pool history behind /api/v1/, /pools and dbpool_recommended_* reaches; pools not seen for this long are forgotten.").Default("1h").DurationVar(&f.healthWindow)
 	app.Flag("health.sample-interval", "How often the daemon samples the pools itself, besides Prometheus' scrapes, for the pool history; 0 turns the sampler off.").Default("15s").DurationVar(&f.healthSampleInterval)
@@ -129,6 +134,13 @@ func (f *flags) loadConfig(lookupEnv func(string) (string, bool)) (*poolcfg.Conf
 	}
 	if f.targetMaxConnected < 0 {
 		return nil, fmt.Errorf("--target.max-connected=%d: must be 0 (no cap) or more", f.targetMaxConnected)
+	}
+	if f.appDNSServer != "" {
+		addr, err := dnsServerAddr(f.appDNSServer)
+		if err != nil {
+			return nil, fmt.Errorf("--app.dns-server=%q: %w", f.appDNSServer, err)
+		}
+		f.appDNSServer = addr
 	}
 	var file map[string]poolcfg.EnvValue
 	if f.envFile != "" {
@@ -269,6 +281,7 @@ func (f *flags) openTarget(cfg *poolcfg.Config, name string, appCounters *collec
 			opts.Probe = f.probe
 			opts.MaxApplications = f.maxApplications
 			opts.AppCounters = appCounters
+			opts.AppDNSServer = f.appDNSServer
 			return collector.NewPostgresTarget(t.Name, t.DSN, cfg.PoolsForTarget(t.Name), cfg.AppsForTarget(t.Name), opts, logger)
 		}
 	}
@@ -300,9 +313,24 @@ func cfgTargets(cfg *poolcfg.Config) []landingItem {
 		out = append(out, landingItem{b.Name + " (pgbouncer " + b.DSN.String() + auth(b.AuthModule) + ")", b.Name})
 	}
 	for _, a := range cfg.Apps {
-		out = append(out, landingItem{"app " + a.Name + " (pool " + a.Pool + ", " + a.URL.String() + ")", ""})
+		out = append(out, landingItem{"app " + a.Name + " (pool " + a.Pool + ", " + a.Describe() + ")", ""})
 	}
 	return out
+}
+
+// dnsServerAddr is the host:port of a DNS server given as host:port or host (port 53).
+func dnsServerAddr(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		host, port = strings.Trim(s, "[]"), "53"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("port %q is not 1-65535", port)
+	}
+	if host == "" || strings.ContainsAny(host, "/@ ") {
+		return "", errors.New("not host:port")
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // reservedPaths are served by the daemon itself; the metrics path must not shadow them.

@@ -72,7 +72,7 @@ func TestBinary(t *testing.T) {
 		}
 		for _, flag := range []string{"web.listen-address", "web.telemetry-path", "web.config.file", "log.level",
 			"log.format", "config.file", "config.check", "pool.env-file", "pg.dsn", "pg.max-connections",
-			"scrape.timeout-offset", "collector.activity", "collector.probe", "collector.activity.max-applications"} {
+			"scrape.timeout-offset", "collector.activity", "collector.probe", "collector.activity.max-applications", "app.url", "app.dns-server"} {
 			if !strings.Contains(out, "--"+flag) && !strings.Contains(out, "--[no-]"+flag) {
 				t.Errorf("--help does not mention %s", flag)
 			}
@@ -125,6 +125,8 @@ func TestBinary(t *testing.T) {
 			{[]string{"--health.sample-interval=1ms"}, "at least 1s"},
 			{[]string{"--scrape.max-timeout=1us"}, "at least 100ms"},
 			{[]string{"--pool.application-name-regex=api-(?P<other>[0-9]+)"}, "pool.application-name-regex"},
+			{[]string{"--app.dns-server=127.0.0.1:99999"}, `--app.dns-server=\"127.0.0.1:99999\": port \"99999\" is not 1-65535`},
+			{[]string{"--app.url=dns+http://api.svc/dbpool"}, "--app.url: a dns+ URL needs a port"},
 		} {
 			code, _, errOut := runBinary(t, bin, nil, append([]string{"--pg.dsn", dsn}, tc.args...)...)
 			if code != 1 || !strings.Contains(errOut, tc.want) {

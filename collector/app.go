@@ -2,11 +2,15 @@ package collector
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,72 +24,165 @@ const maxAppDocument = 8 << 20
 
 // appSource reads the app endpoints of a PostgreSQL target, the applications' own reports of
 // their pools (dbpool-stats JSON, e.g. from integrations/python), all at once on every
-// scrape. The instances that answered add up to one exact sample per pool (AppCounters keeps
-// the counters from falling when instances come and go). An endpoint that is down or answers
-// garbage fails the source, and the error names it, while the others' instances still count.
+// scrape. Each apps entry gives its endpoints (app_discovery.go): one URL, every address of a
+// DNS name, or every target of a file_sd file. The instances that answered add up to one
+// exact sample per pool (AppCounters keeps the counters from falling when instances and
+// endpoints come and go). An endpoint that is down or answers garbage, or a discovery that
+// fails, fails the source and shows in its own series, and is logged once when it starts
+// failing and once when it recovers; the others' instances still count.
 type appSource struct {
-	target    string
-	endpoints []appEndpoint
-	counters  *AppCounters
+	target   string
+	entries  []*appEntry
+	counters *AppCounters
+	logger   *slog.Logger
+	parts    *stateLogger // per entry (discovery) and endpoint
 }
 
-// appEndpoint is one endpoint of an app pool.
+// appEntry is one apps entry: where its endpoints come from and the client that reads them.
+type appEntry struct {
+	app    poolcfg.App
+	find   endpointFinder
+	client *http.Client
+}
+
+// appEndpoint is one endpoint of an apps entry.
 type appEndpoint struct {
-	name    string
-	url     poolcfg.AppURL
-	pool    string
-	appPool string
-	client  *http.Client
+	addr string // address:port as found (the endpoint label): the URL's host
+	url  poolcfg.AppURL
+	// host is the Host header when the URL names an address that DNS gave for a name.
+	host string
 }
 
-func newAppSource(target string, apps []poolcfg.App, client *http.Client, counters *AppCounters) *appSource {
-	s := &appSource{target: target, counters: counters}
+func newAppSource(target string, apps []poolcfg.App, resolver appResolver, counters *AppCounters, logger *slog.Logger) (*appSource, error) {
+	s := &appSource{target: target, counters: counters, logger: logger, parts: newStateLogger(logger)}
 	for _, a := range apps {
-		s.endpoints = append(s.endpoints, appEndpoint{name: a.Name, url: a.URL, pool: a.Pool, appPool: a.AppPool, client: client})
+		e, err := newAppEntry(a, resolver)
+		if err != nil {
+			return nil, fmt.Errorf("target %q: app %q: %w", target, a.Name, err)
+		}
+		s.entries = append(s.entries, e)
 	}
-	return s
+	return s, nil
 }
 
 func (*appSource) Name() string { return metrics.CollectorApp }
 
-// Scrape fetches every endpoint concurrently and merges the instances per pool. An endpoint
-// that reports no instance yet (nothing instrumented, or every worker starting) adds nothing.
+// closeIdle closes the idle connections to the endpoints.
+func (s *appSource) closeIdle() {
+	for _, e := range s.entries {
+		e.client.CloseIdleConnections()
+	}
+}
+
+// Scrape finds the endpoints of every entry, fetches them all concurrently and merges the
+// instances per pool. An endpoint that reports no instance yet (nothing instrumented, or
+// every worker starting) adds nothing. Finding gets half the time left, so that a slow DNS
+// server leaves time to read the endpoints of its last answer.
 func (s *appSource) Scrape(ctx context.Context) (Scraped, error) {
+	found := make([][]appEndpoint, len(s.entries))
+	findErrs := make([]error, len(s.entries))
+	findCtx, cancel := halfTimeLeft(ctx)
+	var wg sync.WaitGroup
+	for i, e := range s.entries {
+		wg.Go(func() { found[i], findErrs[i] = e.endpoints(findCtx) })
+	}
+	wg.Wait()
+	cancel()
+
 	type answer struct {
 		instances []metrics.PoolStats
 		err       error
 	}
-	answers := make([]answer, len(s.endpoints))
-	var wg sync.WaitGroup
-	for i := range s.endpoints {
-		wg.Go(func() {
-			e := &s.endpoints[i]
-			ins, err := e.collect(ctx, s.target)
-			if err != nil {
-				err = fmt.Errorf("app %s: %w", e.name, err)
-			}
-			answers[i] = answer{ins, err}
-		})
+	answers := make([][]answer, len(s.entries))
+	for i, e := range s.entries {
+		answers[i] = make([]answer, len(found[i]))
+		for j := range found[i] {
+			wg.Go(func() {
+				ins, err := e.collect(ctx, &found[i][j], s.target)
+				answers[i][j] = answer{ins, err}
+			})
+		}
 	}
 	wg.Wait()
+
+	var out Scraped
 	var instances []metrics.PoolStats
 	var failed []error
-	for _, a := range answers {
-		instances = append(instances, a.instances...)
-		failed = append(failed, a.err)
+	live := map[string]bool{}
+	for i, e := range s.entries {
+		name, pool := e.app.Name, e.app.Pool
+		if _, ok := e.find.(staticEndpoint); !ok {
+			out.Metrics = append(out.Metrics, metrics.AppDiscoverySuccess.Metric(metrics.Bool(findErrs[i] == nil), s.target, pool, name))
+			s.logPart(name, "", findErrs[i], len(found[i]))
+			live[name] = true
+		}
+		if findErrs[i] != nil {
+			failed = append(failed, fmt.Errorf("app %s: %w", name, findErrs[i]))
+		}
+		for j, a := range answers[i] {
+			ep := &found[i][j]
+			out.Metrics = append(out.Metrics, metrics.AppEndpointUp.Metric(metrics.Bool(a.err == nil), s.target, pool, name, ep.addr))
+			s.logPart(name, ep.addr, a.err, 0)
+			live[name+"\x00"+ep.addr] = true
+			instances = append(instances, a.instances...)
+			if a.err != nil {
+				failed = append(failed, fmt.Errorf("app %s: %w", name, a.err))
+			}
+		}
 	}
-	// errors.Join leaves out the endpoints that answered; the log prints the rest on one line.
-	return Scraped{Pools: s.counters.merge(s.target, instances, time.Now())}, errors.Join(failed...)
+	for _, key := range s.parts.forget(func(key string) bool { return live[key] }) {
+		name, addr, _ := strings.Cut(key, "\x00")
+		s.logger.Info("app endpoint no longer found, after failing", "target", s.target, "collector", metrics.CollectorApp, "app", name, "endpoint", addr)
+	}
+	out.Pools = s.counters.merge(s.target, instances, time.Now())
+	if err := errors.Join(failed...); err != nil {
+		return out, partsLogged{err}
+	}
+	return out, nil
 }
 
-// newAppClient is the HTTP client of a target's app endpoints. Deadlines come from each
-// scrape's context; the transport keeps one idle connection per endpoint so that a scrape
-// costs no new TCP or TLS handshake.
-func newAppClient() *http.Client {
+// logPart logs an entry's discovery (addr "") or one of its endpoints once when it starts
+// failing and once when it recovers.
+func (s *appSource) logPart(app, addr string, err error, endpoints int) {
+	key, what := app, "app discovery"
+	attrs := []any{"target", s.target, "collector", metrics.CollectorApp, "app", app}
+	if addr != "" {
+		key, what = app+"\x00"+addr, "app endpoint"
+		attrs = append(attrs, "endpoint", addr)
+	} else {
+		attrs = append(attrs, "endpoints", endpoints)
+	}
+	switch started, recovered := s.parts.change(key, err != nil); {
+	case started:
+		s.logger.Warn(what+" failed", append(attrs, "err", poolcfg.RedactError(err))...)
+	case recovered:
+		s.logger.Info(what+" recovered", attrs...)
+	}
+}
+
+// halfTimeLeft is ctx with half the time left to its deadline.
+func halfTimeLeft(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(ctx, time.Now().Add(time.Until(d)/2))
+	}
+	return context.WithCancel(ctx)
+}
+
+// newAppClient is the HTTP client of an apps entry. Deadlines come from each scrape's
+// context; the transport keeps one idle connection per endpoint so that a scrape costs no new
+// TCP or TLS handshake, and resolves host names with resolver. serverName, when set, is the
+// name that TLS certificates are checked against (a dns+https entry's name: its endpoints'
+// URLs carry addresses).
+func newAppClient(resolver *net.Resolver, serverName string) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Resolver: resolver, KeepAlive: 30 * time.Second}).DialContext
+	tr.MaxIdleConns = 0 // no cap across endpoints: up to MaxAppEndpoints per entry
 	tr.MaxIdleConnsPerHost = 1
 	tr.IdleConnTimeout = 5 * time.Minute
 	tr.Proxy = nil // endpoints are the application's own listeners, never behind a proxy
+	if serverName != "" {
+		tr.TLSClientConfig = &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
+	}
 	return &http.Client{
 		Transport: tr,
 		// A redirect could send the basic-auth credentials elsewhere; an endpoint answers itself.
@@ -93,13 +190,13 @@ func newAppClient() *http.Client {
 	}
 }
 
-// collect fetches the endpoint once and returns one sample per instance.
-func (e *appEndpoint) collect(ctx context.Context, target string) ([]metrics.PoolStats, error) {
-	doc, err := e.fetch(ctx)
+// collect fetches the endpoint ep of the entry once and returns one sample per instance.
+func (e *appEntry) collect(ctx context.Context, ep *appEndpoint, target string) ([]metrics.PoolStats, error) {
+	doc, err := ep.fetch(ctx, e.client)
 	if err != nil {
 		return nil, err
 	}
-	instances, err := selectInstances(doc, e.appPool)
+	instances, err := selectInstances(doc, e.app.AppPool)
 	if err != nil {
 		return nil, err
 	}
@@ -109,20 +206,23 @@ func (e *appEndpoint) collect(ctx context.Context, target string) ([]metrics.Poo
 		if err != nil {
 			return nil, fmt.Errorf("instance %q: %w", instances[i].Instance, err)
 		}
-		p.Target, p.Pool = target, e.pool
+		p.Target, p.Pool = target, e.app.Pool
 		out = append(out, p)
 	}
 	return out, nil
 }
 
-func (e *appEndpoint) fetch(ctx context.Context) (*appDoc, error) {
+func (e *appEndpoint) fetch(ctx context.Context, client *http.Client) (*appDoc, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url.Secret(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %v", e.url, unwrapURLError(err))
 	}
+	if e.host != "" {
+		req.Host = e.host
+	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", ApplicationName)
-	resp, err := e.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %v", e.url, unwrapURLError(err))
 	}

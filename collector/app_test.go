@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -282,13 +283,21 @@ func TestAppEndpointFailures(t *testing.T) {
 	if got := mustValue(t, mfs, "dbpool_in_use_connections", map[string]string{"source": "app"}); got != 1 {
 		t.Errorf("in use from the good endpoint = %v, want 1", got)
 	}
-	for _, want := range []string{"app failing: GET", "HTTP 503 Service Unavailable", "app redirect: GET", "redirects are not followed",
-		"app garbage: instance", "negative connection count", "app down: GET", "connection refused", "app hanging: GET", "context deadline exceeded"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, logs.String())
+	for app, want := range map[string]string{
+		"failing": "HTTP 503 Service Unavailable", "redirect": "redirects are not followed", "garbage": "negative connection count",
+		"down": "connection refused", "hanging": "context deadline exceeded",
+	} {
+		if !regexp.MustCompile(`level=WARN msg="app endpoint failed" target=db collector=app app=` + app + ` endpoint=127\.0\.0\.1:\d+ err=".*` + want).MatchString(logs.String()) {
+			t.Errorf("log lacks the failure of %s, %q:\n%s", app, want, logs.String())
+		}
+		if got := mustValue(t, mfs, "dbpool_app_endpoint_up", map[string]string{"app": app}); got != 0 {
+			t.Errorf("dbpool_app_endpoint_up{app=%q} = %v", app, got)
 		}
 	}
-	if strings.Contains(logs.String(), "app good") {
+	if got := mustValue(t, mfs, "dbpool_app_endpoint_up", map[string]string{"app": "good", "endpoint": strings.TrimPrefix(good.URL, "http://")}); got != 1 {
+		t.Errorf("dbpool_app_endpoint_up{app=good} = %v", got)
+	}
+	if strings.Contains(logs.String(), "app=good") {
 		t.Errorf("the log blames the good endpoint:\n%s", logs.String())
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -42,6 +41,9 @@ type PostgresOptions struct {
 	// AppCounters keeps the counters of the app pools from falling. It must outlive the
 	// targets: main keeps one across reloads. Required when a target has app endpoints.
 	AppCounters *AppCounters
+	// AppDNSServer (host:port) answers the DNS queries for app endpoint names (dns+ URLs, and
+	// the hosts of app URLs and file_sd targets); empty uses the system's resolver.
+	AppDNSServer string
 }
 
 // DefaultPostgresOptions are the flags' defaults.
@@ -122,15 +124,15 @@ func NewPostgresTarget(name string, dsn poolcfg.DSN, pools []poolcfg.Pool, apps 
 		sources = append(sources, &probeSource{target: name, cfg: loginCfg})
 	}
 	sources = append(sources, &ownPoolSource{pgxpoolcollector.New(db, tracer, pgxpoolcollector.Options{Target: name, Pool: metrics.OwnPool})})
-	var appClient *http.Client
+	closeIdleHTTP := func() {}
 	if len(apps) > 0 {
-		appClient = newAppClient()
-		sources = append(sources, newAppSource(name, apps, appClient, opts.AppCounters))
-	}
-	closeIdleHTTP := func() {
-		if appClient != nil {
-			appClient.CloseIdleConnections()
+		app, err := newAppSource(name, apps, newAppResolver(opts.AppDNSServer), opts.AppCounters, logger)
+		if err != nil {
+			db.Close()
+			return nil, err
 		}
+		sources = append(sources, app)
+		closeIdleHTTP = app.closeIdle
 	}
 	release := func() {
 		db.Reset() // a connection in use is closed when it is returned

@@ -29,6 +29,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -288,25 +289,81 @@ type stateLogger struct {
 	logger *slog.Logger
 	mu     sync.Mutex
 	failed map[string]bool
+	quiet  map[string]bool // failing sources whose parts log themselves (partsLogged)
 }
 
 func newStateLogger(logger *slog.Logger) *stateLogger {
-	return &stateLogger{logger: logger, failed: map[string]bool{}}
+	return &stateLogger{logger: logger, failed: map[string]bool{}, quiet: map[string]bool{}}
 }
+
+// partsLogged marks the error of a source that has logged its parts itself, each once when
+// it started failing and once when it recovered (the app source: per apps entry and
+// endpoint), so that the target does not log the same failure again.
+type partsLogged struct{ error }
+
+func (e partsLogged) Unwrap() error { return e.error }
 
 // observe logs err as poolcfg.RedactError prints it: connection errors by their structured
 // fields (user, database, host, cause), never the password that the library errors carry.
+// A failure whose parts the source logged itself is left to the debug level, its recovery too.
 func (s *stateLogger) observe(target, source string, err error) {
+	var logged partsLogged
+	quiet := errors.As(err, &logged)
+	started, recovered := s.change(source, err != nil)
+	if started {
+		s.mu.Lock()
+		s.quiet[source] = quiet
+		s.mu.Unlock()
+	}
+	level := slog.LevelDebug
+	msg := "collector still failing"
+	switch {
+	case started:
+		msg = "collector failed"
+		if !quiet {
+			level = slog.LevelWarn
+		}
+	case recovered:
+		msg = "collector recovered"
+		s.mu.Lock()
+		if !s.quiet[source] {
+			level = slog.LevelInfo
+		}
+		delete(s.quiet, source)
+		s.mu.Unlock()
+	case err == nil:
+		return
+	}
+	attrs := []any{"target", target, "collector", source}
+	if err != nil {
+		attrs = append(attrs, "err", poolcfg.RedactError(err))
+	}
+	s.logger.Log(context.Background(), level, msg, attrs...)
+}
+
+// change records whether key is failing now and reports whether it started or stopped.
+func (s *stateLogger) change(key string, failing bool) (started, recovered bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	was := s.failed[source]
-	switch {
-	case err != nil && !was:
-		s.logger.Warn("collector failed", "target", target, "collector", source, "err", poolcfg.RedactError(err))
-	case err != nil:
-		s.logger.Debug("collector still failing", "target", target, "collector", source, "err", poolcfg.RedactError(err))
-	case was:
-		s.logger.Info("collector recovered", "target", target, "collector", source)
+	was := s.failed[key]
+	if failing {
+		s.failed[key] = true
+	} else {
+		delete(s.failed, key)
 	}
-	s.failed[source] = err != nil
+	return failing && !was, was && !failing
+}
+
+// forget drops the keys that keep rejects, and returns those that were failing.
+func (s *stateLogger) forget(keep func(key string) bool) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for key := range s.failed {
+		if !keep(key) {
+			gone = append(gone, key)
+			delete(s.failed, key)
+		}
+	}
+	return gone
 }

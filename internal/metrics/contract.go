@@ -9,6 +9,7 @@ package metrics
 
 import (
 	"slices"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -210,7 +211,20 @@ var (
 
 	PgBouncerInfo = gauge(TargetGroup, "pgbouncer", "info",
 		"Always 1; the version of the PgBouncer behind the target, from SHOW VERSION.", "target", "version")
+
+	AppEndpointUp = gauge(TargetGroup, "app", "endpoint_up",
+		"1 if the app endpoint answered a valid dbpool-stats document during this scrape; one series per endpoint (address:port) "+
+			"of an apps entry (app), at most "+strconv.Itoa(MaxAppEndpoints)+" per entry.", "target", "pool", "app", "endpoint")
+	AppDiscoverySuccess = gauge(TargetGroup, "app", "discovery_success",
+		"1 if the DNS lookup (dns+ URL) or the file_sd file of an apps entry gave its endpoints during this scrape; "+
+			"0 scrapes the endpoints of the last good answer, if any.", "target", "pool", "app")
 )
+
+// MaxAppEndpoints caps the endpoints of one apps entry that a scrape reads (the addresses of a
+// DNS name, the targets of a file_sd file): beyond it, the entry's discovery fails and the
+// first ones are read. A pool on one server with more replicas than this would need more
+// connections than any server has.
+const MaxAppEndpoints = 256
 
 // The pool series, alike for every source: target, pool and source label every one of them,
 // so that two views of one pool (the activity estimate and the application's own report)
