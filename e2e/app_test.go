@@ -363,7 +363,7 @@ apps:
 		if _, ok := s.value("dbpool_in_use_connections", activity("jobs")); !ok {
 			t.Error("the activity view of the killed application's pool is gone")
 		}
-		if log := exporter.Output(); !strings.Contains(log, `collector=app err="app busy: GET`) || strings.Contains(log, appPW) || strings.Contains(log, monitorPW) || strings.Contains(log, appURLPW) {
+		if log := exporter.Output(); !strings.Contains(log, `msg="app endpoint failed" target=main collector=app app=busy endpoint=`) || strings.Contains(log, appPW) || strings.Contains(log, monitorPW) || strings.Contains(log, appURLPW) {
 			t.Errorf("exporter log should name the failed endpoint and no password:\n%s", exporter.logTail(20))
 		}
 		for _, page := range []string{"/", "/metrics", "/api/v1/pools", "/pools"} {

@@ -236,7 +236,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if want := html.EscapeString(fmt.Sprintf("http://%s:xxxxx@", appSecretUser)); !strings.Contains(landing, want) {
 		t.Errorf("the landing page does not show the app URL as %s...", want)
 	}
-	appLine := o.logLine("running", secretCases[0].role, "app", "app api: GET http://"+appSecretUser+":xxxxx@", "connect: connection refused")
+	appLine := o.logLine("running", secretCases[0].role, "app", `msg="app endpoint failed"`, " app=api ", "GET http://"+appSecretUser+":xxxxx@", "connect: connection refused")
 	code, out := o.run(dir, "advise", "--config.file="+cfgFile, "--advise.duration=0")
 	if code == 1 || !strings.Contains(out, "summary:") {
 		t.Errorf("advise while running: exit %d:\n%s", code, out)
