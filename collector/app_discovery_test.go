@@ -1,8 +1,6 @@
 package collector
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"maps"
 	"net"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
 	"github.com/dbpool/dbpool_exporter/tools/dnstest"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
@@ -137,22 +136,16 @@ func TestAppDNSDiscovery(t *testing.T) {
 	dns.Set("api.dbpool.test", addrs("127.0.0.2", "127.0.0.3")...)
 
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 3}}
-	var logs syncBuffer
+	var logs childproc.Buffer
 	url := mustAppURL(t, "dns+http://scraper:dns-Secret-77@api.dbpool.test:"+port+"/dbpool")
 	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{{Name: "api", URL: url, Pool: "api"}}, &logs,
 		func(o *PostgresOptions) { o.Probe, o.AppDNSServer = false, dns.Addr() })
 	var watch counterWatch
 	scrape := func(step string, deadline time.Duration, up map[string]int, discovered, success int) {
 		t.Helper()
-		mfs := scrapeOnce(t, tgt, deadline)
+		mfs := gatherWithin(t, tgt, deadline)
 		watch.check(t, step, mfs)
-		want := discoverySeries("api", discovered)
-		if len(up) > 0 {
-			want += endpointSeries(up)
-		}
-		if err := compareFamilies(mfs, want, "dbpool_app_endpoint_up", "dbpool_app_discovery_success"); err != nil {
-			t.Errorf("%s: %v", step, err)
-		}
+		checkDiscovery(t, step, mfs, up, discovered)
 		if got := mustValue(t, mfs, "dbpool_scrape_success", map[string]string{"collector": "app"}); got != float64(success) {
 			t.Errorf("%s: dbpool_scrape_success{collector=app} = %v, want %d", step, got, success)
 		}
@@ -236,50 +229,22 @@ func TestAppDNSDiscovery(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for a logger that scrapes share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// checkDiscovery compares the app series of a scrape with the endpoints up (1) or down (0)
+// of app "api" and its discovery's success.
+func checkDiscovery(t *testing.T, step string, mfs map[string]*dto.MetricFamily, up map[string]int, discovered int) {
+	t.Helper()
+	want := discoverySeries("api", discovered)
+	if len(up) > 0 {
+		want += endpointSeries(up)
+	}
+	if err := compareFamilies(mfs, want, "dbpool_app_endpoint_up", "dbpool_app_discovery_success"); err != nil {
+		t.Errorf("%s: %v", step, err)
+	}
 }
 
 func discoverySeries(app string, v int) string {
 	return fmt.Sprintf("# HELP dbpool_app_discovery_success %s\n# TYPE dbpool_app_discovery_success gauge\n"+
 		"dbpool_app_discovery_success{app=%q,pool=\"api\",target=\"db\"} %d\n", discoveryHelp, app, v)
-}
-
-// scrapeOnce scrapes the target once through a pedantic registry (which checks the
-// consistency of what it gathers) within gatherWithin's bounds.
-func scrapeOnce(t *testing.T, tgt *Target, deadline time.Duration) map[string]*dto.MetricFamily {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), deadline)
-	defer cancel()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(withoutOwnPool{NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(ctx)})
-	start := time.Now()
-	families, err := reg.Gather()
-	if elapsed := time.Since(start); elapsed > deadline+time.Second {
-		t.Errorf("scrape took %v, deadline %v", elapsed, deadline)
-	}
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	mfs := map[string]*dto.MetricFamily{}
-	for _, mf := range families {
-		mfs[mf.GetName()] = mf
-	}
-	return mfs
 }
 
 // compareFamilies compares the named families of one scrape with an exposition text.
@@ -345,21 +310,15 @@ func TestAppFileSD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs childproc.Buffer
 	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{{Name: "api", FileSD: path, URL: template, Pool: "api"}}, &logs,
 		func(o *PostgresOptions) { o.Probe = false })
 	var watch counterWatch
 	scrape := func(step string, up map[string]int, discovered int) map[string]*dto.MetricFamily {
 		t.Helper()
-		mfs := scrapeOnce(t, tgt, 2*time.Second)
+		mfs := gatherWithin(t, tgt, 2*time.Second)
 		watch.check(t, step, mfs)
-		want := discoverySeries("api", discovered)
-		if len(up) > 0 {
-			want += endpointSeries(up)
-		}
-		if err := compareFamilies(mfs, want, "dbpool_app_endpoint_up", "dbpool_app_discovery_success"); err != nil {
-			t.Errorf("%s: %v", step, err)
-		}
+		checkDiscovery(t, step, mfs, up, discovered)
 		return mfs
 	}
 
@@ -442,7 +401,7 @@ func TestAppFileSD(t *testing.T) {
 				running = false
 			default:
 			}
-			mfs := scrapeOnce(t, tgt, time.Second)
+			mfs := gatherWithin(t, tgt, time.Second)
 			scrapes++
 			watch.check(t, "while rewriting", mfs)
 			if v, _ := value(mfs, "dbpool_app_discovery_success", nil); v == 0 {
@@ -475,11 +434,11 @@ func TestAppEndpointCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	template, _ := poolcfg.ParseAppURLTemplate(poolcfg.DefaultAppTemplate)
-	var logs syncBuffer
+	var logs childproc.Buffer
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 1}}
 	tgt := newAppTarget(t, closedPortDSN(t), pools, []poolcfg.App{{Name: "many", FileSD: path, URL: template, Pool: "api"}}, &logs,
 		func(o *PostgresOptions) { o.Probe = false })
-	mfs := scrapeOnce(t, tgt, 3*time.Second)
+	mfs := gatherWithin(t, tgt, 3*time.Second)
 	if n := len(mfs["dbpool_app_endpoint_up"].GetMetric()); n != metrics.MaxAppEndpoints {
 		t.Errorf("%d endpoint series, want the cap %d", n, metrics.MaxAppEndpoints)
 	}
