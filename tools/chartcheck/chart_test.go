@@ -54,7 +54,7 @@ var valueSets = []valueSet{
 		file: "ci/app-settings-values.yaml",
 		objects: []string{"Deployment/" + fullname, "PodMonitor/" + fullname + "-apps", "PrometheusRule/" + fullname,
 			"Secret/" + fullname, "Service/" + fullname, "ServiceAccount/" + fullname, "ServiceMonitor/" + fullname},
-		configOK: "1 target(s), 1 pool(s), 1 pgbouncer(s), 2 app(s), 0 auth module(s)",
+		configOK: "1 target(s), 1 pool(s), 1 pgbouncer(s), 1 app(s), 0 auth module(s)",
 		check: func(t *testing.T, o *Objects) {
 			c := exporterContainer(t, o)
 			if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil || c.EnvFrom[0].ConfigMapRef.Name != "api-settings" {
@@ -62,7 +62,7 @@ var valueSets = []valueSet{
 			}
 			wantSecretEnv(t, c, "DATA_SOURCE_NAME", fullname, "dsn")
 			wantSecretEnv(t, c, "PGBOUNCER_DSN", fullname, "pgbouncer-dsn")
-			wantArgs(t, c, "--app.url=http://api-0.api.orders.svc:9931/dbpool", "--app.url=http://api-1.api.orders.svc:9931/dbpool")
+			wantArgs(t, c, "--app.url=dns+http://api-dbpool.orders.svc.cluster.local:9931/dbpool")
 			pm := o.PodMonitors[0]
 			if pm.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "worker" || !slices.Equal(pm.Spec.NamespaceSelector.MatchNames, []string{"orders"}) ||
 				len(pm.Spec.PodMetricsEndpoints) != 1 || pm.Spec.PodMetricsEndpoints[0].Port == nil || *pm.Spec.PodMetricsEndpoints[0].Port != "metrics" {
