@@ -11,7 +11,8 @@
 //     (activity.go: the monitoring connection, the server's settings, pg_stat_activity grouped
 //     into pools; "connection" with --no-collector.activity), probe (probe.go: a fresh login),
 //     pgxpool (postgres.go: the exporter's own connection pool), app (app.go: the
-//     applications' own reports of their pools) on a PostgreSQL target, which postgres.go
+//     applications' own reports of their pools, from endpoints that app_discovery.go finds
+//     on each scrape: URLs, DNS names, file_sd files) on a PostgreSQL target, which postgres.go
 //     builds; pgbouncer (pgbouncer.go: the admin console) on a PgBouncer.
 //  4. Each source returns its finished pool samples and its other series (Scraped). The target
 //     turns the pool samples into the pool series (internal/metrics/contract.go, where every
