@@ -26,9 +26,19 @@ def snapshot():
         except Exception:
             pass
     now = time.time()
-    instances = REGISTRY.snapshots()
+    shared = REGISTRY.shared
+    instances = None
+    if shared is not None:
+        # What this process serves goes to its file first. The next scrape may reach a
+        # sibling, which serves this process from that file: were the file older than this
+        # answer, the exporter would see this process's counters fall.
+        try:
+            instances = shared.write(REGISTRY)
+        except Exception:
+            pass
+    if instances is None:
+        instances = REGISTRY.snapshots()
     try:
-        shared = REGISTRY.shared
         if shared is not None:
             instances.extend(shared.siblings(REGISTRY, now))
     except Exception:

@@ -61,6 +61,9 @@ class SharedDirectory:
         self.stale_after = STALE_INTERVALS * interval
         self.writer = None  # threading.Thread
         self.writer_stop = None  # threading.Event
+        # Held from the snapshot to the file's replacement, so that the file never goes back
+        # to an older snapshot when the writer thread and the endpoint write at once.
+        self.write_lock = threading.Lock()
 
     def start_writer(self, registry):
         if self.writer is not None and self.writer.is_alive():
@@ -90,8 +93,14 @@ class SharedDirectory:
                 break
 
     def write(self, registry):
-        """Write this process's entries to its file, atomically; no entries: no file."""
-        snaps = registry.snapshots()
+        """Write this process's entries to its file, atomically, and return them; no entries:
+        no file."""
+        with self.write_lock:
+            snaps = registry.snapshots()
+            self._write(registry, snaps)
+        return snaps
+
+    def _write(self, registry, snaps):
         path = _file(self.path, registry.hostname, registry.pid)
         if not snaps:
             _remove(path)

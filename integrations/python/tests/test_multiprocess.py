@@ -157,6 +157,21 @@ class MultiprocessTest(PoolTestCase):
         # Files of other hosts are never removed, only ignored when stale.
         self.assertIn("otherhost.2" + dbpool_stats.FILE_SUFFIX, os.listdir(self.dir))
 
+    def test_what_a_process_serves_is_on_file_first(self):
+        # The next scrape may reach a sibling, which serves this process from its file: the
+        # file must never be older than what this process served, or its counters would fall.
+        e = self.engine(pool_size=1)
+        dbpool_stats.instrument(e, name="served", multiprocess_dir=self.dir, interval=3600)
+        for _ in range(3):  # the writer thread wrote the file at the first checkout only
+            with e.connect() as c:
+                c.execute(text("SELECT 1"))
+        served = dbpool_stats.snapshot()["instances"]
+        self.assertEqual([i["checkouts"]["count"] for i in served], [3])
+        self.assertEqual(len(self.files()), 1)
+        with open(os.path.join(self.dir, self.files()[0])) as f:
+            on_file = json.load(f)["instances"]
+        self.assertEqual(on_file, served)
+
     def test_env_var_turns_the_mode_on(self):
         os.environ[dbpool_stats.ENV_DIR] = self.dir
         try:
