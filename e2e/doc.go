@@ -1,7 +1,9 @@
 // Package e2e is tooling, not product: the end-to-end test of dbpool_exporter: a real PostgreSQL, the exporter,
 // simulated applications (tools/cmd/poolsim), Prometheus evaluating the shipped alert rules, and
-// Alertmanager delivering the resulting notifications to a webhook in the test; and the fault
-// matrix (faults_test.go, `make faults`): the exporter binary against servers that fail.
+// Alertmanager delivering the resulting notifications to a webhook in the test; the fault
+// matrix (faults_test.go, `make faults`): the exporter binary against servers that fail; and
+// the example FastAPI service under uvicorn and gunicorn, loaded by the test's clients while
+// its workers are recycled and killed (fastapi_test.go).
 //
 // The test needs the prometheus and prometheus-alertmanager programs (Debian packages of the
 // same names); `make deps` installs them. PROMETHEUS and ALERTMANAGER select other binaries.
