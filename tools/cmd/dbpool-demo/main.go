@@ -1,7 +1,8 @@
 // Command dbpool-demo is tooling, not product. It runs dbpool_exporter end to end on this
-// machine: a throwaway PostgreSQL, a simulated pooled application, the exporter, and a live
-// summary of what the exporter sees next to the application's own true pool numbers. Ctrl-C
-// stops everything and removes the cluster. `make demo` runs it.
+// machine: a throwaway PostgreSQL, the example FastAPI service (examples/fastapi) under load
+// from the demo's clients, a Go service on pgxpool behind PgBouncer, the exporter, and a
+// live summary of what the exporter sees next to the applications' own true pool numbers.
+// Ctrl-C stops everything and removes the cluster. `make demo` runs it.
 package main
 
 import (
@@ -36,7 +37,7 @@ pools:
   - name: %[1]s
     target: demo
     match:
-      application_name_regex: '%[1]s-(?P<instance>[0-9]+)'
+      %[5]s
     instances: %[2]d
   - name: %[3]s
     target: demo
@@ -47,7 +48,8 @@ pools:
     timeout: 2s
 %[4]s`
 
-// appsConfig points the exporter at the Python application's own report of its pool.
+// appsConfig points the exporter at the Python service's own report of its pool: one URL,
+// which any of its workers answers for all of them.
 const appsConfig = `apps:
   - name: %s
     url: %s
@@ -61,7 +63,7 @@ const (
 	appRole     = "app"
 	poolName    = "api"
 	appName     = "api"
-	// The simulated application's .env: development sizes, a bit larger.
+	// The api application's .env: development sizes, a bit larger.
 	appEnv = `# Database connection pool configuration
 DB_POOL_SIZE=5
 DB_MAX_OVERFLOW=10
@@ -79,6 +81,7 @@ func main() {
 type options struct {
 	exporter, poolsim string
 	python            string
+	apiServer         string
 	listen            string
 	duration          time.Duration
 	interval          time.Duration
@@ -89,15 +92,16 @@ type options struct {
 
 func run() int {
 	var o options
-	app := kingpin.New("dbpool-demo", "Runs a throwaway PostgreSQL, a simulated pooled application and dbpool_exporter, and prints what the exporter sees.")
+	app := kingpin.New("dbpool-demo", "Runs a throwaway PostgreSQL, pooled applications (the example FastAPI service, a Go service on pgxpool) and dbpool_exporter, and prints what the exporter sees.")
 	app.Flag("exporter", "Path to the dbpool_exporter binary (default: build it).").StringVar(&o.exporter)
 	app.Flag("poolsim", "Path to the poolsim binary (default: build it).").StringVar(&o.poolsim)
-	app.Flag("python", "Python with SQLAlchemy and psycopg that runs the api pools as a real SQLAlchemy application reporting its own pool (integrations/python); default: the SQLAlchemy 2.0 environment that make deps builds (.venv/sa20). \"none\", or a Python without them, simulates them with poolsim instead.").StringVar(&o.python)
+	app.Flag("python", "Python with SQLAlchemy, asyncpg, FastAPI, uvicorn and gunicorn that runs the api pools as the example FastAPI service (examples/fastapi), which reports its own pool through integrations/python; default: the SQLAlchemy 2.0 environment that make deps builds (.venv/sa20). \"none\", or a Python without them, simulates them with poolsim instead.").StringVar(&o.python)
+	app.Flag("api-server", "Server of the FastAPI service: uvicorn (--workers) or gunicorn (uvicorn workers, each replaced after about 2000 requests).").Default("uvicorn").EnumVar(&o.apiServer, "uvicorn", "gunicorn")
 	app.Flag("listen", "Address of the exporter's web server.").Default("127.0.0.1:9930").StringVar(&o.listen)
 	app.Flag("duration", "Stop after this long; 0 runs until Ctrl-C.").Default("0").DurationVar(&o.duration)
 	app.Flag("interval", "How often to print the summary.").Default("3s").DurationVar(&o.interval)
-	app.Flag("instances", "Simulated application instances (each its own pool).").Default("2").IntVar(&o.instances)
-	app.Flag("rate", "Requests per second per instance.").Default("40").Float64Var(&o.rate)
+	app.Flag("instances", "Worker processes of the api application (each its own pool).").Default("2").IntVar(&o.instances)
+	app.Flag("rate", "Requests per second per worker of the api application.").Default("40").Float64Var(&o.rate)
 	app.Flag("query-time", "Database time per request.").Default("80ms").DurationVar(&o.queryTime)
 	kingpin.MustParse(app.Parse(os.Args[1:]))
 
@@ -158,8 +162,10 @@ func demo(ctx context.Context, o options) error {
 	}
 	defer func() { _ = bouncer.Close() }()
 
-	envFile := filepath.Join(work, "app.env")
-	if err := os.WriteFile(envFile, []byte(appEnv), 0o600); err != nil {
+	// The service reads .env in its working directory (work): the pool settings, its name
+	// (the application_name of its connections) and the directory its workers share.
+	envFile := filepath.Join(work, ".env")
+	if err := os.WriteFile(envFile, []byte(appEnv+"APP_NAME="+appName+"\nDBPOOL_STATS_DIR="+filepath.Join(work, "dbpool")+"\n"), 0o600); err != nil {
 		return err
 	}
 	simStatus, workerMetrics := freeAddr(), freeAddr()
@@ -167,19 +173,22 @@ func demo(ctx context.Context, o options) error {
 		return errors.New("no free loopback port")
 	}
 
-	// The api pools: a real SQLAlchemy application that reports its own pool when Python has
-	// SQLAlchemy, else poolsim's simulation. Either reads the same .env.
+	// The api pools: the FastAPI service, which reports its own pool, when Python has its
+	// packages, else poolsim's simulation. Either reads the same .env.
 	api, err := startAPI(ctx, work, o, pg, appPW, simStatus)
 	if err != nil {
 		return err
 	}
 	defer stop(api.proc)
+	if api.load != nil {
+		defer api.load.wait()
+	}
 	apps := ""
 	if api.statsURL != "" {
 		apps = fmt.Sprintf(appsConfig, appName, api.statsURL, poolName)
 	}
 	configFile := filepath.Join(work, "dbpool.yml")
-	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(exporterConfig, appName, o.instances, workerName, apps)), 0o600); err != nil {
+	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(exporterConfig, appName, o.instances, workerName, apps, api.match)), 0o600); err != nil {
 		return err
 	}
 
@@ -267,10 +276,16 @@ func build(dir, pkg, name string) (string, error) {
 // start starts bin with its output in logPath. Ctrl-C reaches only the demo, which stops
 // the children in order after printing the exporter's advice; if the demo dies, so do they.
 func start(logPath string, env []string, bin string, args ...string) (*childproc.Process, error) {
+	return startIn("", logPath, env, bin, args...)
+}
+
+// startIn is start in the working directory dir.
+func startIn(dir, logPath string, env []string, bin string, args ...string) (*childproc.Process, error) {
 	say("starting " + filepath.Base(bin) + " (log: " + logPath + ")")
 	return childproc.Start(childproc.Spec{
 		Path:        bin,
 		Args:        args,
+		Dir:         dir,
 		Env:         append(childproc.Environ("DB_", "DATA_SOURCE_NAME=", "DATABASE_URL="), env...),
 		LogFile:     logPath,
 		DeathSignal: syscall.SIGTERM,
