@@ -3,8 +3,8 @@
 // metric table of docs/metrics.md lists the same series, and contract_test.go compares the
 // two both ways; alerts and the dashboard use only what the table lists.
 //
-// pool.go holds the pool sample that every source fills (PoolStats); AppendPool, here, turns
-// it into the pool series, so that every source speaks this one language.
+// pool.go holds the pool sample that every source fills (PoolStats); AppendPool (append.go)
+// turns it into the pool series, so that every source speaks this one language.
 package metrics
 
 import (
@@ -253,6 +253,11 @@ var (
 	CheckoutFailures    = counter(PoolGroup, "", "checkout_failures_total", "Checkouts that failed, by reason: timeout (the pool was exhausted), connect (opening a connection failed), cancelled (the caller went away), other.", append(poolLabels[:3:3], "reason")...)
 	ConnectionUse       = histogram(PoolGroup, "", "connection_use_duration_seconds", "Time connections were held, from checkout to checkin.", poolLabels...)
 	ConnectionCreate    = histogram(PoolGroup, "", "connection_create_duration_seconds", "Time opening a new connection took (connect, authentication and the pool's setup of it), failed attempts included.", poolLabels...)
+	// LongestConnectionUse sees what the server cannot: a checked-out connection with no open
+	// transaction looks idle in pg_stat_activity, so no dbpool_longest_* of the activity source
+	// grows while the application holds it; and it needs no leak detection.
+	LongestConnectionUse = poolGauge("longest_connection_use_seconds", "Time the longest-held connection checked out now has been held so far (checkout to now); 0 when none is checked out.")
+	LeakedConnections    = poolGauge("leaked_connections", "Connections checked out now for longer than the application's leak detection threshold; absent when no instance detects leaks. Where they were taken is in /api/v1/pools and on /pools.")
 
 	LongestQuery             = poolGauge("longest_query_seconds", "Age of the longest running query (state active); 0 when none runs.")
 	LongestTransaction       = poolGauge("longest_transaction_seconds", "Age of the oldest open transaction; 0 when none is open.")
@@ -261,6 +266,7 @@ var (
 	LockWaitingConnections   = poolGauge("lock_waiting_connections", "Connections waiting for a heavyweight lock.")
 
 	ConnectionsOpened      = poolCounter("connections_opened_total", "New connections the pool opened to the server.")
+	ConnectionOpenFailures = poolCounter("connection_open_failures_total", "Attempts to open a new connection that failed (refused, timed out, authentication failed).")
 	ConnectionInvalidation = poolCounter("connection_invalidations_total", "Connections the pool discarded as broken (invalidated).")
 	ConnectionRecycles     = poolCounter("connection_recycles_total", "Connections the pool replaced because they reached the recycle age (DB_POOL_RECYCLE).")
 	PrePingFailures        = poolCounter("pre_ping_failures_total", "Pre-pings (DB_POOL_PRE_PING) that found a connection dead before handing it out.")
@@ -271,6 +277,8 @@ var (
 	ProcessPending          = poolGauge("process_pending_checkouts", "Callers of one process waiting for a connection right now.", "process")
 	ProcessCheckoutDuration = histogram(PoolGroup, "", "process_checkout_duration_seconds", "Time callers of one process waited to check out a connection (_sum and _count only; the pool's histogram has the buckets).", append(poolLabels[:3:3], "process")...)
 	ProcessCheckoutTimeouts = counter(PoolGroup, "", "process_checkout_timeouts_total", "Checkouts of one process that gave up waiting because its pool was exhausted.", append(poolLabels[:3:3], "process")...)
+	ProcessConnectionUse    = histogram(PoolGroup, "", "process_connection_use_duration_seconds", "Time one process held connections, checkout to checkin (_sum and _count only; the pool's histogram has the buckets).", append(poolLabels[:3:3], "process")...)
+	ProcessLeaked           = poolGauge("process_leaked_connections", "Connections one process has held longer than its leak detection threshold; absent where it does not detect leaks.", "process")
 )
 
 // poolLabels are on every pool series.
@@ -305,102 +313,3 @@ var (
 		"Recommended extra connections per instance beyond the pool size (DB_MAX_OVERFLOW) from the pool's history; the rules behind it are at /api/v1/optimize.",
 		"target", "pool")
 )
-
-// AppendPool turns one pool sample into its series, appended to ms. Only what the source
-// observed is emitted.
-func AppendPool(ms []prometheus.Metric, p *PoolStats) []prometheus.Metric {
-	source := string(p.Source)
-	gauge := func(g Gauge, v float64) { ms = append(ms, g.Metric(v, p.Target, p.Pool, source)) }
-	counter := func(c Counter, v *uint64) {
-		if v != nil {
-			ms = append(ms, c.Metric(float64(*v), p.Target, p.Pool, source))
-		}
-	}
-	gauge(PoolInfo, 1)
-	if p.Configured {
-		s := p.Settings
-		gauge(PoolSize, float64(s.PoolSize))
-		gauge(MaxOverflow, float64(s.MaxOverflow))
-		gauge(MaxConnections, float64(p.Capacity()))
-		if s.Timeout > 0 { // absent when callers wait forever
-			gauge(CheckoutTimeout, s.Timeout.Seconds())
-		}
-		gauge(Recycle, s.Recycle.Seconds())
-		gauge(PrePingEnabled, boolToFloat(s.PrePing))
-		gauge(Instances, float64(p.Instances))
-		if u, ok := p.Utilization(); ok {
-			gauge(Utilization, u)
-		}
-		gauge(OverflowConnections, float64(p.Overflow))
-	}
-	gauge(OpenConnections, float64(p.Open))
-	gauge(InUseConnections, float64(p.InUse))
-	for state, n := range p.States {
-		ms = append(ms, Connections.Metric(float64(n), p.Target, p.Pool, source, state))
-	}
-	if p.Pending != nil {
-		gauge(PendingCheckouts, float64(*p.Pending))
-	}
-	if c := p.Checkouts; c != nil {
-		counter(Checkouts, &c.Count)
-		ms = append(ms, CheckoutDuration.Metric(c.Count, c.DurationSeconds, c.Buckets, p.Target, p.Pool, source))
-		counter(CheckoutTimeouts, c.Timeouts)
-		if c.Failures != nil {
-			// Every reason, zero included, so that rate() has a series from the start.
-			for _, reason := range FailureReasons {
-				ms = append(ms, CheckoutFailures.Metric(float64(c.Failures[reason]), p.Target, p.Pool, source, reason))
-			}
-		}
-	}
-	for _, d := range []struct {
-		h Histogram
-		s *DurationStats
-	}{{ConnectionUse, p.UseTime}, {ConnectionCreate, p.CreateTime}} {
-		if d.s != nil {
-			ms = append(ms, d.h.Metric(d.s.Count, d.s.SumSeconds, d.s.Buckets, p.Target, p.Pool, source))
-		}
-	}
-	if l := p.Lifecycle; l != nil {
-		counter(ConnectionsOpened, l.Opened)
-		counter(ConnectionInvalidation, l.Invalidations)
-		counter(ConnectionRecycles, l.Recycles)
-		counter(PrePingFailures, l.PrePingFailures)
-	}
-	for i := range p.Processes[:min(len(p.Processes), MaxProcessSeries)] {
-		pr := &p.Processes[i]
-		process := func(g Gauge, v float64) { ms = append(ms, g.Metric(v, p.Target, p.Pool, source, pr.Process)) }
-		process(ProcessInUse, float64(pr.InUse))
-		process(ProcessOpen, float64(pr.Open))
-		process(ProcessOverflow, float64(pr.Overflow))
-		if pr.Pending != nil {
-			process(ProcessPending, float64(*pr.Pending))
-		}
-		if c := pr.Checkouts; c != nil {
-			ms = append(ms, ProcessCheckoutDuration.Metric(c.Count, c.DurationSeconds, nil, p.Target, p.Pool, source, pr.Process))
-			if c.Timeouts != nil {
-				ms = append(ms, ProcessCheckoutTimeouts.Metric(float64(*c.Timeouts), p.Target, p.Pool, source, pr.Process))
-			}
-		}
-	}
-	if p.LongestWaitSeconds != nil {
-		gauge(LongestCheckoutWait, *p.LongestWaitSeconds)
-	}
-	if s := p.Sessions; s != nil {
-		gauge(LongestQuery, s.LongestQuerySeconds)
-		gauge(LongestTransaction, s.LongestTransactionSeconds)
-		gauge(LongestIdleInTransaction, s.LongestIdleInTransactionSeconds)
-		gauge(OldestConnection, s.OldestConnectionSeconds)
-		gauge(LockWaitingConnections, float64(s.LockWaitingConnections))
-	}
-	return ms
-}
-
-// Bool is a gauge's value for a yes/no fact: 1 or 0.
-func Bool(b bool) float64 { return boolToFloat(b) }
-
-func boolToFloat(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
-}

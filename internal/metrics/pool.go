@@ -38,6 +38,13 @@ type PoolStats struct {
 	// HikariCP's creation); nil where the source cannot observe it.
 	CreateTime *DurationStats
 
+	// LongestHeldSeconds is how long the longest-held of the connections checked out now has
+	// been held (app); nil where not observed.
+	LongestHeldSeconds *float64
+	// Leaks are the connections held longer than the application's leak detection threshold
+	// and where they were checked out (app); nil when no instance detects leaks.
+	Leaks *LeakStats
+
 	// Lifecycle is set by sources that see connections being opened and replaced (app).
 	Lifecycle *LifecycleStats
 
@@ -96,6 +103,8 @@ type ProcessStats struct {
 	Overflow  int
 	Pending   *int
 	Checkouts *CheckoutStats // Buckets unused: the per-process histogram carries only _sum and _count
+	UseTime   *DurationStats // Buckets unused, as Checkouts'
+	Leaked    *int           // connections held past the process's leak threshold; nil: no detection
 }
 
 // MaxProcessSeries caps the per-process series of one pool: a pool group of thousands of
@@ -106,9 +115,40 @@ const MaxProcessSeries = 200
 // field is not observed by the source.
 type LifecycleStats struct {
 	Opened          *uint64 // new connections to the server
+	OpenFailures    *uint64 // attempts to open one that failed
 	Invalidations   *uint64 // connections discarded as broken
 	Recycles        *uint64 // connections replaced because they reached the recycle age
 	PrePingFailures *uint64 // pre-pings that found a connection dead
+}
+
+// LeakStats are a pool's leaked connections: checked out now for longer than the leak
+// detection threshold (HikariCP's leakDetectionThreshold), with the places in the
+// application that checked them out.
+type LeakStats struct {
+	// ThresholdSeconds is the lowest threshold of the instances that detect leaks.
+	ThresholdSeconds float64
+	// Instances counts the instances that detect leaks: the others' leaks are not counted.
+	Instances int
+	// Count is the leaked connections now.
+	Count int
+	// Sites are where they were checked out, the most leaked connections first, then the
+	// oldest; at most MaxLeakSites, so their counts may add up to less than Count.
+	Sites []LeakSite
+}
+
+// MaxLeakSites bounds the leak sites of one pool, as the integration bounds those of one
+// instance.
+const MaxLeakSites = 10
+
+// LeakSite is one place in the application that checked out leaked connections.
+type LeakSite struct {
+	File     string `json:"file"` // empty when the checkout had no frame of the application
+	Line     int    `json:"line"` // 0 when unknown
+	Function string `json:"function"`
+	// Count is the connections taken here that are leaked now; OldestSeconds how long the
+	// longest held of them has been held.
+	Count         int     `json:"count"`
+	OldestSeconds float64 `json:"oldest_seconds"`
 }
 
 // SessionStats are ages and lock waits of a pool's server sessions from pg_stat_activity.
