@@ -50,18 +50,45 @@ type appInstance struct {
 	PendingCheckouts           *int     `json:"pending_checkouts"`
 	LongestCheckoutWaitSeconds *float64 `json:"longest_checkout_wait_seconds"`
 	Checkouts                  *struct {
-		Count      uint64  `json:"count"`
-		SumSeconds float64 `json:"sum_seconds"`
-		Buckets    []struct {
-			LE    float64 `json:"le"`
-			Count uint64  `json:"count"`
-		} `json:"buckets"`
+		appHistogram
 		Timeouts *uint64 `json:"timeouts"`
+		// Failures are by reason; a reason this exporter does not know counts as other.
+		Failures map[string]uint64 `json:"failures"`
 	} `json:"checkouts"`
-	Connects        *uint64 `json:"connects"`
-	Invalidations   *uint64 `json:"invalidations"`
-	Recycles        *uint64 `json:"recycles"`
-	PrePingFailures *uint64 `json:"pre_ping_failures"`
+	UseTime            *appHistogram `json:"use_time"`
+	CreateTime         *appHistogram `json:"create_time"`
+	HeldConnections    *int          `json:"held_connections"`
+	LongestHeldSeconds *float64      `json:"longest_held_seconds"`
+	Leaks              *appLeaks     `json:"leaks"`
+	Connects           *uint64       `json:"connects"`
+	Invalidations      *uint64       `json:"invalidations"`
+	Recycles           *uint64       `json:"recycles"`
+	PrePingFailures    *uint64       `json:"pre_ping_failures"`
+}
+
+// appHistogram is a cumulative histogram of durations: checkouts, use_time, create_time.
+// The bounds are finite; count is the +Inf bucket. Failed, of count, is not in use_time.
+type appHistogram struct {
+	Count      uint64  `json:"count"`
+	Failed     *uint64 `json:"failed"`
+	SumSeconds float64 `json:"sum_seconds"`
+	Buckets    []struct {
+		LE    float64 `json:"le"`
+		Count uint64  `json:"count"`
+	} `json:"buckets"`
+}
+
+// appLeaks is leak detection's report: all null (and no sites) when it is off.
+type appLeaks struct {
+	ThresholdSeconds *float64 `json:"threshold_seconds"`
+	Count            *int     `json:"count"`
+	Sites            []struct {
+		File          *string `json:"file"`
+		Line          *int    `json:"line"`
+		Function      *string `json:"function"`
+		Count         int     `json:"count"`
+		OldestSeconds float64 `json:"oldest_seconds"`
+	} `json:"sites"`
 }
 
 // parseAppDoc decodes a dbpool-stats document and checks its format and version.
@@ -168,32 +195,110 @@ func instanceStats(in *appInstance) (metrics.PoolStats, error) {
 		}
 		p.LongestWaitSeconds = ptrTo(*w)
 	}
-	if c := in.Checkouts; c != nil {
-		cs := &metrics.CheckoutStats{Count: c.Count, DurationSeconds: c.SumSeconds, Buckets: make(map[float64]uint64, len(c.Buckets)), Timeouts: c.Timeouts}
-		if !finiteNonNegative(c.SumSeconds) {
-			return metrics.PoolStats{}, fmt.Errorf("checkouts.sum_seconds %v: must be a number of seconds", c.SumSeconds)
-		}
-		prevLE, prevCount := math.Inf(-1), uint64(0)
-		for _, b := range c.Buckets {
-			if !(b.LE > prevLE) || math.IsInf(b.LE, 0) || b.Count < prevCount || b.Count > c.Count {
-				return metrics.PoolStats{}, fmt.Errorf("checkouts.buckets: le %v count %d after le %v count %d of %d checkouts: "+
-					"bounds must rise and counts must be cumulative", b.LE, b.Count, prevLE, prevCount, c.Count)
-			}
-			cs.Buckets[b.LE] = b.Count
-			prevLE, prevCount = b.LE, b.Count
-		}
-		p.Checkouts = cs
+	var err error
+	if p.Checkouts, err = instanceCheckouts(in); err != nil {
+		return metrics.PoolStats{}, err
 	}
-	p.Processes = []metrics.ProcessStats{{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts}}
-	if in.Connects != nil || in.Invalidations != nil || in.Recycles != nil || in.PrePingFailures != nil {
+	if p.UseTime, err = histogramStats("use_time", in.UseTime); err != nil {
+		return metrics.PoolStats{}, err
+	}
+	if p.CreateTime, err = histogramStats("create_time", in.CreateTime); err != nil {
+		return metrics.PoolStats{}, err
+	}
+	if n := in.HeldConnections; n != nil && *n < 0 {
+		return metrics.PoolStats{}, fmt.Errorf("held_connections %d is negative", *n)
+	}
+	if h := in.LongestHeldSeconds; h != nil {
+		if !finiteNonNegative(*h) {
+			return metrics.PoolStats{}, fmt.Errorf("longest_held_seconds %v: must be a number of seconds", *h)
+		}
+		p.LongestHeldSeconds = ptrTo(*h)
+	}
+	if p.Leaks, err = instanceLeaks(in); err != nil {
+		return metrics.PoolStats{}, err
+	}
+	pr := metrics.ProcessStats{Process: in.Instance, InUse: p.InUse, Open: p.Open, Overflow: p.Overflow, Pending: p.Pending, Checkouts: p.Checkouts, UseTime: p.UseTime}
+	if p.Leaks != nil {
+		pr.Leaked = ptrTo(p.Leaks.Count)
+	}
+	p.Processes = []metrics.ProcessStats{pr}
+	var openFailures *uint64
+	if in.CreateTime != nil {
+		openFailures = in.CreateTime.Failed
+	}
+	if in.Connects != nil || in.Invalidations != nil || in.Recycles != nil || in.PrePingFailures != nil || openFailures != nil {
 		p.Lifecycle = &metrics.LifecycleStats{
 			Opened:          in.Connects,
+			OpenFailures:    openFailures,
 			Invalidations:   in.Invalidations,
 			Recycles:        in.Recycles,
 			PrePingFailures: in.PrePingFailures,
 		}
 	}
 	return p, nil
+}
+
+// histogramStats checks one of the document's histograms: a finite sum, rising finite bounds,
+// cumulative counts up to count, and failed (where it has one) within count.
+func histogramStats(field string, h *appHistogram) (*metrics.DurationStats, error) {
+	if h == nil {
+		return nil, nil
+	}
+	if !finiteNonNegative(h.SumSeconds) {
+		return nil, fmt.Errorf("%s.sum_seconds %v: must be a number of seconds", field, h.SumSeconds)
+	}
+	if h.Failed != nil && *h.Failed > h.Count {
+		return nil, fmt.Errorf("%s.failed %d is more than its count %d", field, *h.Failed, h.Count)
+	}
+	d := &metrics.DurationStats{Count: h.Count, SumSeconds: h.SumSeconds, Buckets: make(map[float64]uint64, len(h.Buckets))}
+	prevLE, prevCount := math.Inf(-1), uint64(0)
+	for _, b := range h.Buckets {
+		if !(b.LE > prevLE) || math.IsInf(b.LE, 0) || b.Count < prevCount || b.Count > h.Count {
+			return nil, fmt.Errorf("%s.buckets: le %v count %d after le %v count %d of %d: "+
+				"bounds must rise and counts must be cumulative", field, b.LE, b.Count, prevLE, prevCount, h.Count)
+		}
+		d.Buckets[b.LE] = b.Count
+		prevLE, prevCount = b.LE, b.Count
+	}
+	return d, nil
+}
+
+// instanceCheckouts checks the checkouts histogram and its failures: failures by reason add up
+// to failed, failed is within count, and the timeout reason is timeouts.
+func instanceCheckouts(in *appInstance) (*metrics.CheckoutStats, error) {
+	c := in.Checkouts
+	if c == nil {
+		return nil, nil
+	}
+	d, err := histogramStats("checkouts", &c.appHistogram)
+	if err != nil {
+		return nil, err
+	}
+	cs := &metrics.CheckoutStats{Count: d.Count, DurationSeconds: d.SumSeconds, Buckets: d.Buckets, Timeouts: c.Timeouts}
+	if c.Failures == nil {
+		return cs, nil
+	}
+	cs.Failures = make(map[string]uint64, len(metrics.FailureReasons))
+	var sum uint64
+	for reason, n := range c.Failures {
+		if !slices.Contains(metrics.FailureReasons, reason) {
+			reason = metrics.FailureOther // a reason added after this exporter: the label stays bounded
+		}
+		if sum+n < sum {
+			return nil, fmt.Errorf("checkouts.failures %q %d: too large", reason, n)
+		}
+		cs.Failures[reason] += n
+		sum += n
+	}
+	switch {
+	case sum > c.Count:
+		return nil, fmt.Errorf("checkouts.failures add up to %d, more than the %d checkouts", sum, c.Count)
+	case c.Failed != nil && sum != *c.Failed:
+		return nil, fmt.Errorf("checkouts.failures add up to %d, but checkouts.failed is %d", sum, *c.Failed)
+	case c.Timeouts != nil && cs.Failures[metrics.FailureTimeout] != *c.Timeouts:
+		return nil, fmt.Errorf("checkouts.failures.timeout %d differs from checkouts.timeouts %d", cs.Failures[metrics.FailureTimeout], *c.Timeouts)
+	}
+	return cs, nil
 }
 
 func finiteNonNegative(x float64) bool { return x >= 0 && !math.IsInf(x, 0) && !math.IsNaN(x) }

@@ -46,7 +46,7 @@ type appPoolCounters struct {
 }
 
 type seenProcess struct {
-	last *metrics.PoolStats // the process's last sample (one instance)
+	last *metrics.PoolStats // the counters of the process's last sample (one instance)
 	seen time.Time
 }
 
@@ -82,7 +82,7 @@ func (c *AppCounters) merge(target string, instances []metrics.PoolStats, now ti
 			addGauges(&sum, p)
 		}
 		counters := c.counters(appPoolKey{target, pool}, ins, now)
-		sum.Checkouts, sum.Lifecycle = counters.Checkouts, counters.Lifecycle
+		sum.Checkouts, sum.UseTime, sum.CreateTime, sum.Lifecycle = counters.Checkouts, counters.UseTime, counters.CreateTime, counters.Lifecycle
 		out = append(out, sum)
 	}
 	return out
@@ -100,7 +100,7 @@ func (c *AppCounters) counters(key appPoolKey, ins []*metrics.PoolStats, now tim
 		if prev := pc.processes[name]; prev != nil && countersFell(p, prev.last) {
 			pc.fold(prev.last) // the same name restarted its counters (a fork, a reused pid)
 		}
-		pc.processes[name] = &seenProcess{last: p, seen: now}
+		pc.processes[name] = &seenProcess{last: countersOf(p), seen: now}
 	}
 	oldest := ""
 	for name, sp := range pc.processes {
@@ -132,21 +132,41 @@ func (pc *appPoolCounters) fold(p *metrics.PoolStats) {
 	addCounters(pc.gone, p)
 }
 
+// countersOf is the part of an instance's sample that the pool's counters keep: only the
+// counters, so that a remembered process costs no more than its counters (its leak sites
+// and states are gauges of one scrape).
+func countersOf(p *metrics.PoolStats) *metrics.PoolStats {
+	return &metrics.PoolStats{Checkouts: p.Checkouts, UseTime: p.UseTime, CreateTime: p.CreateTime, Lifecycle: p.Lifecycle}
+}
+
 // countersFell reports whether any counter of cur is below the one of prev.
 func countersFell(cur, prev *metrics.PoolStats) bool {
 	less := func(a, b *uint64) bool { return a != nil && b != nil && *a < *b }
-	if a, b := cur.Checkouts, prev.Checkouts; a != nil && b != nil && (a.Count < b.Count || less(a.Timeouts, b.Timeouts)) {
-		return true
+	if a, b := cur.Checkouts, prev.Checkouts; a != nil && b != nil {
+		if a.Count < b.Count || less(a.Timeouts, b.Timeouts) {
+			return true
+		}
+		for reason, n := range b.Failures {
+			if m, ok := a.Failures[reason]; ok && m < n {
+				return true
+			}
+		}
+	}
+	for _, d := range [][2]*metrics.DurationStats{{cur.UseTime, prev.UseTime}, {cur.CreateTime, prev.CreateTime}} {
+		if d[0] != nil && d[1] != nil && d[0].Count < d[1].Count {
+			return true
+		}
 	}
 	if a, b := cur.Lifecycle, prev.Lifecycle; a != nil && b != nil {
-		return less(a.Opened, b.Opened) || less(a.Invalidations, b.Invalidations) ||
+		return less(a.Opened, b.Opened) || less(a.OpenFailures, b.OpenFailures) || less(a.Invalidations, b.Invalidations) ||
 			less(a.Recycles, b.Recycles) || less(a.PrePingFailures, b.PrePingFailures)
 	}
 	return false
 }
 
 // addGauges adds the instances of q, a sample of the same pool, to p: counts add up,
-// overflow too (it is per instance already), the longest wait is the longer one.
+// overflow and leaks too (they are per instance already), the longest wait and hold are the
+// longer one.
 func addGauges(p, q *metrics.PoolStats) {
 	p.Instances += q.Instances
 	p.Open += q.Open
@@ -157,29 +177,32 @@ func addGauges(p, q *metrics.PoolStats) {
 	}
 	p.Pending = addPtr(p.Pending, q.Pending)
 	p.Processes = append(p.Processes[:len(p.Processes):len(p.Processes)], q.Processes...)
-	if q.LongestWaitSeconds != nil && (p.LongestWaitSeconds == nil || *q.LongestWaitSeconds > *p.LongestWaitSeconds) {
-		p.LongestWaitSeconds = ptrTo(*q.LongestWaitSeconds)
-	}
+	p.LongestWaitSeconds = maxPtr(p.LongestWaitSeconds, q.LongestWaitSeconds)
+	p.LongestHeldSeconds = maxPtr(p.LongestHeldSeconds, q.LongestHeldSeconds)
+	p.Leaks = mergeLeaks(p.Leaks, q.Leaks)
 }
 
-// addCounters adds the checkout and lifecycle counters of q to p. A histogram keeps the
-// bounds both have.
+// addCounters adds the counters of q to p: checkouts, failures, hold and connect times, and
+// what happened to connections. A histogram keeps the bounds both have.
 func addCounters(p, q *metrics.PoolStats) {
 	switch a, b := p.Checkouts, q.Checkouts; {
 	case a == nil && b != nil:
 		cp := *b
-		cp.Buckets = maps.Clone(b.Buckets)
+		cp.Buckets, cp.Failures = maps.Clone(b.Buckets), maps.Clone(b.Failures)
 		p.Checkouts = &cp
 	case b != nil:
 		sum := &metrics.CheckoutStats{Count: a.Count + b.Count, DurationSeconds: a.DurationSeconds + b.DurationSeconds,
-			Buckets: map[float64]uint64{}, Timeouts: addPtr(a.Timeouts, b.Timeouts)}
-		for le, n := range a.Buckets {
-			if m, ok := b.Buckets[le]; ok {
-				sum.Buckets[le] = n + m
-			}
+			Buckets: commonBuckets(a.Buckets, b.Buckets), Timeouts: addPtr(a.Timeouts, b.Timeouts), Failures: maps.Clone(a.Failures)}
+		if b.Failures != nil && sum.Failures == nil {
+			sum.Failures = map[string]uint64{}
+		}
+		for reason, n := range b.Failures {
+			sum.Failures[reason] += n
 		}
 		p.Checkouts = sum
 	}
+	p.UseTime = addDurations(p.UseTime, q.UseTime)
+	p.CreateTime = addDurations(p.CreateTime, q.CreateTime)
 	switch a, b := p.Lifecycle, q.Lifecycle; {
 	case a == nil && b != nil:
 		cp := *b
@@ -187,6 +210,7 @@ func addCounters(p, q *metrics.PoolStats) {
 	case b != nil:
 		p.Lifecycle = &metrics.LifecycleStats{
 			Opened:          addPtr(a.Opened, b.Opened),
+			OpenFailures:    addPtr(a.OpenFailures, b.OpenFailures),
 			Invalidations:   addPtr(a.Invalidations, b.Invalidations),
 			Recycles:        addPtr(a.Recycles, b.Recycles),
 			PrePingFailures: addPtr(a.PrePingFailures, b.PrePingFailures),
@@ -194,7 +218,40 @@ func addCounters(p, q *metrics.PoolStats) {
 	}
 }
 
+// addDurations adds two histograms into a new one: absent only when both are.
+func addDurations(a, b *metrics.DurationStats) *metrics.DurationStats {
+	switch {
+	case b == nil:
+		return a
+	case a == nil:
+		cp := *b
+		cp.Buckets = maps.Clone(b.Buckets)
+		return &cp
+	}
+	return &metrics.DurationStats{Count: a.Count + b.Count, SumSeconds: a.SumSeconds + b.SumSeconds, Buckets: commonBuckets(a.Buckets, b.Buckets)}
+}
+
+// commonBuckets adds the buckets of the bounds that both histograms have: a bound that one
+// of them lacks has no count for all of them.
+func commonBuckets(a, b map[float64]uint64) map[float64]uint64 {
+	sum := map[float64]uint64{}
+	for le, n := range a {
+		if m, ok := b[le]; ok {
+			sum[le] = n + m
+		}
+	}
+	return sum
+}
+
 func ptrTo[T any](v T) *T { return &v }
+
+// maxPtr is the larger of two optional values: absent only when both are.
+func maxPtr(a, b *float64) *float64 {
+	if a == nil || (b != nil && *b > *a) {
+		return b
+	}
+	return a
+}
 
 // addPtr adds two optional values: absent only when both are.
 func addPtr[T int | uint64](a, b *T) *T {
