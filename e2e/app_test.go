@@ -37,9 +37,15 @@ type loadApp struct {
 
 func startLoadApp(t *testing.T, dir, name string, args ...string) *loadApp {
 	t.Helper()
+	return startLoadAppEnv(t, dir, name, nil, args...)
+}
+
+// startLoadAppEnv is startLoadApp with environment variables, e.g. DBPOOL_STATS_*.
+func startLoadAppEnv(t *testing.T, dir, name string, env []string, args ...string) *loadApp {
+	t.Helper()
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
 	python := testbin.Python(t, pythonenv.SA20)
-	p := startProcess(t, dir, name, python, nil, append([]string{"-u", script}, args...)...)
+	p := startProcess(t, dir, name, python, env, append([]string{"-u", script}, args...)...)
 	m, err := p.WaitMatch(context.Background(), 30*time.Second, listeningRe)
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +137,22 @@ func (s exporterScrape) must(t *testing.T, name string, want map[string]string) 
 // histogram returns the cumulative buckets and count of the histogram series of name.
 func (s exporterScrape) histogram(t *testing.T, name string, want map[string]string) (map[float64]uint64, uint64) {
 	t.Helper()
+	h := s.findHistogram(t, name, want)
+	out := map[float64]uint64{}
+	for _, b := range h.GetBucket() {
+		out[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	return out, h.GetSampleCount()
+}
+
+// histogramSum returns the sum of the histogram series of name.
+func (s exporterScrape) histogramSum(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	return s.findHistogram(t, name, want).GetSampleSum()
+}
+
+func (s exporterScrape) findHistogram(t *testing.T, name string, want map[string]string) *dto.Histogram {
+	t.Helper()
 	for _, m := range s[name].GetMetric() {
 		match := true
 		for _, l := range m.GetLabel() {
@@ -139,15 +161,11 @@ func (s exporterScrape) histogram(t *testing.T, name string, want map[string]str
 			}
 		}
 		if h := m.GetHistogram(); match && h != nil {
-			out := map[float64]uint64{}
-			for _, b := range h.GetBucket() {
-				out[b.GetUpperBound()] = b.GetCumulativeCount()
-			}
-			return out, h.GetSampleCount()
+			return h
 		}
 	}
 	t.Fatalf("no histogram %s%v", name, want)
-	return nil, 0
+	return nil
 }
 
 // appDatabase starts a throwaway PostgreSQL with the exporter's role dbpool_monitor and the
