@@ -53,9 +53,9 @@ func messages(fs []Finding) string {
 
 // Scenarios shared by the optimization and health tests.
 var (
-	// The seed's "start conservative" 5/10 pool behind PgBouncer serving 100 transactions/s of
-	// 50 ms each.
-	littlePool    = withSource(pool(5, 10, 1), metrics.SourcePgBouncer)
+	// The seed's "start conservative" 5/10 pool serving 100 requests/s that hold a connection
+	// 50 ms each (only the mean known: exponential holds).
+	littlePool    = withSource(pool(5, 10, 1), metrics.SourceApp)
 	littleSamples = series(600, 15, func(int) Sample {
 		return Sample{InUse: 3, Open: 5, ArrivalRate: new(100.0), MeanHoldSeconds: new(0.05)}
 	})
@@ -109,7 +109,16 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantOverflow: 16,
 			wantRule:     RuleLittlesLaw,
 			wantRules:    []string{RuleLittlesLaw, RuleOverflow2x},
-			wantText:     []string{"100/s x 50 ms held = 5 connections in flight per instance; +50% buffer = 7.5 -> 8"},
+			wantText:     []string{"100 checkouts/s x 50 ms held = 5 connections in use per instance; +50% buffer = 7.5 -> 8: set DB_POOL_SIZE to 8", "Predicted at 8 + 16: average checkout 0 ms"},
+		},
+		{
+			name:         "the same load behind PgBouncer: its reserve pool stays as configured",
+			in:           Input{Pool: withSource(littlePool, metrics.SourcePgBouncer), Summary: summarize(littlePool, littleSamples)},
+			wantSize:     8,
+			wantOverflow: 10,
+			wantRule:     RuleLittlesLaw,
+			wantRules:    []string{RuleLittlesLaw},
+			wantText:     []string{"Predicted at 8 + 10"},
 		},
 		{
 			name:         "seed: 10/20 above 80% utilization -> 15/30",
@@ -155,7 +164,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantOverflow: 36,
 			wantRule:     RuleObservedPeak,
 			wantRules:    []string{RuleObservedPeak, RuleOverflow2x},
-			wantText:     []string{"peak 12 in use per instance over the last 1h; +50% headroom = 18"},
+			wantText:     []string{"peak 12 in use per instance (group peak / instances, rounded up) over the last 1h; +50% headroom = 18, a lower bound"},
 		},
 		{
 			name:         "oversized over a full window: shrink to peak 3 +50% -> 5/10",
@@ -173,6 +182,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantOverflow: 40,
 			wantRule:     RuleKeepCurrent,
 			wantRules:    []string{RuleKeepCurrent},
+			wantText:     []string{"5 might do, but 24m45s of history is short of the 1h window, and a short history never shrinks a pool"},
 		},
 		{
 			name: "oversized seen from pg_stat_activity: shrink, and say it is a lower bound",
@@ -196,7 +206,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantRules:    []string{RuleShrinkOversized, RuleOverflow2x},
 		},
 		{
-			name: "Little's law never goes below the observed peak",
+			name: "a momentary peak does not override the model: overflow connections serve it",
 			in: Input{Pool: littlePool, Summary: summarize(littlePool, series(600, 15, func(i int) Sample {
 				s := Sample{InUse: 2, ArrivalRate: new(100.0), MeanHoldSeconds: new(0.05)}
 				if i == 7 {
@@ -204,11 +214,10 @@ func TestOptimizePoolSettings(t *testing.T) {
 				}
 				return s
 			}))},
-			wantSize:     10,
-			wantOverflow: 20,
-			wantRule:     RuleObservedPeak,
-			wantRules:    []string{RuleLittlesLaw, RuleObservedPeak, RuleOverflow2x},
-			wantText:     []string{"below the peak of 10 in use per instance"},
+			wantSize:     8,
+			wantOverflow: 16,
+			wantRule:     RuleLittlesLaw,
+			wantRules:    []string{RuleLittlesLaw, RuleOverflow2x},
 		},
 		{
 			name: "pools over max_connections, the peak fits the budget: keep the peak as pool_size",

@@ -1,6 +1,7 @@
 package advice
 
 import (
+	"maps"
 	"sync"
 	"time"
 )
@@ -33,6 +34,10 @@ type History struct {
 	start   time.Time // first sample ever accepted: tells whether the window is fully covered
 	prev    Sample    // latest sample accepted, for counter deltas
 	hasPrev bool
+
+	holdBounds []float64             // the hold histogram's bounds, shared by the entries
+	recent     [recentSamples]Recent // the newest raw samples, a ring
+	nRecent    int
 }
 
 // entry is one coalesced slot of the ring.
@@ -56,6 +61,8 @@ type entry struct {
 	checkouts increase // checkouts_total alone: an arrival rate
 	waits     increase // checkout_seconds_total, over the same spans as waitCount
 	waitCount float64  // checkouts_total over the spans of waits
+
+	loadEntry
 }
 
 type increase struct {
@@ -142,6 +149,13 @@ func (h *History) Add(s Sample) bool {
 		h.start = s.Time
 	}
 	e.absorb(s, h.prev, h.hasPrev)
+	e.absorbLoad(s, h.prev, h.hasPrev, h.holdBounds)
+	if e.hold.bounds != nil {
+		h.holdBounds = e.hold.bounds
+	}
+	e.last = s.lean()
+	h.recent[h.nRecent%recentSamples] = recentOf(s)
+	h.nRecent++
 	h.prev, h.hasPrev = s, true
 	return true
 }
@@ -226,150 +240,6 @@ func counterIncrease(prev, cur *float64) (float64, bool) {
 	return *cur - *prev, true
 }
 
-// Summary condenses the samples of one pool over a window. Utilizations are ratios (0.85 =
-// 85%) of in-use connections to the group's permanent connections, instances x pool_size, as in
-// get_pool_health: above 1 means overflow connections are in use. A pool_size of 0
-// falls back to the group's capacity. Pointer fields are nil when the source cannot observe them
-// or the window holds too few samples to tell.
-type Summary struct {
-	WindowSeconds float64   `json:"window_seconds"`
-	Samples       int       `json:"samples"` // raw samples, coalesced ones included
-	From          time.Time `json:"from"`    // oldest sample in the window
-	To            time.Time `json:"to"`      // newest sample in the window
-	// Full is true when the history reaches back over the whole window with no hole longer
-	// than a tenth of it: only then may an oversized pool be shrunk.
-	Full          bool    `json:"full"`
-	MaxGapSeconds float64 `json:"max_gap_seconds"`
-
-	PeakInUse       int     `json:"peak_in_use"`
-	AvgInUse        float64 `json:"avg_in_use"`
-	AvgUtilization  float64 `json:"avg_utilization"`
-	PeakUtilization float64 `json:"peak_utilization"`
-	PeakOverflow    int     `json:"peak_overflow"`
-	PeakPending     *int    `json:"peak_pending,omitempty"`
-
-	Timeouts           *float64 `json:"timeouts,omitempty"` // increase over the window
-	TimeoutsPerSecond  *float64 `json:"timeouts_per_second,omitempty"`
-	Checkouts          *float64 `json:"checkouts,omitempty"` // increase over the window
-	AvgCheckoutSeconds *float64 `json:"avg_checkout_seconds,omitempty"`
-
-	// Little's law: mean ArrivalRate and MeanHoldSeconds of the samples, and the mean number in
-	// flight (rate x hold), for the whole group.
-	ArrivalRate     *float64 `json:"arrival_rate,omitempty"`
-	MeanHoldSeconds *float64 `json:"mean_hold_seconds,omitempty"`
-	InFlight        *float64 `json:"in_flight,omitempty"`
-
-	Latest Sample `json:"latest"`
-}
-
-// Summary condenses the entries whose latest sample is not older than now - window (samples
-// stamped after now count too: a scraper's clock may run slightly ahead). pool supplies the
-// denominator of the utilizations.
-func (h *History) Summary(now time.Time, pool Pool) Summary {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	sum := Summary{WindowSeconds: h.window.Seconds()}
-	cutoff := now.Add(-h.window)
-	i0 := 0
-	for i0 < h.n && h.at(i0).last.Time.Before(cutoff) {
-		i0++
-	}
-	if i0 == h.n {
-		return sum
-	}
-
-	var (
-		avgSum                     float64
-		timeouts, checkouts, waits increase
-		waitCount                  float64
-		inFlight, rate, hold       float64
-		nInFlight, nRate, nHold    int
-		maxGap                     time.Duration
-	)
-	begin := cutoff
-	if h.start.After(begin) {
-		begin = h.start
-	}
-	prevEnd := begin
-	for i := i0; i < h.n; i++ {
-		e := h.at(i)
-		if gap := e.first.Sub(prevEnd); gap > maxGap {
-			maxGap = gap
-		}
-		prevEnd = e.last.Time
-		sum.Samples += e.n
-		avgSum += e.sumInUse / float64(e.n)
-		sum.PeakInUse = max(sum.PeakInUse, e.maxInUse)
-		sum.PeakOverflow = max(sum.PeakOverflow, e.maxOverflow)
-		if e.hasPending {
-			p := e.maxPending
-			if sum.PeakPending != nil {
-				p = max(p, *sum.PeakPending)
-			}
-			sum.PeakPending = &p
-		}
-		inFlight, nInFlight = inFlight+e.sumInFlight, nInFlight+e.nInFlight
-		rate, nRate = rate+e.sumRate, nRate+e.nRate
-		hold, nHold = hold+e.sumHold, nHold+e.nHold
-		// The oldest entry's increases reach back before its own latest sample, possibly out
-		// of the window; the spans of the others tile (oldest.last, newest.last] exactly.
-		if i > i0 {
-			for _, p := range []struct{ dst, src *increase }{
-				{&timeouts, &e.timeouts}, {&checkouts, &e.checkouts}, {&waits, &e.waits},
-			} {
-				if p.src.ok {
-					p.dst.add(p.src.value, p.src.seconds)
-				}
-			}
-			waitCount += e.waitCount
-		}
-	}
-	if gap := now.Sub(prevEnd); gap > maxGap {
-		maxGap = gap
-	}
-	n := h.n - i0
-	sum.From = h.at(i0).first
-	sum.To = h.at(h.n - 1).last.Time
-	sum.Latest = h.at(h.n - 1).last.clone()
-	sum.MaxGapSeconds = maxGap.Seconds()
-	sum.Full = !h.start.After(cutoff) && maxGap <= h.window/10
-	sum.AvgInUse = avgSum / float64(n)
-
-	if d := float64(pool.instances() * pool.Settings.PoolSize); d > 0 {
-		sum.AvgUtilization, sum.PeakUtilization = sum.AvgInUse/d, float64(sum.PeakInUse)/d
-	} else if d := float64(pool.instances() * pool.Settings.Capacity()); d > 0 {
-		sum.AvgUtilization, sum.PeakUtilization = sum.AvgInUse/d, float64(sum.PeakInUse)/d
-	}
-
-	if timeouts.ok {
-		sum.Timeouts = ptr(timeouts.value)
-		if timeouts.seconds > 0 {
-			sum.TimeoutsPerSecond = ptr(timeouts.value / timeouts.seconds)
-		}
-	}
-	if checkouts.ok {
-		sum.Checkouts = ptr(checkouts.value)
-	}
-	if waits.ok && waitCount > 0 {
-		sum.AvgCheckoutSeconds = ptr(waits.value / waitCount)
-	}
-	if nRate > 0 {
-		sum.ArrivalRate = ptr(rate / float64(nRate))
-	} else if checkouts.ok && checkouts.seconds > 0 {
-		sum.ArrivalRate = ptr(checkouts.value / checkouts.seconds)
-	}
-	if nHold > 0 {
-		sum.MeanHoldSeconds = ptr(hold / float64(nHold))
-	}
-	switch {
-	case nInFlight > 0:
-		sum.InFlight = ptr(inFlight / float64(nInFlight))
-	case sum.ArrivalRate != nil && sum.MeanHoldSeconds != nil:
-		sum.InFlight = ptr(*sum.ArrivalRate * *sum.MeanHoldSeconds)
-	}
-	return sum
-}
-
 func ptr[T any](v T) *T { return &v }
 
 func clonePtr[T any](p *T) *T {
@@ -390,5 +260,10 @@ func (s Sample) clone() Sample {
 	s.TimeoutsTotal = clonePtr(s.TimeoutsTotal)
 	s.ArrivalRate = clonePtr(s.ArrivalRate)
 	s.MeanHoldSeconds = clonePtr(s.MeanHoldSeconds)
+	s.Hold = s.Hold.clone()
+	s.Create = s.Create.clone()
+	s.FailuresTotal = maps.Clone(s.FailuresTotal)
+	s.LongestWaitSeconds = clonePtr(s.LongestWaitSeconds)
+	s.BusiestInUse = clonePtr(s.BusiestInUse)
 	return s
 }

@@ -2,6 +2,7 @@ package advice
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -377,5 +378,68 @@ func TestHistoryConcurrent(t *testing.T) {
 	}
 	if got := h.Summary(next, pool(10, 20, 1)).PeakInUse; got != 9 {
 		t.Errorf("peak in use = %d, want 9", got)
+	}
+}
+
+// TestHistoryLoad: the window's hold-time histogram, connect time and failures are the
+// increases of the counters, across a restart of the process; the newest raw samples are
+// kept for the pool's state.
+func TestHistoryLoad(t *testing.T) {
+	hist := func(count, sum float64, inBucket int) *Histogram {
+		h := &Histogram{Count: count, Sum: sum}
+		for i, le := range []float64{0.1, 0.25, math.Inf(1)} {
+			c := 0.0
+			if i >= inBucket {
+				c = count
+			}
+			h.Buckets = append(h.Buckets, Bucket{LE: le, Count: c})
+		}
+		return h
+	}
+	h := NewHistory(time.Hour, time.Second)
+	var samples []Sample
+	for i := range 10 {
+		n := float64(100 * i)
+		s := Sample{Time: at(float64(15 * i)), InUse: i % 3, BusiestInUse: new(i % 3),
+			Hold:          hist(n, n*0.15, 1),
+			Create:        &Histogram{Count: float64(i), Sum: float64(i) * 0.004},
+			FailuresTotal: map[string]float64{metrics.FailureTimeout: float64(2 * i), metrics.FailureConnect: float64(i)},
+			Pending:       new(i % 2), LongestWaitSeconds: new(0.001)}
+		if i >= 6 { // the process restarted: counters from 0
+			m := float64(100 * (i - 6))
+			s.Hold = hist(m, m*0.15, 1)
+			s.FailuresTotal = map[string]float64{metrics.FailureTimeout: float64(i - 6)}
+			s.Create = nil
+		}
+		samples = append(samples, s)
+		h.Add(s)
+	}
+	sum := h.Summary(samples[9].Time, pool(2, 0, 1))
+	// 100 per step for steps 1..5, then 0 (restart: 0 counts whole), 100, 100, 100.
+	if sum.Hold == nil || !approx(sum.Hold.Count, 800) || !approx(sum.Hold.MeanSeconds, 0.15) {
+		t.Fatalf("hold %+v, want 800 holds of 150 ms", sum.Hold)
+	}
+	if want := []Bucket{{0.1, 0}, {0.25, 800}, {math.Inf(1), 800}}; !slices.Equal(sum.Hold.Buckets, want) {
+		t.Errorf("hold buckets %v, want %v", sum.Hold.Buckets, want)
+	}
+	if !eqPtr(sum.MeanHoldSeconds, new(0.15)) {
+		t.Errorf("mean hold %v", sum.MeanHoldSeconds)
+	}
+	// 2/step for 5 steps, then 0, 1, 1, 1 after the restart; connect failed once a step
+	// until the restart, after which the reason is absent.
+	if got := sum.Failures; !approx(got[metrics.FailureTimeout], 13) || !approx(got[metrics.FailureConnect], 5) {
+		t.Errorf("failures %v, want timeout 13, connect 5", got)
+	}
+	if sum.MeanCreateSeconds == nil || !approx(*sum.MeanCreateSeconds, 0.004) {
+		t.Errorf("mean create %v, want 4 ms", sum.MeanCreateSeconds)
+	}
+	if sum.PeakInUseBusiest == nil || *sum.PeakInUseBusiest != 2 {
+		t.Errorf("busiest peak %v, want 2", sum.PeakInUseBusiest)
+	}
+	if len(sum.Recent) != recentSamples || !sum.Recent[recentSamples-1].Time.Equal(samples[9].Time) || *sum.Recent[0].Pending != 1 {
+		t.Errorf("recent %+v, want the last %d samples, oldest first", sum.Recent, recentSamples)
+	}
+	if sum.Latest.Hold != nil || sum.Latest.FailuresTotal != nil {
+		t.Errorf("latest keeps its counters: %+v", sum.Latest)
 	}
 }

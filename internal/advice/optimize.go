@@ -4,15 +4,184 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 // OptimizePoolSettings recommends per-instance pool_size and max_overflow, the answer of
-// optimize_pool_settings. The rules apply in this order, each recorded when it changes
-// the numbers:
+// optimize_pool_settings: one size and one overflow, each with the rule that settled it
+// (PoolSizeRule, MaxOverflowRule) and the figures behind it (Sizing).
 //
-//  1. demand: Little's law when an arrival rate and hold time are known (in flight per instance
-//     x 1.5, rounded up: 100/s x 50 ms = 5 -> 8), otherwise the observed peak in use per instance
-//     x 1.5. Demand only ever raises pool_size; lowering is shrink_oversized's job.
+// Where the source measures hold times (the application's own report, pgxpool with its
+// tracer, PgBouncer), sizeByModel applies: Little's law with the guide's buffer is the floor,
+// and the queueing model finds the smallest size at or above it that meets the targets.
+// Otherwise (pg_stat_activity) sizeByRules falls back to observed peaks and utilization,
+// and says that its figure is a lower bound. Either way a pool shrinks only over a full
+// window, and the server's connection budget caps the result.
+func OptimizePoolSettings(in Input, th Thresholds) Optimization {
+	p, s := in.Pool, in.Summary
+	set := p.Settings
+	o := Optimization{
+		CurrentSettings: CurrentSettings{
+			PoolSize:    set.PoolSize,
+			MaxOverflow: set.MaxOverflow,
+			Timeout:     set.Timeout.Seconds(),
+			Recycle:     set.Recycle.Seconds(),
+			PrePing:     set.PrePing,
+			Echo:        set.Echo,
+		},
+		Recommendations: []Finding{},
+		Instances:       p.instances(),
+		Source:          p.Source,
+		Exact:           p.Source.Exact(),
+		Estimated:       []string{},
+		Sizing:          Sizing{Curve: []Prediction{}, Targets: targetsOf(th)},
+	}
+	if s.Samples > 0 {
+		o.PeakInUsePerInstance, o.PeakInUseBasis = peakPerInstance(p, s)
+	}
+	if load, ok := loadOf(p, s); ok && s.Samples > 0 {
+		sizeByModel(&o, in, th, load)
+	} else {
+		sizeByRules(&o, in, th)
+	}
+	if !set.PrePing {
+		o.Recommendations = append(o.Recommendations, Finding{RulePrePingDisabled, "set DB_POOL_PRE_PING=true in production: a stale connection then fails the ping instead of the request"})
+	}
+	if set.Echo {
+		o.Recommendations = append(o.Recommendations, Finding{RuleEchoEnabled, "set DB_ECHO=false in production: logging every statement costs time and writes query data to the logs"})
+	}
+	return o
+}
+
+// Bases of PeakInUsePerInstance.
+const (
+	PeakBusiestInstance = "busiest instance"
+	PeakRoundedUp       = "group peak / instances, rounded up"
+)
+
+// peakPerInstance is the peak in use of one instance as a whole number: the busiest
+// instance's where the source reports each, else the group's peak per instance rounded up.
+func peakPerInstance(p Pool, s Summary) (int, string) {
+	if s.PeakInUseBusiest != nil {
+		return *s.PeakInUseBusiest, PeakBusiestInstance
+	}
+	return ceil(float64(s.PeakInUse) / float64(p.instances())), PeakRoundedUp
+}
+
+// overflowRule is the rule behind the overflow of a source's pool before any budget.
+func overflowRule(src metrics.Source) string {
+	switch src {
+	case metrics.SourcePgxpool:
+		return RuleNoOverflow
+	case metrics.SourcePgBouncer:
+		return RuleOverflowKept
+	}
+	return RuleOverflow2x
+}
+
+// sizeByModel sizes a pool whose hold times are known (see OptimizePoolSettings).
+func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
+	p, s := in.Pool, in.Summary
+	set := p.Settings
+	inst := p.instances()
+	rec := func(rule, msg string) { o.Recommendations = append(o.Recommendations, Finding{rule, msg}) }
+	z := &sizer{load: load, targets: targetsOf(th), source: p.Source, current: set.MaxOverflow,
+		factor: th.OverflowFactor, memo: map[int]Prediction{}}
+	if in.Server != nil && in.Server.MaxConnections > 0 {
+		b := in.Server.PerInstanceBudget(inst)
+		o.PerInstanceBudget, z.budget = &b, &b
+	}
+	demand := load.Demand()
+	floor := max(1, ceil(demand*(1+th.Buffer)))
+	hi := 4*floor + 16
+	if z.budget != nil {
+		hi = max(*z.budget, 1)
+	}
+	cur := Predict(load, set.PoolSize, set.MaxOverflow)
+	cur.MeetsTargets = z.targets.meets(cur)
+	need, found := z.smallest(min(floor, hi), hi)
+
+	sz := &o.Sizing
+	sz.Model, sz.ArrivalRate, sz.Demand, sz.Floor = ModelQueueing, load.Rate, demand, floor
+	sz.Hold, sz.MeanCreateSeconds, sz.TimeoutSeconds = &load.Hold, load.CreateSeconds, load.TimeoutSeconds
+	sz.HoldDistribution = HoldExponential
+	if len(load.Hold.Buckets) > 0 {
+		sz.HoldDistribution = HoldFromHistogram
+	}
+	sz.Note = fmt.Sprintf("Little's law and a queueing model of %s simulated checkouts per size (Poisson arrivals, hold times drawn from the %s, overflow connections paying the connect time, callers giving up after DB_POOL_TIMEOUT); figures per instance",
+		num(SimCheckouts), map[string]string{HoldFromHistogram: "measured histogram", HoldExponential: "an exponential distribution with the measured mean"}[sz.HoldDistribution])
+
+	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
+	demandMsg := fmt.Sprintf("Little's law: %s checkouts/s x %s ms held = %s connections in use per instance; +%s%% buffer = %s -> %d",
+		num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
+	now := fmt.Sprintf("now at %d + %d: %s", set.PoolSize, set.MaxOverflow, predictionText(cur))
+
+	size, rule, msg := set.PoolSize, RuleKeepCurrent, ""
+	switch {
+	case !found:
+		size, rule = hi, RuleServerBudget
+		msg = fmt.Sprintf("%s; even DB_POOL_SIZE=%d, all of %s, does not meet the targets. WARNING: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front; %s",
+			demandMsg, hi, budgetText(*in.Server, inst), now)
+	case need > set.PoolSize || !cur.MeetsTargets:
+		size, rule = need, RuleLittlesLaw
+		msg = demandMsg
+		if need > floor {
+			rule = RuleQueueing
+			msg += fmt.Sprintf("; the queueing model needs %d to meet the targets", need)
+		}
+		msg += fmt.Sprintf(": set DB_POOL_SIZE to %d (%s)", need, now)
+	case need < set.PoolSize && s.Full && cur.Utilization < th.OversizedFraction:
+		size, rule = need, RuleShrinkOversized
+		msg = fmt.Sprintf("%s; over the full %s window the current DB_POOL_SIZE=%d is %s%% utilized, below %s%%: shrink it to %d, the smallest size that meets the targets (%s)",
+			demandMsg, win, set.PoolSize, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)), need, now)
+	default:
+		msg = fmt.Sprintf("%s: the current DB_POOL_SIZE=%d meets the targets (%s)", demandMsg, set.PoolSize, now)
+		if need < set.PoolSize {
+			if !s.Full {
+				msg += fmt.Sprintf("; %d would do, but %s of history is short of the %s window, and a short history never shrinks a pool", need, historyText(s), win)
+			} else {
+				msg += fmt.Sprintf("; %d would do, but at %s%% utilized it is not oversized (below %s%%)", need, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)))
+			}
+		}
+	}
+	if z.budget != nil && size > hi {
+		size, rule = hi, RuleServerBudget
+		msg += fmt.Sprintf("; but %s: DB_POOL_SIZE=%d", budgetText(*in.Server, inst), hi)
+	}
+	overflow, oRule := z.overflowFor(size), overflowRule(p.Source)
+	if uncapped := (&sizer{source: p.Source, current: set.MaxOverflow, factor: th.OverflowFactor}).overflowFor(size); overflow < uncapped {
+		oRule = RuleServerBudget
+		rec(RuleServerBudget, fmt.Sprintf("%s: cap DB_POOL_SIZE + DB_MAX_OVERFLOW at %d, so DB_MAX_OVERFLOW=%d with DB_POOL_SIZE=%d",
+			budgetText(*in.Server, inst), *z.budget, overflow, size))
+	}
+	after := z.predict(size)
+	if size != set.PoolSize || overflow != set.MaxOverflow {
+		msg += fmt.Sprintf(". Predicted at %d + %d: %s", size, overflow, predictionText(after))
+	}
+	o.Recommendations = append([]Finding{{rule, msg}}, o.Recommendations...)
+	if oRule == RuleOverflow2x && overflow != set.MaxOverflow {
+		rec(RuleOverflow2x, fmt.Sprintf("set DB_MAX_OVERFLOW to %s x DB_POOL_SIZE = %d (now %d) to absorb traffic spikes",
+			num(th.OverflowFactor), overflow, set.MaxOverflow))
+	}
+	sz.Current, sz.Recommended = &cur, &after
+	sz.Curve = z.curve(set.PoolSize, size)
+	o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.MaxOverflowRule = size, overflow, rule, oRule
+}
+
+// historyText says how much history a summary holds.
+func historyText(s Summary) string {
+	if s.Samples == 0 {
+		return "no sample"
+	}
+	return human(s.To.Sub(s.From).Round(time.Second))
+}
+
+// sizeByRules sizes a pool without hold times from observed peaks and utilization, today's
+// rules:
+//
+//  1. demand: the observed peak in use per instance x 1.5 (observed_peak). Demand only ever
+//     raises pool_size; lowering is shrink_oversized's job.
 //  2. scale_up_50pct: average utilization above the threshold, or any checkout timeout, raises
 //     pool_size to 1.5 x the current one (10/20 -> 15/30).
 //  3. observed_peak as a floor: pool_size is never below the peak in use per instance.
@@ -25,61 +194,33 @@ import (
 //     smaller demand or rises to the observed peak while the budget allows; if even the peak
 //     does not fit, a loud recommendation says the pool group needs fewer instances, a bigger
 //     max_connections or PgBouncer.
-func OptimizePoolSettings(in Input, th Thresholds) Optimization {
+//
+// Its figure is a lower bound: the peak of a saturated pool is its capacity.
+func sizeByRules(o *Optimization, in Input, th Thresholds) {
 	p, s := in.Pool, in.Summary
 	set := p.Settings
 	inst := p.instances()
-	o := Optimization{
-		CurrentSettings: CurrentSettings{
-			PoolSize:    set.PoolSize,
-			MaxOverflow: set.MaxOverflow,
-			Timeout:     set.Timeout.Seconds(),
-			Recycle:     set.Recycle.Seconds(),
-			PrePing:     set.PrePing,
-			Echo:        set.Echo,
-		},
-		Recommendations: []Finding{},
-		Instances:       inst,
-		Source:          p.Source,
-		Exact:           p.Source.Exact(),
-		Estimated:       []string{},
-	}
 	rec := func(rule, msg string) { o.Recommendations = append(o.Recommendations, Finding{rule, msg}) }
 	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
 	note := estimateNote(p)
 	size, rule := set.PoolSize, RuleKeepCurrent
-	peak := 0
+	peak := o.PeakInUsePerInstance
+	o.Sizing.Model, o.Sizing.LowerBound = ModelRules, true
+	o.Sizing.Note = "no hold times from this source: sized from the observed peak in use and utilization, a lower bound (the peak of a saturated pool is its capacity, so the demand may be higher); no prediction"
 
 	if s.Samples == 0 {
 		rule = RuleNoData
 		rec(RuleNoData, fmt.Sprintf("no sample in the last %s: DB_POOL_SIZE stays at %d until there is traffic to size it by", win, size))
 	} else {
-		peakF := float64(s.PeakInUse) / float64(inst)
-		peak = ceil(peakF)
-		o.PeakInUsePerInstance = peak
 		if !o.Exact {
 			o.Estimated = append(o.Estimated, "recommended_pool_size", "recommended_max_overflow", "peak_in_use_per_instance")
 		}
-
-		var demand int
-		var demandRule, demandMsg string
-		if s.InFlight != nil {
-			perInst := *s.InFlight / float64(inst)
-			demand, demandRule = ceil(perInst*(1+th.Buffer)), RuleLittlesLaw
-			demandMsg = fmt.Sprintf("Little's law: %s connections in flight per instance", num(perInst))
-			if s.ArrivalRate != nil && s.MeanHoldSeconds != nil {
-				demandMsg = fmt.Sprintf("Little's law: %s/s x %s ms held = %s connections in flight per instance",
-					num(*s.ArrivalRate/float64(inst)), num(*s.MeanHoldSeconds*1000), num(perInst))
-			}
-			demandMsg += fmt.Sprintf("; +%s%% buffer = %s -> %d", num(pct(th.Buffer)), num(perInst*(1+th.Buffer)), demand)
-		} else {
-			demand, demandRule = ceil(peakF*(1+th.Buffer)), RuleObservedPeak
-			demandMsg = fmt.Sprintf("peak %s in use per instance over the last %s; +%s%% headroom = %d%s",
-				num(peakF), win, num(pct(th.Buffer)), demand, note)
-		}
+		demand := ceil(float64(peak) * (1 + th.Buffer))
+		demandMsg := fmt.Sprintf("peak %d in use per instance (%s) over the last %s; +%s%% headroom = %d, a lower bound without hold times%s",
+			peak, o.PeakInUseBasis, win, num(pct(th.Buffer)), demand, note)
 		if demand > size {
-			rec(demandRule, fmt.Sprintf("%s: raise DB_POOL_SIZE from %d to %d", demandMsg, set.PoolSize, demand))
-			size, rule = demand, demandRule
+			rec(RuleObservedPeak, fmt.Sprintf("%s: raise DB_POOL_SIZE from %d to %d", demandMsg, set.PoolSize, demand))
+			size, rule = demand, RuleObservedPeak
 		}
 
 		var why []string
@@ -102,12 +243,15 @@ func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 			size, rule = peak, RuleObservedPeak
 		}
 
-		if rule == RuleKeepCurrent && s.Full && peakF < th.OversizedFraction*float64(set.PoolSize) {
+		if rule == RuleKeepCurrent && float64(peak) < th.OversizedFraction*float64(set.PoolSize) {
 			target := max(1, peak, demand)
-			if target < size {
-				rec(RuleShrinkOversized, fmt.Sprintf("peak %s in use per instance over the full %s window is below %s%% of DB_POOL_SIZE=%d: shrink it to %d (never below the peak)%s",
-					num(peakF), win, num(pct(th.OversizedFraction)), set.PoolSize, target, note))
+			switch {
+			case target < size && s.Full:
+				rec(RuleShrinkOversized, fmt.Sprintf("peak %d in use per instance over the full %s window is below %s%% of DB_POOL_SIZE=%d: shrink it to %d (never below the peak)%s",
+					peak, win, num(pct(th.OversizedFraction)), set.PoolSize, target, note))
 				size, rule = target, RuleShrinkOversized
+			case target < size:
+				demandMsg += fmt.Sprintf("; %d might do, but %s of history is short of the %s window, and a short history never shrinks a pool", target, historyText(s), win)
 			}
 		}
 		if rule == RuleKeepCurrent {
@@ -115,7 +259,7 @@ func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 		}
 	}
 
-	overflow := ceil(float64(size) * th.OverflowFactor)
+	overflow, oRule := ceil(float64(size)*th.OverflowFactor), RuleOverflow2x
 	if overflow != set.MaxOverflow {
 		rec(RuleOverflow2x, fmt.Sprintf("set DB_MAX_OVERFLOW to %s x DB_POOL_SIZE = %d (now %d) to absorb traffic spikes",
 			num(th.OverflowFactor), overflow, set.MaxOverflow))
@@ -137,19 +281,10 @@ func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 				msg += fmt.Sprintf(". WARNING: the budget cannot hold the peak of %d in use per instance: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front", peak)
 			}
 			rec(RuleServerBudget, msg)
-			size, overflow, rule = newSize, newOverflow, RuleServerBudget
+			size, overflow, rule, oRule = newSize, newOverflow, RuleServerBudget, RuleServerBudget
 		}
 	}
-
-	if !set.PrePing {
-		rec(RulePrePingDisabled, "set DB_POOL_PRE_PING=true in production: a stale connection then fails the ping instead of the request")
-	}
-	if set.Echo {
-		rec(RuleEchoEnabled, "set DB_ECHO=false in production: logging every statement costs time and writes query data to the logs")
-	}
-
-	o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule = size, overflow, rule
-	return o
+	o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.MaxOverflowRule = size, overflow, rule, oRule
 }
 
 // EnvLines renders a recommendation as .env lines, ready to paste.

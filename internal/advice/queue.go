@@ -42,6 +42,8 @@ type Bucket struct {
 // HoldTimes is how long checkouts held their connection over the window.
 type HoldTimes struct {
 	MeanSeconds float64 `json:"mean_seconds"`
+	// Count is how many holds the figures come from; 0 when unknown.
+	Count float64 `json:"count,omitempty"`
 	// Buckets is the window's cumulative histogram, bounds ascending, the last possibly +Inf;
 	// nil when only the mean is known.
 	Buckets []Bucket `json:"buckets,omitempty"`

@@ -77,12 +77,20 @@ type Optimization struct {
 	RecommendedMaxOverflow int             `json:"recommended_max_overflow"`
 	Recommendations        []Finding       `json:"recommendations"`
 
-	// PoolSizeRule is the rule that settled recommended_pool_size.
-	PoolSizeRule         string `json:"pool_size_rule"`
-	Instances            int    `json:"instances"`
+	// PoolSizeRule is the rule that settled recommended_pool_size, MaxOverflowRule the one
+	// that settled recommended_max_overflow.
+	PoolSizeRule    string `json:"pool_size_rule"`
+	MaxOverflowRule string `json:"max_overflow_rule"`
+	Instances       int    `json:"instances"`
+	// PeakInUsePerInstance is a whole number of connections: the peak of the busiest
+	// instance where the source reports each one, otherwise the group's peak divided by the
+	// instances and rounded up; PeakInUseBasis says which.
 	PeakInUsePerInstance int    `json:"peak_in_use_per_instance"`
+	PeakInUseBasis       string `json:"peak_in_use_basis"`
 	// PerInstanceBudget is the server's ceiling on pool_size + max_overflow, when known.
 	PerInstanceBudget *int `json:"per_instance_budget,omitempty"`
+	// Sizing is how the sizes were reached, with the model's predictions.
+	Sizing Sizing `json:"sizing"`
 
 	Source    metrics.Source `json:"source"`
 	Exact     bool           `json:"exact"`

@@ -15,12 +15,15 @@ const (
 
 	// Sizing rules: size from traffic, grow a busy pool, fit the server's connection budget,
 	// overflow twice the pool size.
-	RuleLittlesLaw      = "littles_law"      // in flight = arrival rate x hold time, +50%
+	RuleLittlesLaw      = "littles_law"      // in flight = arrival rate x hold time, +50%: the floor
+	RuleQueueing        = "queueing_model"   // above the floor: the smallest size the model finds meeting the targets
 	RuleObservedPeak    = "observed_peak"    // peak in use per instance, +50%; also the floor
 	RuleScaleUp         = "scale_up_50pct"   // utilization > 70% or timeouts: pool_size x 1.5
 	RuleOverflow2x      = "overflow_2x"      // max_overflow = 2 x pool_size
+	RuleOverflowKept    = "keep_overflow"    // PgBouncer's reserve pool stays as configured
+	RuleNoOverflow      = "no_overflow"      // pgxpool has no overflow
 	RuleServerBudget    = "server_budget"    // pool_size + max_overflow <= per-instance budget
-	RuleShrinkOversized = "shrink_oversized" // peak < 30% of pool_size over a full window
+	RuleShrinkOversized = "shrink_oversized" // utilization (or peak) < 30% of pool_size over a full window
 	RuleKeepCurrent     = "keep_current"     // the current pool_size fits what was observed
 	RuleNoData          = "no_data"          // no sample in the window
 

@@ -58,6 +58,35 @@ type Sample struct {
 	// CheckoutsTotal stands in for ArrivalRate.
 	ArrivalRate     *float64 `json:"arrival_rate,omitempty"`
 	MeanHoldSeconds *float64 `json:"mean_hold_seconds,omitempty"`
+
+	// Hold and Create are cumulative histograms of how long connections were held (checkout
+	// to checkin) and how long opening one took; nil where the source cannot observe them.
+	Hold   *Histogram `json:"hold,omitempty"`
+	Create *Histogram `json:"create,omitempty"`
+	// FailuresTotal counts failed checkouts by reason (metrics.FailureReasons), counters.
+	FailuresTotal map[string]float64 `json:"failures_total,omitempty"`
+	// LongestWaitSeconds is the age of the oldest checkout still waiting.
+	LongestWaitSeconds *float64 `json:"longest_wait_seconds,omitempty"`
+	// BusiestInUse is the in-use count of the busiest instance, where the source reports
+	// each instance (or the group is one instance).
+	BusiestInUse *int `json:"busiest_in_use,omitempty"`
+}
+
+// Histogram is a cumulative histogram of durations in seconds: counters.
+type Histogram struct {
+	Count float64 `json:"count"`
+	Sum   float64 `json:"sum"`
+	// Buckets are cumulative, bounds ascending; nil when the source has totals only.
+	Buckets []Bucket `json:"buckets,omitempty"`
+}
+
+func (h *Histogram) clone() *Histogram {
+	if h == nil {
+		return nil
+	}
+	c := *h
+	c.Buckets = append([]Bucket(nil), h.Buckets...)
+	return &c
 }
 
 // DefaultAdminHeadroomFraction is the share of max_connections kept free for administrators,

@@ -1,0 +1,204 @@
+package advice
+
+import (
+	"encoding/json"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
+)
+
+// holdBounds are the integration's hold-time bucket bounds (dbpool_stats' USE_BUCKETS).
+var holdBounds = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, math.Inf(1)}
+
+// offered is a steady load on a pool group, as the application's report shows it: every
+// instance is offered rate checkout attempts per second, of which served get a connection for
+// hold seconds and the rest time out; inUse connections are checked out at every sample.
+type offered struct {
+	instances            int
+	rate, served, hold   float64
+	createSeconds, every float64
+	inUse                int
+}
+
+// samples is one sample every o.every seconds (15 by default) up to to seconds.
+func (o offered) samples(to float64) []Sample {
+	every := o.every
+	if every == 0 {
+		every = 15
+	}
+	n := float64(o.instances)
+	return series(to, every, func(i int) Sample {
+		t := float64(i) * every
+		attempts, served := o.rate*n*t, o.served*n*t
+		hold := &Histogram{Count: served, Sum: served * o.hold}
+		for _, le := range holdBounds {
+			c := 0.0
+			if o.hold <= le {
+				c = served
+			}
+			hold.Buckets = append(hold.Buckets, Bucket{LE: le, Count: c})
+		}
+		s := Sample{
+			InUse: o.inUse, Open: o.inUse,
+			CheckoutsTotal: new(attempts), CheckoutSecondsTotal: new(0.001 * attempts),
+			TimeoutsTotal: new(attempts - served),
+			Hold:          hold,
+			FailuresTotal: map[string]float64{metrics.FailureTimeout: attempts - served, metrics.FailureConnect: 0},
+		}
+		if o.createSeconds > 0 {
+			s.Create = &Histogram{Count: 10, Sum: 10 * o.createSeconds}
+		}
+		return s
+	})
+}
+
+func appPool(size, overflow, instances int, timeout float64) Pool {
+	p := withSource(pool(size, overflow, instances), metrics.SourceApp)
+	p.Settings.Timeout = secondsDuration(timeout)
+	return p
+}
+
+// The guide's "Connection Timeout Errors": 2 instances of a 2 + 0 pool with a 1 s timeout,
+// offered 40 checkouts/s each that hold a connection 150 ms: 2 connections serve 13.3/s, the
+// other 26.7/s time out.
+var (
+	timeoutPool = appPool(2, 0, 2, 1)
+	timeoutLoad = offered{instances: 2, rate: 40, served: 2 / 0.15, hold: 0.15, createSeconds: 0.005, inUse: 4}
+)
+
+func TestSizeByModel(t *testing.T) {
+	th := DefaultThresholds()
+	tests := []struct {
+		name                 string
+		in                   Input
+		size, overflow       int
+		rule, overflowRule   string
+		text                 []string
+		currentTimeouts      float64 // predicted P(timeout) at the current size, ±10%
+		currentWait          float64 // predicted mean wait at the current size, ±10%
+		wantMeetsRecommended bool
+	}{
+		{
+			name: "the guide's timeout case: 40/s x 150 ms = 6, +50% -> 9, and 2 + 0 predicted to time out",
+			in:   Input{Pool: timeoutPool, Summary: summarize(timeoutPool, timeoutLoad.samples(600))},
+			size: 9, overflow: 18, rule: RuleLittlesLaw, overflowRule: RuleOverflow2x,
+			text: []string{
+				"40 checkouts/s x 150 ms held = 6 connections in use per instance; +50% buffer = 9 -> 9: set DB_POOL_SIZE to 9",
+				"now at 2 + 0: average checkout 9", "% time out (16",
+				"Predicted at 9 + 18: average checkout 0.",
+			},
+			currentTimeouts: 1 - (2/0.15)/40, currentWait: 0.99, wantMeetsRecommended: true,
+		},
+		{
+			name: "the same load, 5 instances on max_connections 100: overflow capped at 16 - 9",
+			in: Input{Pool: appPool(2, 0, 5, 1), Summary: summarize(appPool(2, 0, 5, 1), offered{instances: 5, rate: 40, served: 2 / 0.15, hold: 0.15, inUse: 10}.samples(600)),
+				Server: seedServer},
+			size: 9, overflow: 7, rule: RuleLittlesLaw, overflowRule: RuleServerBudget,
+			text:                 []string{"= 16 per instance: cap DB_POOL_SIZE + DB_MAX_OVERFLOW at 16, so DB_MAX_OVERFLOW=7 with DB_POOL_SIZE=9"},
+			wantMeetsRecommended: true,
+		},
+		{
+			name: "a budget of 8 per instance cannot serve a demand of 6 within the targets",
+			in: Input{Pool: appPool(2, 0, 4, 1), Summary: summarize(appPool(2, 0, 4, 1), offered{instances: 4, rate: 40, served: 2 / 0.15, hold: 0.15, inUse: 8}.samples(600)),
+				Server: crowdServer},
+			size: 8, overflow: 0, rule: RuleServerBudget, overflowRule: RuleServerBudget,
+			text: []string{"even DB_POOL_SIZE=8", "WARNING: this pool group needs fewer instances"},
+		},
+		{
+			name: "oversized over a full window: 30 + 60 at 5/s x 20 ms shrinks to 1 + 2",
+			in:   Input{Pool: appPool(30, 60, 2, 30), Summary: summarize(appPool(30, 60, 2, 30), offered{instances: 2, rate: 5, served: 5, hold: 0.02, createSeconds: 0.005}.samples(3700))},
+			size: 1, overflow: 2, rule: RuleShrinkOversized, overflowRule: RuleOverflow2x,
+			text:                 []string{"the current DB_POOL_SIZE=30 is 0.33% utilized, below 30%: shrink it to 1"},
+			wantMeetsRecommended: true,
+		},
+		{
+			name: "oversized, but a short history never shrinks",
+			in:   Input{Pool: appPool(30, 60, 2, 30), Summary: summarize(appPool(30, 60, 2, 30), offered{instances: 2, rate: 5, served: 5, hold: 0.02}.samples(600))},
+			size: 30, overflow: 60, rule: RuleKeepCurrent, overflowRule: RuleOverflow2x,
+			text:                 []string{"the current DB_POOL_SIZE=30 meets the targets", "1 would do, but 10m of history is short of the 1h window, and a short history never shrinks a pool"},
+			wantMeetsRecommended: true,
+		},
+		{
+			name: "slow connects: the model needs more than the floor",
+			in:   Input{Pool: appPool(1, 2, 1, 30), Summary: summarize(appPool(1, 2, 1, 30), offered{instances: 1, rate: 5, served: 5, hold: 0.1, createSeconds: 0.05}.samples(600))},
+			size: 2, overflow: 4, rule: RuleQueueing, overflowRule: RuleOverflow2x,
+			text:                 []string{"+50% buffer = 0.75 -> 1; the queueing model needs 2 to meet the targets"},
+			wantMeetsRecommended: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := OptimizePoolSettings(tt.in, th)
+			text := messages(o.Recommendations)
+			if o.RecommendedPoolSize != tt.size || o.RecommendedMaxOverflow != tt.overflow || o.PoolSizeRule != tt.rule || o.MaxOverflowRule != tt.overflowRule {
+				t.Errorf("got %d/%d by %s/%s, want %d/%d by %s/%s\n%s", o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.MaxOverflowRule,
+					tt.size, tt.overflow, tt.rule, tt.overflowRule, text)
+			}
+			for _, w := range tt.text {
+				if !strings.Contains(text, w) {
+					t.Errorf("recommendations lack %q:\n%s", w, text)
+				}
+			}
+			sz := o.Sizing
+			if sz.Model != ModelQueueing || sz.LowerBound || sz.Current == nil || sz.Recommended == nil {
+				t.Fatalf("sizing %+v, want the queueing model with predictions", sz)
+			}
+			if sz.Recommended.PoolSize != o.RecommendedPoolSize || sz.Recommended.MaxOverflow != o.RecommendedMaxOverflow {
+				t.Errorf("predicted %d + %d, recommended %d + %d", sz.Recommended.PoolSize, sz.Recommended.MaxOverflow, o.RecommendedPoolSize, o.RecommendedMaxOverflow)
+			}
+			if sz.Recommended.MeetsTargets != tt.wantMeetsRecommended {
+				t.Errorf("recommended meets targets = %v: %+v", sz.Recommended.MeetsTargets, *sz.Recommended)
+			}
+			if tt.currentTimeouts > 0 && !within(sz.Current.TimeoutProbability, tt.currentTimeouts, 0.1, 0) {
+				t.Errorf("current P(timeout) %.3f, want about %.3f", sz.Current.TimeoutProbability, tt.currentTimeouts)
+			}
+			if tt.currentWait > 0 && !within(sz.Current.MeanWaitSeconds, tt.currentWait, 0.1, 0) {
+				t.Errorf("current mean wait %.3f s, want about %.3f s", sz.Current.MeanWaitSeconds, tt.currentWait)
+			}
+			sizes := []int{}
+			for _, p := range sz.Curve {
+				sizes = append(sizes, p.PoolSize)
+			}
+			if !slices.IsSorted(sizes) || !slices.Contains(sizes, o.RecommendedPoolSize) ||
+				!slices.Contains(sizes, o.CurrentSettings.PoolSize) || len(sizes) > 16 {
+				t.Errorf("curve sizes %v: want ascending, with current %d and recommended %d, at most 16", sizes, o.CurrentSettings.PoolSize, o.RecommendedPoolSize)
+			}
+			for i := 1; i < len(sz.Curve); i++ {
+				if a, b := sz.Curve[i-1], sz.Curve[i]; b.TimeoutProbability > a.TimeoutProbability+1e-9 {
+					t.Errorf("curve: %d connections time out more often (%g) than %d (%g)", b.PoolSize, b.TimeoutProbability, a.PoolSize, a.TimeoutProbability)
+				}
+			}
+		})
+	}
+}
+
+// TestSizeByModelDeterministic: the same history gives the same answer, figures and all.
+func TestSizeByModelDeterministic(t *testing.T) {
+	in := Input{Pool: timeoutPool, Summary: summarize(timeoutPool, timeoutLoad.samples(600))}
+	a, _ := json.Marshal(OptimizePoolSettings(in, DefaultThresholds()))
+	b, _ := json.Marshal(OptimizePoolSettings(in, DefaultThresholds()))
+	if string(a) != string(b) {
+		t.Errorf("two answers:\n%s\n%s", a, b)
+	}
+}
+
+// TestSizeByModelNeedsHolds: without hold times, or with too few, the rules decide and say
+// their figure is a lower bound.
+func TestSizeByModelNeedsHolds(t *testing.T) {
+	few := offered{instances: 1, rate: 0.001, served: 0.001, hold: 0.1, inUse: 1}.samples(600)
+	for name, in := range map[string]Input{
+		"activity":  {Pool: withSource(pool(2, 0, 1), metrics.SourceActivity), Summary: summarize(pool(2, 0, 1), series(600, 15, func(int) Sample { return Sample{InUse: 2} }))},
+		"few holds": {Pool: appPool(2, 0, 1, 1), Summary: summarize(appPool(2, 0, 1, 1), few)},
+	} {
+		o := OptimizePoolSettings(in, DefaultThresholds())
+		if o.Sizing.Model != ModelRules || !o.Sizing.LowerBound || o.Sizing.Current != nil || !strings.Contains(o.Sizing.Note, "lower bound") {
+			t.Errorf("%s: sizing %+v, want the rules, a lower bound, no prediction", name, o.Sizing)
+		}
+	}
+}
+
+func secondsDuration(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
