@@ -126,8 +126,8 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     15,
 			wantOverflow: 30,
 			wantRule:     RuleScaleUp,
-			wantRules:    []string{RuleObservedPeak, RuleScaleUp, RuleOverflow2x},
-			wantText:     []string{"average utilization 84.", "from 10 to 15", "= 30 (now 20)"},
+			wantRules:    []string{RuleScaleUp, RuleOverflow2x},
+			wantText:     []string{"average utilization 84.", "+50% of the current 10 is 15: set DB_POOL_SIZE to 15 (now 10)", "= 30 (now 20)"},
 		},
 		{
 			name:         "seed: 5 instances, max_connections 100, 20 for admin -> 16 per instance -> 8/8",
@@ -135,7 +135,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     8,
 			wantOverflow: 8,
 			wantRule:     RuleServerBudget,
-			wantRules:    []string{RuleKeepCurrent, RuleServerBudget},
+			wantRules:    []string{RuleServerBudget},
 			wantText:     []string{"(max_connections 100 - 20 kept back for admin) / 5 instances = 16 per instance", "DB_POOL_SIZE=8, DB_MAX_OVERFLOW=8"},
 			wantBudget:   16,
 		},
@@ -146,7 +146,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     8,
 			wantOverflow: 8,
 			wantRule:     RuleServerBudget,
-			wantRules:    []string{RuleNoData, RuleServerBudget},
+			wantRules:    []string{RuleServerBudget},
 			wantBudget:   16,
 		},
 		{
@@ -173,7 +173,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantOverflow: 10,
 			wantRule:     RuleShrinkOversized,
 			wantRules:    []string{RuleShrinkOversized, RuleOverflow2x},
-			wantText:     []string{"below 30% of DB_POOL_SIZE=20: shrink it to 5"},
+			wantText:     []string{"the peak stayed below 30% of DB_POOL_SIZE=20 over the full 1h window: oversized (never below the peak): set DB_POOL_SIZE to 5 (now 20)"},
 		},
 		{
 			name:         "oversized but the window is not full yet: keep",
@@ -226,7 +226,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     6,
 			wantOverflow: 2,
 			wantRule:     RuleServerBudget,
-			wantRules:    []string{RuleKeepCurrent, RuleServerBudget},
+			wantRules:    []string{RuleServerBudget},
 			wantText:     []string{"/ 10 instances = 8 per instance"},
 			wantBudget:   8,
 		},
@@ -237,7 +237,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     8,
 			wantOverflow: 0,
 			wantRule:     RuleServerBudget,
-			wantRules:    []string{RuleObservedPeak, RuleOverflow2x, RuleServerBudget},
+			wantRules:    []string{RuleServerBudget},
 			wantText:     []string{"WARNING: the budget cannot hold the peak of 12", "fewer instances, a bigger max_connections, or PgBouncer"},
 			wantBudget:   8,
 		},
@@ -248,7 +248,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantSize:     1,
 			wantOverflow: 0,
 			wantRule:     RuleServerBudget,
-			wantRules:    []string{RuleNoData, RuleServerBudget},
+			wantRules:    []string{RuleServerBudget},
 			wantText:     []string{"WARNING"},
 		},
 		{
@@ -354,7 +354,7 @@ func TestPoolHealth(t *testing.T) {
 			recs: []string{RuleUtilizationHigh, RuleUtilizationPeak, RuleCheckoutSlow,
 				RuleCheckoutTimeouts, RuleOverflowHigh},
 			wantText: []string{"peak utilization 240% (12 of 5", "average checkout time 40 ms", "4 checkouts timed out",
-				"increase DB_POOL_SIZE rather than DB_POOL_TIMEOUT", "peak overflow 7 of max_overflow 10 (70%)"},
+				"raise DB_POOL_SIZE rather than DB_POOL_TIMEOUT", "peak overflow 7 of max_overflow 10 (70%)"},
 			avoidText: []string{"alert level"}, // 4 in 10 minutes is below 1 per minute
 			utilPct:   100,                     // the latest sample (i=40) has 5 + 40%8 = 5 in use of 5
 		},
@@ -390,7 +390,7 @@ func TestPoolHealth(t *testing.T) {
 			warnings: []string{RuleServerBudget, RuleServerBudget},
 			recs:     []string{RuleServerBudget, RuleServerBudget},
 			wantText: []string{"each instance may open 30 connections", "may open 300 connections together, more than the 80 available",
-				"DB_POOL_SIZE=4, DB_MAX_OVERFLOW=4"},
+				"keep DB_POOL_SIZE + DB_MAX_OVERFLOW at or below 8 per instance"},
 			utilPct: 20,
 		},
 		{

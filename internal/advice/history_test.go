@@ -18,7 +18,7 @@ func at(sec float64) time.Time { return t0.Add(time.Duration(sec * float64(time.
 func pool(size, overflow, instances int) Pool {
 	s := poolcfg.DefaultSettings()
 	s.PoolSize, s.MaxOverflow = size, overflow
-	return Pool{Name: "app", Source: metrics.SourcePgxpool, Settings: s, Instances: instances}
+	return Pool{Name: "app", Source: metrics.SourceApp, Settings: s, Instances: instances}
 }
 
 func approx(a, b float64) bool { return math.Abs(a-b) < 1e-9 }

@@ -45,10 +45,13 @@ func OptimizePoolSettings(in Input, th Thresholds) Optimization {
 	} else {
 		sizeByRules(&o, in, th)
 	}
-	if !set.PrePing {
+	switch {
+	case !set.PrePing && p.Source == metrics.SourcePgBouncer:
+		o.Recommendations = append(o.Recommendations, Finding{RulePrePingDisabled, "server_check_query is empty, so PgBouncer hands out server connections without checking them: set it (PgBouncer's default is select 1)"})
+	case !set.PrePing:
 		o.Recommendations = append(o.Recommendations, Finding{RulePrePingDisabled, "set DB_POOL_PRE_PING=true in production: a stale connection then fails the ping instead of the request"})
 	}
-	if set.Echo {
+	if set.Echo && AppSource(p.Source) {
 		o.Recommendations = append(o.Recommendations, Finding{RuleEchoEnabled, "set DB_ECHO=false in production: logging every statement costs time and writes query data to the logs"})
 	}
 	return o
@@ -85,6 +88,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	p, s := in.Pool, in.Summary
 	set := p.Settings
 	inst := p.instances()
+	n := NamesOf(p.Source)
 	rec := func(rule, msg string) { o.Recommendations = append(o.Recommendations, Finding{rule, msg}) }
 	z := &sizer{load: load, targets: targetsOf(th), source: p.Source, current: set.MaxOverflow,
 		factor: th.OverflowFactor, memo: map[int]Prediction{}}
@@ -109,20 +113,20 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	if len(load.Hold.Buckets) > 0 {
 		sz.HoldDistribution = HoldFromHistogram
 	}
-	sz.Note = fmt.Sprintf("Little's law and a queueing model of %s simulated checkouts per size (Poisson arrivals, hold times drawn from the %s, overflow connections paying the connect time, callers giving up after DB_POOL_TIMEOUT); figures per instance",
-		num(SimCheckouts), map[string]string{HoldFromHistogram: "measured histogram", HoldExponential: "an exponential distribution with the measured mean"}[sz.HoldDistribution])
+	sz.Note = fmt.Sprintf("Little's law and a queueing model of %s simulated checkouts per size (Poisson arrivals, hold times drawn from the %s, overflow connections paying the connect time, callers giving up after %s); figures per instance",
+		num(SimCheckouts), map[string]string{HoldFromHistogram: "measured histogram", HoldExponential: "an exponential distribution with the measured mean"}[sz.HoldDistribution], n.Timeout)
 
 	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
 	demandMsg := fmt.Sprintf("Little's law: %s checkouts/s x %s ms held = %s connections in use per instance; +%s%% buffer = %s -> %d",
 		num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
-	now := fmt.Sprintf("now at %d + %d: %s", set.PoolSize, set.MaxOverflow, predictionText(cur))
+	now := fmt.Sprintf("now at %s: %s", sizeText(p.Source, set.PoolSize, set.MaxOverflow), predictionText(cur))
 
 	size, rule, msg := set.PoolSize, RuleKeepCurrent, ""
 	switch {
 	case !found:
 		size, rule = hi, RuleServerBudget
-		msg = fmt.Sprintf("%s; even DB_POOL_SIZE=%d, all of %s, does not meet the targets. WARNING: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front; %s",
-			demandMsg, hi, budgetText(*in.Server, inst), now)
+		msg = fmt.Sprintf("%s; even %s=%d, all of %s, does not meet the targets. WARNING: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front; %s",
+			demandMsg, n.PoolSize, hi, budgetText(*in.Server, inst), now)
 	case need > set.PoolSize || !cur.MeetsTargets:
 		size, rule = need, RuleLittlesLaw
 		msg = demandMsg
@@ -130,13 +134,13 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 			rule = RuleQueueing
 			msg += fmt.Sprintf("; the queueing model needs %d to meet the targets", need)
 		}
-		msg += fmt.Sprintf(": set DB_POOL_SIZE to %d (%s)", need, now)
+		msg += fmt.Sprintf(": set %s to %d (%s)", n.PoolSize, need, now)
 	case need < set.PoolSize && s.Full && cur.Utilization < th.OversizedFraction:
 		size, rule = need, RuleShrinkOversized
-		msg = fmt.Sprintf("%s; over the full %s window the current DB_POOL_SIZE=%d is %s%% utilized, below %s%%: shrink it to %d, the smallest size that meets the targets (%s)",
-			demandMsg, win, set.PoolSize, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)), need, now)
+		msg = fmt.Sprintf("%s; over the full %s window the current %s=%d is %s%% utilized, below %s%%: shrink it to %d, the smallest size that meets the targets (%s)",
+			demandMsg, win, n.PoolSize, set.PoolSize, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)), need, now)
 	default:
-		msg = fmt.Sprintf("%s: the current DB_POOL_SIZE=%d meets the targets (%s)", demandMsg, set.PoolSize, now)
+		msg = fmt.Sprintf("%s: the current %s=%d meets the targets (%s)", demandMsg, n.PoolSize, set.PoolSize, now)
 		if need < set.PoolSize {
 			if !s.Full {
 				msg += fmt.Sprintf("; %d would do, but %s of history is short of the %s window, and a short history never shrinks a pool", need, historyText(s), win)
@@ -147,26 +151,40 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	}
 	if z.budget != nil && size > hi {
 		size, rule = hi, RuleServerBudget
-		msg += fmt.Sprintf("; but %s: DB_POOL_SIZE=%d", budgetText(*in.Server, inst), hi)
+		msg += fmt.Sprintf("; but %s: %s=%d", budgetText(*in.Server, inst), n.PoolSize, hi)
 	}
 	overflow, oRule := z.overflowFor(size), overflowRule(p.Source)
 	if uncapped := (&sizer{source: p.Source, current: set.MaxOverflow, factor: th.OverflowFactor}).overflowFor(size); overflow < uncapped {
 		oRule = RuleServerBudget
-		rec(RuleServerBudget, fmt.Sprintf("%s: cap DB_POOL_SIZE + DB_MAX_OVERFLOW at %d, so DB_MAX_OVERFLOW=%d with DB_POOL_SIZE=%d",
-			budgetText(*in.Server, inst), *z.budget, overflow, size))
+		rec(RuleServerBudget, fmt.Sprintf("%s: cap %s at %d, so %s=%d with %s=%d",
+			budgetText(*in.Server, inst), n.capacity(p.Source), *z.budget, n.MaxOverflow, overflow, n.PoolSize, size))
 	}
 	after := z.predict(size)
 	if size != set.PoolSize || overflow != set.MaxOverflow {
-		msg += fmt.Sprintf(". Predicted at %d + %d: %s", size, overflow, predictionText(after))
+		msg += fmt.Sprintf(". Predicted at %s: %s", sizeText(p.Source, size, overflow), predictionText(after))
 	}
 	o.Recommendations = append([]Finding{{rule, msg}}, o.Recommendations...)
 	if oRule == RuleOverflow2x && overflow != set.MaxOverflow {
-		rec(RuleOverflow2x, fmt.Sprintf("set DB_MAX_OVERFLOW to %s x DB_POOL_SIZE = %d (now %d) to absorb traffic spikes",
-			num(th.OverflowFactor), overflow, set.MaxOverflow))
+		rec(RuleOverflow2x, fmt.Sprintf("set %s to %s x %s = %d (now %d) to absorb traffic spikes",
+			n.MaxOverflow, num(th.OverflowFactor), n.PoolSize, overflow, set.MaxOverflow))
 	}
 	sz.Current, sz.Recommended = &cur, &after
 	sz.Curve = z.curve(set.PoolSize, size)
 	o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.MaxOverflowRule = size, overflow, rule, oRule
+}
+
+// sizeText is "size + overflow", or the size alone where the pool has no overflow.
+func sizeText(src metrics.Source, size, overflow int) string {
+	if !hasOverflow(src) {
+		return itoa(size)
+	}
+	return itoa(size) + " + " + itoa(overflow)
+}
+
+// AppSource reports whether a source watches the application's own pool, the one that the
+// DB_* settings configure.
+func AppSource(src metrics.Source) bool {
+	return src == metrics.SourceActivity || src == metrics.SourceApp || src == ""
 }
 
 // historyText says how much history a summary holds.
@@ -200,26 +218,27 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 	p, s := in.Pool, in.Summary
 	set := p.Settings
 	inst := p.instances()
-	rec := func(rule, msg string) { o.Recommendations = append(o.Recommendations, Finding{rule, msg}) }
+	n := NamesOf(p.Source)
 	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
 	note := estimateNote(p)
 	size, rule := set.PoolSize, RuleKeepCurrent
 	peak := o.PeakInUsePerInstance
 	o.Sizing.Model, o.Sizing.LowerBound = ModelRules, true
 	o.Sizing.Note = "no hold times from this source: sized from the observed peak in use and utilization, a lower bound (the peak of a saturated pool is its capacity, so the demand may be higher); no prediction"
+	// steps are the figures that led to size; the one sizing finding says them and the size.
+	var steps []string
 
 	if s.Samples == 0 {
 		rule = RuleNoData
-		rec(RuleNoData, fmt.Sprintf("no sample in the last %s: DB_POOL_SIZE stays at %d until there is traffic to size it by", win, size))
+		steps = append(steps, fmt.Sprintf("no sample in the last %s: nothing to size it by until there is traffic", win))
 	} else {
 		if !o.Exact {
 			o.Estimated = append(o.Estimated, "recommended_pool_size", "recommended_max_overflow", "peak_in_use_per_instance")
 		}
 		demand := ceil(float64(peak) * (1 + th.Buffer))
-		demandMsg := fmt.Sprintf("peak %d in use per instance (%s) over the last %s; +%s%% headroom = %d, a lower bound without hold times%s",
-			peak, o.PeakInUseBasis, win, num(pct(th.Buffer)), demand, note)
+		steps = append(steps, fmt.Sprintf("peak %d in use per instance (%s) over the last %s; +%s%% headroom = %d, a lower bound without hold times%s",
+			peak, o.PeakInUseBasis, win, num(pct(th.Buffer)), demand, note))
 		if demand > size {
-			rec(RuleObservedPeak, fmt.Sprintf("%s: raise DB_POOL_SIZE from %d to %d", demandMsg, set.PoolSize, demand))
 			size, rule = demand, RuleObservedPeak
 		}
 
@@ -231,58 +250,67 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 		if s.Timeouts != nil && *s.Timeouts > 0 {
 			why = append(why, fmt.Sprintf("%s checkouts timed out in the last %s", num(*s.Timeouts), win))
 		}
-		if scaled := ceil(float64(set.PoolSize) * th.ScaleUpFactor); len(why) > 0 && scaled > size {
-			rec(RuleScaleUp, fmt.Sprintf("%s: increase DB_POOL_SIZE by %s%%, from %d to %d",
-				strings.Join(why, "; "), num(pct(th.ScaleUpFactor-1)), set.PoolSize, scaled))
-			size, rule = scaled, RuleScaleUp
+		if len(why) > 0 {
+			scaled := ceil(float64(set.PoolSize) * th.ScaleUpFactor)
+			steps = append(steps, fmt.Sprintf("%s: +%s%% of the current %d is %d", strings.Join(why, "; "), num(pct(th.ScaleUpFactor-1)), set.PoolSize, scaled))
+			if scaled > size {
+				size, rule = scaled, RuleScaleUp
+			}
 		}
-
 		if size < peak {
-			rec(RuleObservedPeak, fmt.Sprintf("DB_POOL_SIZE %d is below the peak of %d in use per instance over the last %s: raise it to %d%s",
-				size, peak, win, peak, note))
+			steps = append(steps, fmt.Sprintf("never below the peak of %d in use per instance%s", peak, note))
 			size, rule = peak, RuleObservedPeak
 		}
-
 		if rule == RuleKeepCurrent && float64(peak) < th.OversizedFraction*float64(set.PoolSize) {
 			target := max(1, peak, demand)
 			switch {
 			case target < size && s.Full:
-				rec(RuleShrinkOversized, fmt.Sprintf("peak %d in use per instance over the full %s window is below %s%% of DB_POOL_SIZE=%d: shrink it to %d (never below the peak)%s",
-					peak, win, num(pct(th.OversizedFraction)), set.PoolSize, target, note))
+				steps = append(steps, fmt.Sprintf("the peak stayed below %s%% of %s=%d over the full %s window: oversized (never below the peak)%s",
+					num(pct(th.OversizedFraction)), n.PoolSize, set.PoolSize, win, note))
 				size, rule = target, RuleShrinkOversized
 			case target < size:
-				demandMsg += fmt.Sprintf("; %d might do, but %s of history is short of the %s window, and a short history never shrinks a pool", target, historyText(s), win)
+				steps = append(steps, fmt.Sprintf("%d might do, but %s of history is short of the %s window, and a short history never shrinks a pool", target, historyText(s), win))
 			}
 		}
-		if rule == RuleKeepCurrent {
-			rec(RuleKeepCurrent, fmt.Sprintf("%s: the current DB_POOL_SIZE=%d covers it", demandMsg, set.PoolSize))
-		}
 	}
 
-	overflow, oRule := ceil(float64(size)*th.OverflowFactor), RuleOverflow2x
-	if overflow != set.MaxOverflow {
-		rec(RuleOverflow2x, fmt.Sprintf("set DB_MAX_OVERFLOW to %s x DB_POOL_SIZE = %d (now %d) to absorb traffic spikes",
-			num(th.OverflowFactor), overflow, set.MaxOverflow))
-	}
-
+	overflow, oRule := (&sizer{source: p.Source, current: set.MaxOverflow, factor: th.OverflowFactor}).overflowFor(size), overflowRule(p.Source)
+	var budgetMsg string
 	if in.Server != nil && in.Server.MaxConnections > 0 {
 		srv := *in.Server
 		budget := srv.PerInstanceBudget(inst)
 		o.PerInstanceBudget = &budget
 		if size+overflow > budget {
 			newSize := min(size, budget-budget/2)
+			if oRule != RuleOverflow2x {
+				// The overflow is not ours to split (PgBouncer's reserve) or absent (pgxpool).
+				newSize = budget - overflow
+			}
 			newSize = max(newSize, min(peak, budget))
 			// Never 0: for SQLAlchemy, pool_size=0 means no limit at all.
 			newSize = max(newSize, 1)
-			newOverflow := max(budget-newSize, 0)
-			msg := fmt.Sprintf("%s: cap DB_POOL_SIZE + DB_MAX_OVERFLOW at %d, so DB_POOL_SIZE=%d, DB_MAX_OVERFLOW=%d",
-				budgetText(srv, inst), budget, newSize, newOverflow)
-			if peak > newSize || budget < 1 {
-				msg += fmt.Sprintf(". WARNING: the budget cannot hold the peak of %d in use per instance: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front", peak)
+			if oRule == RuleOverflow2x {
+				overflow, oRule = max(budget-newSize, 0), RuleServerBudget
 			}
-			rec(RuleServerBudget, msg)
-			size, overflow, rule, oRule = newSize, newOverflow, RuleServerBudget, RuleServerBudget
+			budgetMsg = fmt.Sprintf("%s: cap %s at %d, so %s", budgetText(srv, inst), n.capacity(p.Source), budget, n.settings(p.Source, newSize, overflow))
+			if peak > newSize || budget < 1 {
+				budgetMsg += fmt.Sprintf(". WARNING: the budget cannot hold the peak of %d in use per instance: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front", peak)
+			}
+			size, rule = newSize, RuleServerBudget
 		}
+	}
+
+	action := fmt.Sprintf("set %s to %d (now %d)", n.PoolSize, size, set.PoolSize)
+	if size == set.PoolSize {
+		action = fmt.Sprintf("keep %s at %d", n.PoolSize, size)
+	}
+	if budgetMsg != "" {
+		steps = append(steps, budgetMsg)
+	}
+	o.Recommendations = append(o.Recommendations, Finding{rule, strings.Join(steps, "; ") + ": " + action})
+	if oRule == RuleOverflow2x && overflow != set.MaxOverflow {
+		o.Recommendations = append(o.Recommendations, Finding{RuleOverflow2x, fmt.Sprintf("set %s to %s x %s = %d (now %d) to absorb traffic spikes",
+			n.MaxOverflow, num(th.OverflowFactor), n.PoolSize, overflow, set.MaxOverflow)})
 	}
 	o.RecommendedPoolSize, o.RecommendedMaxOverflow, o.PoolSizeRule, o.MaxOverflowRule = size, overflow, rule, oRule
 }

@@ -3,6 +3,7 @@ package advice
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,18 +110,40 @@ type Report struct {
 	Optimization Optimization   `json:"optimization"`
 }
 
-// Analyze computes all four answers.
+// Analyze computes all four answers. The fixes of the health warnings name the one
+// recommended size and overflow (AlignFixes).
 func Analyze(in Input, th Thresholds) Report {
+	o := OptimizePoolSettings(in, th)
+	h := PoolHealth(in, th)
+	h.Recommendations = AlignFixes(h.Recommendations, o)
 	return Report{
 		Pool:         in.Pool.Name,
 		Source:       in.Pool.Source,
 		Exact:        in.Pool.Source.Exact(),
 		Window:       in.Summary,
 		Status:       CheckPoolStatus(in),
-		Health:       PoolHealth(in, th),
+		Health:       h,
 		Connections:  ActiveConnections(in),
-		Optimization: OptimizePoolSettings(in, th),
+		Optimization: o,
 	}
+}
+
+// sizingRules are the health rules whose fix is a different size.
+var sizingRules = []string{RuleUtilizationHigh, RuleUtilizationPeak, RuleCheckoutSlow, RuleCheckoutTimeouts, RuleOverflowHigh, RuleServerBudget}
+
+// AlignFixes ends the fix of every sizing warning with the one recommendation of o, so
+// that no output names a size of its own.
+func AlignFixes(fixes []Finding, o Optimization) []Finding {
+	out := make([]Finding, 0, len(fixes))
+	n := NamesOf(o.Source)
+	for _, f := range fixes {
+		if slices.Contains(sizingRules, f.Rule) && o.PoolSizeRule != RuleNoData {
+			f.Message += fmt.Sprintf("; recommended: %s (by %s, see optimize_pool_settings)",
+				n.settings(o.Source, o.RecommendedPoolSize, o.RecommendedMaxOverflow), o.PoolSizeRule)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // CheckPoolStatus reports the latest sample, as check_pool_status does.
@@ -207,6 +230,14 @@ func PoolHealth(in Input, th Thresholds) Health {
 	}
 	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
 	note := estimateNote(p)
+	n := NamesOf(p.Source)
+	dependOn, overflowFix := "overflow connections", "overflow connections, which are opened and closed per use, serve bursts only"
+	switch p.Source {
+	case metrics.SourcePgBouncer:
+		dependOn, overflowFix = "the reserve pool", "the reserve pool (reserve_pool_size) serves bursts only"
+	case metrics.SourcePgxpool:
+		dependOn = "waiting for a connection"
+	}
 
 	if s.Samples == 0 {
 		h.Recommendations = append(h.Recommendations, Finding{RuleNoData,
@@ -216,22 +247,20 @@ func PoolHealth(in Input, th Thresholds) Health {
 			warn(RuleUtilizationHigh,
 				fmt.Sprintf("average utilization %s%% over the last %s exceeds %s%%%s",
 					num(pct(s.AvgUtilization)), win, num(pct(th.AvgUtilization)), note),
-				fmt.Sprintf("increase DB_POOL_SIZE by 50%% (%d -> %d) and DB_MAX_OVERFLOW with it (%d -> %d)",
-					set.PoolSize, ceil(float64(set.PoolSize)*th.ScaleUpFactor),
-					set.MaxOverflow, ceil(float64(set.MaxOverflow)*th.ScaleUpFactor)))
+				fmt.Sprintf("raise %s: the connections are busy most of the time, so bursts queue", n.PoolSize))
 		}
 		if s.PeakUtilization > th.PeakUtilization {
 			warn(RuleUtilizationPeak,
 				fmt.Sprintf("peak utilization %s%% (%d of %d permanent connections in use) over the last %s exceeds %s%%%s",
 					num(pct(s.PeakUtilization)), s.PeakInUse, p.instances()*set.PoolSize, win,
 					num(pct(th.PeakUtilization)), note),
-				"size DB_POOL_SIZE for the peak plus 50% headroom so that bursts do not depend on overflow connections")
+				fmt.Sprintf("size %s for the demand plus headroom so that bursts do not depend on %s", n.PoolSize, dependOn))
 		}
 		if s.AvgCheckoutSeconds != nil && *s.AvgCheckoutSeconds > th.AvgCheckout.Seconds() {
 			warn(RuleCheckoutSlow,
 				fmt.Sprintf("average checkout time %s ms over the last %s exceeds %s ms",
 					num(*s.AvgCheckoutSeconds*1000), win, num(float64(th.AvgCheckout)/float64(time.Millisecond))),
-				"requests queue for connections: increase DB_POOL_SIZE, or shorten how long connections are held (slow queries, idle in transaction)")
+				fmt.Sprintf("requests queue for connections: raise %s, or shorten how long connections are held (slow queries, idle in transaction)", n.PoolSize))
 		}
 		if s.Timeouts != nil && *s.Timeouts > 0 {
 			msg := fmt.Sprintf("%s checkouts timed out in the last %s", num(*s.Timeouts), win)
@@ -243,7 +272,7 @@ func PoolHealth(in Input, th Thresholds) Health {
 				}
 			}
 			warn(RuleCheckoutTimeouts, msg,
-				"increase DB_POOL_SIZE rather than DB_POOL_TIMEOUT, and check for idle-in-transaction connections and slow queries that hold connections")
+				fmt.Sprintf("raise %s rather than %s, and check for idle-in-transaction connections and slow queries that hold connections", n.PoolSize, n.Timeout))
 		}
 		if groupOverflow := p.instances() * set.MaxOverflow; groupOverflow > 0 &&
 			float64(s.PeakOverflow) > th.OverflowFraction*float64(groupOverflow) {
@@ -251,7 +280,7 @@ func PoolHealth(in Input, th Thresholds) Health {
 				fmt.Sprintf("peak overflow %d of max_overflow %d (%s%%) over the last %s exceeds %s%%%s",
 					s.PeakOverflow, groupOverflow, num(100*float64(s.PeakOverflow)/float64(groupOverflow)), win,
 					num(pct(th.OverflowFraction)), note),
-				"increase DB_POOL_SIZE so that overflow connections, which are opened and closed per use, serve bursts only")
+				fmt.Sprintf("raise %s so that %s", n.PoolSize, overflowFix))
 		}
 		if n := s.Latest.IdleInTransaction; n != nil && *n > 0 {
 			msg := fmt.Sprintf("%d connections are idle in transaction", *n)
@@ -273,8 +302,8 @@ func PoolHealth(in Input, th Thresholds) Health {
 	if in.Server != nil && in.Server.MaxConnections > 0 {
 		srv := *in.Server
 		budget := srv.PerInstanceBudget(p.instances())
-		fix := fmt.Sprintf("keep DB_POOL_SIZE + DB_MAX_OVERFLOW at or below %d per instance (e.g. DB_POOL_SIZE=%d, DB_MAX_OVERFLOW=%d), run fewer instances, raise max_connections, or put PgBouncer in front",
-			budget, budget-budget/2, budget/2)
+		fix := fmt.Sprintf("keep %s at or below %d per instance, run fewer instances, raise max_connections, or put PgBouncer in front",
+			n.capacity(p.Source), budget)
 		if c := set.Capacity(); c > budget {
 			warn(RuleServerBudget,
 				fmt.Sprintf("each instance may open %d connections (pool_size %d + max_overflow %d), more than its share of the server: %s",

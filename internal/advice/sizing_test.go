@@ -3,7 +3,9 @@ package advice
 import (
 	"encoding/json"
 	"math"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,3 +204,36 @@ func TestSizeByModelNeedsHolds(t *testing.T) {
 }
 
 func secondsDuration(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// TestOneAnswer: every output of Analyze names one size and one overflow: the health fixes
+// point to the optimization's recommendation, and no message sets another figure.
+func TestOneAnswer(t *testing.T) {
+	for name, in := range map[string]Input{
+		"timeouts (model)": {Pool: timeoutPool, Summary: summarize(timeoutPool, timeoutLoad.samples(600)), Server: &Server{MaxConnections: 200}},
+		"busy (rules)":     {Pool: busyPool, Summary: summarize(busyPool, busySamples), Server: &Server{MaxConnections: 40, TotalInstances: 2, TotalCapacity: 60}},
+	} {
+		r := Analyze(in, DefaultThresholds())
+		o := r.Optimization
+		all := append(append([]Finding{}, r.Health.Recommendations...), o.Recommendations...)
+		size, overflow := strconv.Itoa(o.RecommendedPoolSize), strconv.Itoa(o.RecommendedMaxOverflow)
+		for _, f := range all {
+			for _, m := range regexp.MustCompile(`DB_POOL_SIZE(?:=| to | from \d+ to )(\d+)`).FindAllStringSubmatch(f.Message, -1) {
+				if m[1] != size {
+					t.Errorf("%s: %s says DB_POOL_SIZE %s, the recommendation is %s", name, f.Rule, m[1], size)
+				}
+			}
+			for _, m := range regexp.MustCompile(`DB_MAX_OVERFLOW(?:=| to [^=]*= )(\d+)`).FindAllStringSubmatch(f.Message, -1) {
+				if m[1] != overflow {
+					t.Errorf("%s: %s says DB_MAX_OVERFLOW %s, the recommendation is %s", name, f.Rule, m[1], overflow)
+				}
+			}
+			if slices.Contains(sizingRules, f.Rule) && slices.Contains(r.Health.Recommendations, f) &&
+				!strings.Contains(f.Message, "recommended: DB_POOL_SIZE="+size+", DB_MAX_OVERFLOW="+overflow+" (by "+o.PoolSizeRule) {
+				t.Errorf("%s: the fix of %s does not name the recommendation: %s", name, f.Rule, f.Message)
+			}
+		}
+		if len(r.Health.Warnings) == 0 {
+			t.Errorf("%s: no warning to fix", name)
+		}
+	}
+}
