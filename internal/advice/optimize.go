@@ -91,7 +91,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	n := NamesOf(p.Source)
 	rec := func(rule, msg string) { o.Recommendations = append(o.Recommendations, Finding{rule, msg}) }
 	z := &sizer{load: load, targets: targetsOf(th), source: p.Source, current: set.MaxOverflow,
-		factor: th.OverflowFactor, memo: map[int]Prediction{}}
+		factor: th.OverflowFactor, memo: map[int]Prediction{}, cache: in.Predictions}
 	if in.Server != nil && in.Server.MaxConnections > 0 {
 		b := in.Server.PerInstanceBudget(inst)
 		o.PerInstanceBudget, z.budget = &b, &b
@@ -102,7 +102,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	if z.budget != nil {
 		hi = max(*z.budget, 1)
 	}
-	cur := Predict(load, set.PoolSize, set.MaxOverflow)
+	cur := in.Predictions.predict(load, set.PoolSize, set.MaxOverflow)
 	cur.MeetsTargets = z.targets.meets(cur)
 	need, found := z.smallest(min(floor, hi), hi)
 

@@ -16,6 +16,8 @@ type Input struct {
 	Pool    Pool
 	Summary Summary // from the pool's History
 	Server  *Server // nil when the server's connection budget is unknown
+	// Predictions, if set, remembers the model's predictions across calls.
+	Predictions *Predictions
 }
 
 // Status is check_pool_status. Counts are for the whole pool group (all instances); for a

@@ -52,6 +52,12 @@ type Thresholds struct {
 	ScaleUpFactor          float64       // scale_up_50pct
 	OverflowFactor         float64       // overflow_2x
 	OversizedFraction      float64       // shrink_oversized: peak below this share of pool_size
+	// SaturatedWait is how long a caller must have waited for a connection for the pool to
+	// count as saturated, and SaturatedSamples in how many consecutive samples callers must
+	// have waited (or all connections been in use) where the wait is not observed: one
+	// checkout caught in flight (a pre-ping, a connect) is no queue.
+	SaturatedWait    time.Duration
+	SaturatedSamples int
 }
 
 // DefaultThresholds returns the levels a healthy pool stays within.
@@ -69,5 +75,7 @@ func DefaultThresholds() Thresholds {
 		ScaleUpFactor:          1.5,
 		OverflowFactor:         2,
 		OversizedFraction:      0.30,
+		SaturatedWait:          100 * time.Millisecond,
+		SaturatedSamples:       3,
 	}
 }

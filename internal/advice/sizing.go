@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
@@ -108,6 +109,7 @@ type sizer struct {
 	factor  float64
 	budget  *int
 	memo    map[int]Prediction
+	cache   *Predictions
 }
 
 // overflowFor is the max_overflow that goes with a pool size: twice it for an application's
@@ -133,7 +135,7 @@ func (z *sizer) predict(size int) Prediction {
 	if p, ok := z.memo[size]; ok {
 		return p
 	}
-	p := Predict(z.load, size, z.overflowFor(size))
+	p := z.cache.predict(z.load, size, z.overflowFor(size))
 	p.MeetsTargets = z.targets.meets(p)
 	z.memo[size] = p
 	return p
@@ -209,4 +211,62 @@ func sig(x float64) string {
 	}
 	decimals := 1 - int(math.Floor(math.Log10(math.Abs(x))))
 	return strconv.FormatFloat(x, 'f', decimals, 64)
+}
+
+// Predictions remembers predictions by their inputs, so that the answers drawn from one
+// history (the metrics, the API, the status page) share one run of the model, and a sizing
+// reruns it only when the load changed. It is safe for concurrent use and holds at most
+// MaxPredictions; the zero value is ready to use. A nil *Predictions remembers nothing.
+type Predictions struct {
+	mu sync.Mutex
+	m  map[predictionKey]Prediction
+}
+
+// MaxPredictions bounds a Predictions: past it, it starts afresh.
+const MaxPredictions = 10_000
+
+type predictionKey struct {
+	load              string
+	size, maxOverflow int
+}
+
+func keyOf(l Load, size, maxOverflow int) predictionKey {
+	b := make([]byte, 0, 64+24*len(l.Hold.Buckets))
+	for _, f := range []float64{l.Rate, l.Hold.MeanSeconds, l.CreateSeconds, l.TimeoutSeconds} {
+		b = strconv.AppendFloat(append(b, '|'), f, 'g', -1, 64)
+	}
+	for _, bk := range l.Hold.Buckets {
+		b = strconv.AppendFloat(append(b, ';'), bk.LE, 'g', -1, 64)
+		b = strconv.AppendFloat(append(b, ':'), bk.Count, 'g', -1, 64)
+	}
+	return predictionKey{string(b), size, maxOverflow}
+}
+
+// predict is Predict, remembered.
+func (c *Predictions) predict(l Load, size, maxOverflow int) Prediction {
+	if c == nil {
+		return Predict(l, size, maxOverflow)
+	}
+	k := keyOf(l, size, maxOverflow)
+	c.mu.Lock()
+	p, ok := c.m[k]
+	c.mu.Unlock()
+	if ok {
+		return p
+	}
+	p = Predict(l, size, maxOverflow)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= MaxPredictions {
+		c.m = map[predictionKey]Prediction{}
+	}
+	c.m[k] = p
+	c.mu.Unlock()
+	return p
+}
+
+// Len is the number of predictions remembered.
+func (c *Predictions) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
 }

@@ -237,3 +237,31 @@ func TestOneAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictionsRemembered: a second answer from the same history runs no simulation and
+// gives the same figures; another load runs its own.
+func TestPredictionsRemembered(t *testing.T) {
+	var c Predictions
+	in := Input{Pool: timeoutPool, Summary: summarize(timeoutPool, timeoutLoad.samples(600)), Predictions: &c}
+	first := OptimizePoolSettings(in, DefaultThresholds())
+	n := c.Len()
+	if n == 0 {
+		t.Fatal("nothing remembered")
+	}
+	again := OptimizePoolSettings(in, DefaultThresholds())
+	if c.Len() != n {
+		t.Errorf("the same history ran %d more predictions", c.Len()-n)
+	}
+	a, _ := json.Marshal(first)
+	b, _ := json.Marshal(again)
+	if string(a) != string(b) {
+		t.Errorf("remembered answer differs:\n%s\n%s", a, b)
+	}
+	other := timeoutLoad
+	other.rate = 30
+	in.Summary = summarize(timeoutPool, other.samples(600))
+	OptimizePoolSettings(in, DefaultThresholds())
+	if c.Len() == n {
+		t.Error("another load reused the first one's predictions")
+	}
+}

@@ -77,22 +77,22 @@ func TestForeignSources(t *testing.T) {
 	}{
 		{
 			target: "bouncer", pool: "app/app", display: "PgBouncer",
-			names:    SettingNames{"pool_size in [databases] (or default_pool_size)", "reserve_pool_size", "query_wait_timeout"},
+			names:    SettingNames{PoolSize: "pool_size in [databases] (or default_pool_size)", MaxOverflow: "reserve_pool_size", Timeout: "query_wait_timeout"},
 			warnings: []string{advice.RuleUtilizationHigh},
-			fixes:    []string{"raise pool_size in [databases] (or default_pool_size) by 50% (20 -> 30)"},
+			fixes:    []string{"raise pool_size in [databases] (or default_pool_size): the connections are busy", "recommended: pool_size in [databases] (or default_pool_size)=30, reserve_pool_size=5 (by scale_up_50pct"},
 			// observed_peak gives 27, the seed's scale-up 30; the reserve pool stays at 5.
 			size: 30, overflow: 5, rule: advice.RuleScaleUp,
-			sizing: "set pool_size in [databases] (or default_pool_size) to 30 (now 20; peak 18 in use per instance): average utilization above 70% or checkout timeouts: +50%; keep reserve_pool_size at 5",
+			sizing: "peak 18 in use per instance (busiest instance) over the last 10m; +50% headroom = 27, a lower bound without hold times; average utilization 90% over the last 10m exceeds 70%: +50% of the current 20 is 30: set pool_size in [databases] (or default_pool_size) to 30 (now 20)",
 		},
 		{
 			target: "db", pool: "svc", display: "pgxpool",
-			names:    SettingNames{"MaxConns", "none (pgxpool has no overflow)", "the deadline of the Acquire context"},
+			names:    SettingNames{PoolSize: "MaxConns", MaxOverflow: "none (pgxpool has no overflow)", Timeout: "the deadline of the Acquire context"},
 			warnings: []string{advice.RuleUtilizationHigh, advice.RuleUtilizationPeak},
-			fixes:    []string{"raise MaxConns by 50% (10 -> 15)", "size MaxConns for the peak plus 50% headroom"},
+			fixes:    []string{"raise MaxConns: the connections are busy", "size MaxConns for the demand plus headroom", "recommended: MaxConns=12 (by server_budget"},
 			// The demand, 15, is capped at the server's share, 12, all of it for MaxConns:
 			// advice's half-and-half split is for SQLAlchemy's overflow.
 			size: 12, overflow: 0, rule: advice.RuleServerBudget,
-			sizing: "set MaxConns to 12 (now 10; peak 10 in use per instance): its share of the server is 12 connections per instance",
+			sizing: "(max_connections 15 - 3 kept back for admin) / 1 instances = 12 per instance: cap MaxConns at 12, so MaxConns=12: set MaxConns to 12 (now 10)",
 		},
 	}
 	for _, tc := range tests {

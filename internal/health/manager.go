@@ -96,6 +96,10 @@ type Manager struct {
 	lastObserved  time.Time
 	firstObserved time.Time
 
+	// predictions remembers the sizing model's runs: every report of a pool whose load has
+	// not changed since the last one reuses them.
+	predictions advice.Predictions
+
 	sampling atomic.Bool
 	// sampleInterval is the interval of the last RunSampler, for StaleAfter's default.
 	sampleInterval atomic.Int64

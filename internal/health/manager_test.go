@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -86,7 +87,7 @@ func TestSampleFromStats(t *testing.T) {
 				Pending:   &pending,
 				Checkouts: &metrics.CheckoutStats{Count: 100, DurationSeconds: 2.5}},
 			want: advice.Sample{Time: at, Open: 7, InUse: 4, Overflow: 2, Active: 4, Idle: 2,
-				Pending: new(2), CheckoutsTotal: new(100.0), CheckoutSecondsTotal: new(2.5)},
+				Pending: new(2), CheckoutsTotal: new(100.0), CheckoutSecondsTotal: new(2.5), BusiestInUse: new(4)},
 		},
 		{
 			name: "pgxpool: acquired and idle, timeouts",
@@ -95,7 +96,23 @@ func TestSampleFromStats(t *testing.T) {
 				Pending:   &pending,
 				Checkouts: &metrics.CheckoutStats{Count: 50, DurationSeconds: 1, Timeouts: &timeouts}},
 			want: advice.Sample{Time: at, Open: 3, InUse: 2, Active: 2, Idle: 1,
-				Pending: new(2), CheckoutsTotal: new(50.0), CheckoutSecondsTotal: new(1.0), TimeoutsTotal: new(3.0)},
+				Pending: new(2), CheckoutsTotal: new(50.0), CheckoutSecondsTotal: new(1.0), TimeoutsTotal: new(3.0), BusiestInUse: new(2)},
+		},
+		{
+			name: "app: hold and connect times, failures by reason, the oldest wait, the busiest process",
+			in: metrics.PoolStats{Source: metrics.SourceApp, Instances: 2, Open: 5, InUse: 3, Pending: &pending, LongestWaitSeconds: new(0.25),
+				States: map[string]int{metrics.StateCheckedOut: 3, metrics.StateCheckedIn: 2},
+				Checkouts: &metrics.CheckoutStats{Count: 50, DurationSeconds: 1, Timeouts: &timeouts,
+					Failures: map[string]uint64{metrics.FailureTimeout: 3, metrics.FailureConnect: 1}},
+				UseTime:    &metrics.DurationStats{Count: 46, SumSeconds: 6.9, Buckets: map[float64]uint64{0.1: 0, 0.25: 46}},
+				CreateTime: &metrics.DurationStats{Count: 4, SumSeconds: 0.02},
+				Processes:  []metrics.ProcessStats{{Process: "a", InUse: 1}, {Process: "b", InUse: 2}}},
+			want: advice.Sample{Time: at, Open: 5, InUse: 3, Active: 3, Idle: 2,
+				Pending: new(2), CheckoutsTotal: new(50.0), CheckoutSecondsTotal: new(1.0), TimeoutsTotal: new(3.0),
+				FailuresTotal:      map[string]float64{metrics.FailureTimeout: 3, metrics.FailureConnect: 1},
+				Hold:               &advice.Histogram{Count: 46, Sum: 6.9, Buckets: []advice.Bucket{{LE: 0.1}, {LE: 0.25, Count: 46}, {LE: math.Inf(1), Count: 46}}},
+				Create:             &advice.Histogram{Count: 4, Sum: 0.02},
+				LongestWaitSeconds: new(0.25), BusiestInUse: new(2)},
 		},
 	}
 	for _, tc := range tests {
@@ -242,34 +259,80 @@ func TestStates(t *testing.T) {
 	timeouts := func(n uint64) *metrics.CheckoutStats {
 		return &metrics.CheckoutStats{Count: 10, Timeouts: &n}
 	}
+	pgx := func(inUse, waiting int) metrics.PoolStats {
+		return metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0),
+			Instances: 1, Open: 4, InUse: inUse, Pending: pending(waiting)}
+	}
+	app := func(waiting int, longest float64) metrics.PoolStats {
+		return metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourceApp, Configured: true, Settings: settings(4, 8),
+			Instances: 1, Open: 4, InUse: 1, Pending: pending(waiting), LongestWaitSeconds: &longest}
+	}
+	repeat := func(n int, p metrics.PoolStats) []metrics.PoolStats { return slices.Repeat([]metrics.PoolStats{p}, n) }
 	tests := []struct {
-		name   string
-		first  metrics.PoolStats
-		second metrics.PoolStats
-		want   State
+		name    string
+		samples []metrics.PoolStats
+		want    State
 	}{
-		{"quiet", activityPool("db", "p", 10, 10, 1, 1), activityPool("db", "p", 10, 10, 1, 1), StateOK},
-		{"busy: warning", activityPool("db", "p", 10, 10, 1, 9), activityPool("db", "p", 10, 10, 1, 9), StateWarning},
-		{"all of the capacity in use", activityPool("db", "p", 4, 2, 1, 6), activityPool("db", "p", 4, 2, 1, 6), StateSaturated},
-		{"callers waiting",
-			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(0)},
-			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 2, Pending: pending(3)},
-			StateSaturated},
+		{"quiet", repeat(3, activityPool("db", "p", 10, 10, 1, 1)), StateOK},
+		{"busy: warning", repeat(3, activityPool("db", "p", 10, 10, 1, 9)), StateWarning},
+		{"all of the capacity in use in two samples: busy, not saturated", repeat(2, activityPool("db", "p", 4, 2, 1, 6)), StateWarning},
+		{"all of the capacity in use in three samples", repeat(3, activityPool("db", "p", 4, 2, 1, 6)), StateSaturated},
+		{"callers waiting in two samples (no ages): not yet", []metrics.PoolStats{pgx(2, 0), pgx(2, 3), pgx(2, 3)}, StateOK},
+		{"callers waiting in three samples (no ages)", []metrics.PoolStats{pgx(2, 3), pgx(2, 3), pgx(2, 3)}, StateSaturated},
+		{"a checkout in flight for 2 ms is no queue", repeat(3, app(1, 0.002)), StateOK},
+		{"a caller waiting 500 ms", []metrics.PoolStats{app(0, 0), app(2, 0.5)}, StateSaturated},
 		{"timeouts in the window",
-			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(0)},
-			metrics.PoolStats{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(2)},
+			[]metrics.PoolStats{
+				{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(0)},
+				{Target: "db", Pool: "p", Source: metrics.SourcePgxpool, Configured: true, Settings: settings(4, 0), Instances: 1, Open: 4, InUse: 1, Checkouts: timeouts(2)},
+			},
 			StateSaturated},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClock()
 			m := NewManager(Options{Window: time.Minute, Now: c.now})
-			m.Observe(collector.Result{Pools: []metrics.PoolStats{tc.first}})
-			c.add(5 * time.Second)
-			m.Observe(collector.Result{Pools: []metrics.PoolStats{tc.second}})
+			for _, s := range tc.samples {
+				m.Observe(collector.Result{Pools: []metrics.PoolStats{s}})
+				c.add(5 * time.Second)
+			}
 			r, _ := m.Find("db", "p")
 			if r.State != tc.want {
 				t.Errorf("state %s (%v), want %s", r.State, r.StateReasons, tc.want)
+			}
+		})
+	}
+}
+
+// TestStateSteadyLightLoad: 60 samples of a steady light load give one state. Now and then a
+// sample catches a checkout in flight (a pre-ping, a new connection), once or twice in a row;
+// the pool is not saturated for that, and its state does not flap.
+func TestStateSteadyLightLoad(t *testing.T) {
+	for _, src := range []metrics.Source{metrics.SourceApp, metrics.SourcePgxpool} {
+		t.Run(string(src), func(t *testing.T) {
+			c := newClock()
+			m := NewManager(Options{Window: 10 * time.Minute, Now: c.now})
+			seen := map[State]int{}
+			var count uint64
+			for i := range 60 {
+				waiting, longest := 0, 0.0
+				if i%7 == 3 || i%11 == 5 || i%11 == 6 { // caught in flight: 1, sometimes 2 samples in a row
+					waiting, longest = 1, 0.001+0.0005*float64(i%3)
+				}
+				count += 75 // 5 checkouts/s
+				p := metrics.PoolStats{Target: "db", Pool: "p", Source: src, Configured: true, Settings: settings(10, 20), Instances: 1,
+					Open: 3, InUse: i % 3, Pending: &waiting,
+					Checkouts: &metrics.CheckoutStats{Count: count, DurationSeconds: float64(count) * 0.0005, Timeouts: new(uint64(0))}}
+				if src == metrics.SourceApp {
+					p.LongestWaitSeconds = &longest
+				}
+				m.Observe(collector.Result{Pools: []metrics.PoolStats{p}})
+				r, _ := m.Find("db", "p")
+				seen[r.State]++
+				c.add(15 * time.Second)
+			}
+			if len(seen) != 1 || seen[StateOK] != 60 {
+				t.Errorf("states over 60 samples: %v, want ok in all", seen)
 			}
 		})
 	}

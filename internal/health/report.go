@@ -21,9 +21,9 @@ const (
 	StateOK State = "ok"
 	// StateWarning: at least one health rule fired.
 	StateWarning State = "warning"
-	// StateSaturated: the pool is at its limit: every connection of its capacity is in use
-	// at the latest sample, callers are waiting for a connection at the latest sample, or
-	// checkouts timed out in the window.
+	// StateSaturated: the pool is at its limit: checkouts timed out in the window, a caller
+	// has waited long for a connection, or callers waited (or every connection of the
+	// capacity was in use) in each of the last few samples (Manager.state).
 	StateSaturated State = "saturated"
 )
 
@@ -84,29 +84,8 @@ type Optimization struct {
 }
 
 // SettingNames name a pool's size, overflow and checkout timeout settings in its source's
-// own terms.
-type SettingNames struct {
-	PoolSize    string `json:"pool_size"`
-	MaxOverflow string `json:"max_overflow"`
-	Timeout     string `json:"timeout"`
-}
-
-// settingNames says what pool_size, max_overflow and timeout are called for a source. The
-// activity and app sources watch the application's own pool, which the DB_* settings
-// (SQLAlchemy's pool_size, max_overflow, pool_timeout) configure. PgBouncer's pool is
-// default_pool_size, or pool_size of the database in [databases], plus reserve_pool_size;
-// pgxpool has MaxConns and no overflow at all.
-func settingNames(src metrics.Source) SettingNames {
-	switch src {
-	case metrics.SourceActivity, metrics.SourceApp:
-		return SettingNames{"DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT"}
-	case metrics.SourcePgBouncer:
-		return SettingNames{"pool_size in [databases] (or default_pool_size)", "reserve_pool_size", "query_wait_timeout"}
-	case metrics.SourcePgxpool:
-		return SettingNames{"MaxConns", "none (pgxpool has no overflow)", "the deadline of the Acquire context"}
-	}
-	return SettingNames{"pool_size", "max_overflow", "timeout"}
-}
+// own terms (advice.NamesOf).
+type SettingNames = advice.SettingNames
 
 // AppPool reports whether a source watches the application's own pool, the one that the
 // DB_* settings, the .env lines and the dbpool_recommended_* metrics are about.
@@ -136,7 +115,7 @@ func (r *Report) HasHistory(min time.Duration) bool {
 }
 
 func (m *Manager) analyze(s *snapshot, now time.Time) Report {
-	in := advice.Input{Pool: s.pool, Summary: s.hist.Summary(now, s.pool), Server: s.server}
+	in := advice.Input{Pool: s.pool, Summary: s.hist.Summary(now, s.pool), Server: s.server, Predictions: &m.predictions}
 	a := advice.Analyze(in, m.th)
 	r := Report{
 		Target:       s.key.target,
@@ -153,11 +132,7 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		StateReasons: []string{},
 	}
 	h := &r.Health
-	r.Optimization.SettingNames = settingNames(a.Source)
-	if s.configured && !AppPool(a.Source) {
-		// advice words its fixes in DB_* terms; this pool has other settings.
-		h.Recommendations = m.foreignFixes(s, h.Recommendations)
-	}
+	r.Optimization.SettingNames = advice.NamesOf(a.Source)
 	// Two server_budget warnings (per instance, all pools on the server) come with the same fix: say it once.
 	h.Recommendations = dedupe(h.Recommendations)
 	h.UtilizationPct = round2(h.UtilizationPct)
@@ -172,8 +147,6 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		}
 		if AppPool(a.Source) {
 			r.Optimization.Env = advice.EnvLines(a.Optimization)
-		} else {
-			r.Optimization.Optimization = m.foreignSizing(s, in)
 		}
 	} else {
 		// The sizing rules compare with the current settings, which are unknown here (zero):
@@ -188,22 +161,45 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		o.Recommendations = []advice.Finding{{Rule: RuleUnconfigured, Message: msg}}
 		o.PoolSizeRule = RuleUnconfigured
 	}
-	r.State, r.StateReasons = state(&r)
+	r.State, r.StateReasons = m.state(&r)
 	return r
 }
 
-// state classifies a report; the reasons say why in words.
-func state(r *Report) (State, []string) {
+// state classifies a report; the reasons say why in words. Saturation must last: a checkout
+// caught in flight (a pre-ping, a connect) is no queue, so waiting callers count when one
+// has waited at least Thresholds.SaturatedWait, or, where the source cannot tell how long,
+// when callers waited in each of the last Thresholds.SaturatedSamples samples; likewise all
+// connections of the capacity in use. Timeouts in the window count at once: the pool ran out.
+func (m *Manager) state(r *Report) (State, []string) {
 	w := r.Window
 	if w.Samples == 0 {
 		return StateUnknown, []string{"no sample in the window"}
 	}
-	var reasons []string
-	if c := r.Status.Capacity; c != nil && w.Latest.InUse >= *c {
-		reasons = append(reasons, fmt.Sprintf("all %d connections of the pool's capacity are in use", *c))
+	n := m.th.SaturatedSamples
+	recent := w.Recent
+	lasting := func(ok func(advice.Recent) bool) bool {
+		if len(recent) < n {
+			return false
+		}
+		for _, s := range recent[len(recent)-n:] {
+			if !ok(s) {
+				return false
+			}
+		}
+		return true
 	}
-	if p := w.Latest.Pending; p != nil && *p > 0 {
-		reasons = append(reasons, fmt.Sprintf("%d callers are waiting for a connection", *p))
+	var reasons []string
+	if c := r.Status.Capacity; c != nil && lasting(func(s advice.Recent) bool { return s.InUse >= *c }) {
+		reasons = append(reasons, fmt.Sprintf("all %d connections of the pool's capacity were in use in each of the last %d samples", *c, n))
+	}
+	switch l := w.Latest; {
+	case l.LongestWaitSeconds != nil:
+		if *l.LongestWaitSeconds >= m.th.SaturatedWait.Seconds() {
+			reasons = append(reasons, fmt.Sprintf("a caller has waited %s ms for a connection (saturated from %s ms)",
+				fmtNum(*l.LongestWaitSeconds*1000), fmtNum(float64(m.th.SaturatedWait)/float64(time.Millisecond))))
+		}
+	case lasting(func(s advice.Recent) bool { return s.Pending != nil && *s.Pending > 0 }):
+		reasons = append(reasons, fmt.Sprintf("callers waited for a connection in each of the last %d samples (%d now)", n, *l.Pending))
 	}
 	if t := w.Timeouts; t != nil && *t > 0 {
 		reasons = append(reasons, fmt.Sprintf("%s checkouts timed out in the window", fmtNum(*t)))

@@ -1,6 +1,9 @@
 package health
 
 import (
+	"maps"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/dbpool/dbpool_exporter/internal/advice"
@@ -51,8 +54,45 @@ func SampleFromStats(p *metrics.PoolStats, t time.Time) advice.Sample {
 		if c.Timeouts != nil {
 			s.TimeoutsTotal = ptr(float64(*c.Timeouts))
 		}
+		if c.Failures != nil {
+			s.FailuresTotal = make(map[string]float64, len(c.Failures))
+			for reason, n := range c.Failures {
+				s.FailuresTotal[reason] = float64(n)
+			}
+		}
+	}
+	s.Hold, s.Create = histogramOf(p.UseTime), histogramOf(p.CreateTime)
+	if p.LongestWaitSeconds != nil {
+		s.LongestWaitSeconds = ptr(*p.LongestWaitSeconds)
+	}
+	switch {
+	case len(p.Processes) > 0:
+		busiest := 0
+		for _, pr := range p.Processes {
+			busiest = max(busiest, pr.InUse)
+		}
+		s.BusiestInUse = &busiest
+	case p.Source.Exact() && p.Instances <= 1:
+		s.BusiestInUse = ptr(p.InUse) // one instance: the group is the busiest
 	}
 	return s
+}
+
+// histogramOf turns a source's duration histogram into advice's, bounds ascending.
+func histogramOf(d *metrics.DurationStats) *advice.Histogram {
+	if d == nil {
+		return nil
+	}
+	h := &advice.Histogram{Count: float64(d.Count), Sum: d.SumSeconds}
+	if len(d.Buckets) > 0 {
+		for _, le := range slices.Sorted(maps.Keys(d.Buckets)) {
+			h.Buckets = append(h.Buckets, advice.Bucket{LE: le, Count: float64(d.Buckets[le])})
+		}
+		if last := h.Buckets[len(h.Buckets)-1].LE; !math.IsInf(last, 1) {
+			h.Buckets = append(h.Buckets, advice.Bucket{LE: math.Inf(1), Count: h.Count})
+		}
+	}
+	return h
 }
 
 // observed is one pool's sample of one scrape: the exact one where there is one, and beside
