@@ -16,15 +16,16 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/collector"
-	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/health"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
 )
 
 // adviseHelp is the advise command's help.
-const adviseHelp = "Sample the pools for a while with the same flags and configuration, print each pool's health, warnings and recommendations " +
-	"(DB_POOL_SIZE / DB_MAX_OVERFLOW for application pools, PgBouncer's and pgxpool's own settings for theirs), and exit: " +
+const adviseHelp = "Print each pool's health, warnings and one recommended size and overflow with the predicted figures behind them " +
+	"(DB_POOL_SIZE / DB_MAX_OVERFLOW for application pools, PgBouncer's and pgxpool's own settings for theirs), and exit. " +
+	"With --advise.from it prints the running daemon's answer over its whole history (GET /api/v1/pools); otherwise it samples the pools " +
+	"for --advise.duration with the same flags and configuration (a short history never shrinks a pool: that takes a full --health.window).\n\nExit codes: " +
 	"0 all configured pools healthy, 3 a configured pool has warnings or is saturated (unconfigured application_name:* groups count only with " +
 	"--advise.include-unconfigured; their warnings print either way), 1 error (bad configuration, database unreachable for the whole run)."
 
@@ -36,6 +37,7 @@ const (
 )
 
 type adviseFlags struct {
+	from     string
 	interval time.Duration
 	duration time.Duration
 	output   string
@@ -46,8 +48,9 @@ type adviseFlags struct {
 
 func addAdviseFlags(cmd *kingpin.CmdClause) *adviseFlags {
 	a := &adviseFlags{}
+	cmd.Flag("advise.from", "Base URL of a running dbpool_exporter (e.g. http://host:9930): print its answer, drawn from its whole history, instead of sampling.").PlaceHolder("URL").StringVar(&a.from)
 	cmd.Flag("advise.interval", "Time between two samples.").Default("5s").DurationVar(&a.interval)
-	cmd.Flag("advise.duration", "How long to sample; the advice covers this window. 0 takes one sample.").Default("1m").DurationVar(&a.duration)
+	cmd.Flag("advise.duration", "How long to sample; the advice covers this history. A pool shrinks only when it reaches a whole --health.window. 0 takes one sample.").Default("1m").DurationVar(&a.duration)
 	cmd.Flag("advise.include-unconfigured", "Let warnings of backends that matched no configured pool (application_name:* groups such as application_name:psql) set exit code 3 too; by default only configured pools do, and the others' warnings are printed all the same.").BoolVar(&a.includeUnconfigured)
 	cmd.Flag("output", "Output format: text (with .env lines ready to paste) or json (the /api/v1/pools reports).").Default("text").EnumVar(&a.output, "text", "json")
 	return a
@@ -61,6 +64,11 @@ type adviseTarget struct {
 
 // adviseOutput is the --output=json document.
 type adviseOutput struct {
+	// From is the daemon whose answer this is (--advise.from); empty when the run sampled.
+	From string `json:"from,omitempty"`
+	// WindowSeconds is the history a pool needs before it may shrink (--health.window, or
+	// the daemon's).
+	WindowSeconds   float64        `json:"window_seconds"`
 	DurationSeconds float64        `json:"duration_seconds"`
 	IntervalSeconds float64        `json:"interval_seconds"`
 	Samples         int            `json:"samples"`
@@ -86,7 +94,9 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 		fmt.Fprintf(stderr, "%s advise: --advise.duration=%s: must not be negative\n", exporterName, a.duration)
 		return adviseError
 	}
-	window := max(a.duration, a.interval)
+	// The window is the daemon's: a run shorter than it holds a short history, which never
+	// shrinks a pool, the same rule as the daemon's.
+	window := f.healthWindow
 	pools := health.NewManager(health.Options{Window: window, MinSpacing: min(time.Second, a.interval/2)})
 	exp, err := f.buildExporter(cfg, logger, lasting{observer: pools.Observe, appCounters: collector.NewAppCounters()})
 	if err != nil {
@@ -134,6 +144,7 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 	}
 
 	out := adviseOutput{
+		WindowSeconds:   window.Seconds(),
 		DurationSeconds: a.duration.Seconds(),
 		IntervalSeconds: a.interval.Seconds(),
 		Samples:         samples,
@@ -151,25 +162,15 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 			unreachable = append(unreachable, t.Name())
 		}
 	}
-	// A run that sampled for its whole duration judges the window that its first sample
-	// opened, so that the history covers all of it; an interrupted one judges up to now.
-	if first := pools.FirstObserved(); !interrupted && !first.IsZero() {
-		out.Pools = pools.ReportsAt(first.Add(window))
-	} else {
-		out.Pools = pools.Reports()
+	// A run that sampled for a whole window judges the window that its first sample opened,
+	// so that the history covers all of it; a shorter or interrupted one judges up to now.
+	at := time.Now()
+	if first := pools.FirstObserved(); !interrupted && !first.IsZero() && a.duration >= window && first.Add(window).After(at) {
+		at = first.Add(window)
 	}
+	out.Pools = pools.ReportsAt(at)
 
-	out.Healthy, out.ExitCode = true, adviseHealthy
-	for _, r := range out.Pools {
-		if r.State != health.StateWarning && r.State != health.StateSaturated {
-			continue
-		}
-		if r.Configured || a.includeUnconfigured {
-			out.Healthy, out.ExitCode = false, adviseUnhealthy
-		} else {
-			out.NotCounted = append(out.NotCounted, r.Pool+" on "+r.Target)
-		}
-	}
+	out.judge()
 	var errs []string
 	if len(unreachable) > 0 {
 		errs = append(errs, fmt.Sprintf("unreachable for the whole run: %s (see the log above)", strings.Join(unreachable, ", ")))
@@ -181,20 +182,43 @@ func runAdvise(f *flags, a *adviseFlags, cfg *poolcfg.Config, logger *slog.Logge
 		out.Healthy, out.ExitCode = false, adviseError
 	}
 
-	if a.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			fmt.Fprintf(stderr, "%s advise: %v\n", exporterName, err)
-			return adviseError
-		}
-	} else {
-		printAdvice(stdout, &out)
+	if !out.write(a.output, stdout, stderr) {
+		return adviseError
 	}
 	for _, e := range errs {
 		fmt.Fprintf(stderr, "%s advise: %s\n", exporterName, e)
 	}
 	return out.ExitCode
+}
+
+// judge sets Healthy, ExitCode and NotCounted from the pools' states.
+func (out *adviseOutput) judge() {
+	out.Healthy, out.ExitCode = true, adviseHealthy
+	for _, r := range out.Pools {
+		if r.State != health.StateWarning && r.State != health.StateSaturated {
+			continue
+		}
+		if r.Configured || out.IncludeUnconfigured {
+			out.Healthy, out.ExitCode = false, adviseUnhealthy
+		} else {
+			out.NotCounted = append(out.NotCounted, r.Pool+" on "+r.Target)
+		}
+	}
+}
+
+// write prints the document as JSON or text; false when it could not.
+func (out *adviseOutput) write(format string, stdout, stderr io.Writer) bool {
+	if format == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			fmt.Fprintf(stderr, "%s advise: %v\n", exporterName, err)
+			return false
+		}
+		return true
+	}
+	printAdvice(stdout, out)
+	return true
 }
 
 // targetsUp reads dbpool_up of every target in one scrape's metrics.
@@ -215,81 +239,4 @@ func targetsUp(res collector.Result) map[string]bool {
 		}
 	}
 	return up
-}
-
-// printAdvice writes the text report: per pool its status, health, connections, the
-// warnings and recommendations with their rule names, and the .env lines.
-func printAdvice(w io.Writer, out *adviseOutput) {
-	fmt.Fprintf(w, "%s advise: %d samples every %s over %s", exporterName, out.Samples,
-		time.Duration(out.IntervalSeconds*float64(time.Second)), time.Duration(out.DurationSeconds*float64(time.Second)))
-	if out.Interrupted {
-		fmt.Fprint(w, " (interrupted)")
-	}
-	fmt.Fprintln(w)
-	counts := map[health.State]int{}
-	for i := range out.Pools {
-		r := &out.Pools[i]
-		counts[r.State]++
-		kind := "exact"
-		if !r.Exact {
-			kind = "estimate"
-		}
-		fmt.Fprintf(w, "\n== pool %s on %s (source %s, %s): %s\n", r.Pool, r.Target, r.Source, kind, strings.ToUpper(string(r.State)))
-		if !r.Exact {
-			fmt.Fprintf(w, "estimate:     %s\n", health.EstimateNote)
-		}
-		if r.State == health.StateSaturated {
-			fmt.Fprintf(w, "saturated:    %s\n", strings.Join(r.StateReasons, "; "))
-		}
-		st, h, c := r.Status, r.Health, r.Connections
-		line := fmt.Sprintf("status:       checked out %d, overflow %d, total connections %d", st.CheckedOut, st.Overflow, st.TotalConnections)
-		if r.Configured {
-			line = fmt.Sprintf("status:       checked out %d of pool_size %d (%d x %d), overflow %d of max_overflow %d, total connections %d",
-				st.CheckedOut, st.PoolSize, st.Instances, r.Optimization.CurrentSettings.PoolSize, st.Overflow, st.MaxOverflow, st.TotalConnections)
-		}
-		if st.Pending != nil {
-			line += fmt.Sprintf(", pending %d", *st.Pending)
-		}
-		fmt.Fprintln(w, line)
-		if h.CapacityUtilizationPct != nil {
-			fmt.Fprintf(w, "utilization:  %v%% of pool_size (average %v%%, peak %v%%); %v%% of capacity (dbpool_utilization_ratio)\n",
-				h.UtilizationPct, h.AvgUtilizationPct, h.PeakUtilizationPct, *h.CapacityUtilizationPct)
-		}
-		line = fmt.Sprintf("connections:  active %d, idle %d", c.ActiveCount, c.IdleCount)
-		if c.IdleInTransaction != nil {
-			line += fmt.Sprintf(", idle in transaction %d", *c.IdleInTransaction)
-		}
-		if c.LongestQuerySeconds != nil {
-			line += fmt.Sprintf(", longest query %.1f s", *c.LongestQuerySeconds)
-		}
-		if s := r.Window.AvgCheckoutSeconds; s != nil {
-			line += fmt.Sprintf(", average checkout %.1f ms", *s*1000)
-		}
-		fmt.Fprintln(w, line)
-		if len(h.Warnings) > 0 {
-			fmt.Fprintln(w, "warnings:")
-			for _, f := range health.WithoutEstimateNote(h.Warnings) {
-				fmt.Fprintf(w, "  - [%s] %s\n", f.Rule, f.Message)
-			}
-		}
-		recs := append(append([]advice.Finding{}, h.Recommendations...), r.Optimization.Recommendations...)
-		if len(recs) > 0 {
-			fmt.Fprintln(w, "recommendations:")
-			for _, f := range health.WithoutEstimateNote(recs) {
-				fmt.Fprintf(w, "  - [%s] %s\n", f.Rule, f.Message)
-			}
-		}
-		if r.Optimization.Env != "" {
-			fmt.Fprintf(w, "recommended settings for .env (by %s):\n%s", r.Optimization.PoolSizeRule, r.Optimization.Env)
-		} else {
-			fmt.Fprintf(w, "recommended settings for .env: none (%s)\n", r.NoEnvReason())
-		}
-	}
-	fmt.Fprintf(w, "\nsummary: %d pool(s): %d ok, %d warning, %d saturated; exit code %d",
-		len(out.Pools), counts[health.StateOK], counts[health.StateWarning], counts[health.StateSaturated], out.ExitCode)
-	if n := len(out.NotCounted); n > 0 {
-		fmt.Fprintf(w, " (not counted: %d unconfigured pool(s) with warnings, %s; --advise.include-unconfigured counts them)",
-			n, strings.Join(out.NotCounted, ", "))
-	}
-	fmt.Fprintln(w)
 }

@@ -77,9 +77,13 @@ func TestAdviseCommand(t *testing.T) {
 		if code != adviseHealthy {
 			t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, adviseHealthy, out, errOut)
 		}
-		// No backend was in use over a whole window: the oversized 10/20 pool shrinks.
-		for _, want := range []string{"== pool leaky on 127.0.0.1:", ": OK\n", "[shrink_oversized]",
-			"recommended settings for .env (by shrink_oversized):\nDB_POOL_SIZE=1\nDB_MAX_OVERFLOW=2\n",
+		// No backend was in use, but 3 s of history is far short of the 1h window: the
+		// oversized 10/20 pool keeps its size, and the output says why.
+		for _, want := range []string{"== pool leaky on 127.0.0.1:", ": OK\n", "(window 1h0m0s)",
+			"of a 1h0m0s window: short, so no pool shrinks on it",
+			"[keep_current]", "1 might do, but ", "a short history never shrinks a pool: keep DB_POOL_SIZE at 10",
+			"recommended:  DB_POOL_SIZE=10 (by keep_current), DB_MAX_OVERFLOW=20 (by overflow_2x); per instance",
+			"recommended settings for .env (by keep_current):\nDB_POOL_SIZE=10\nDB_MAX_OVERFLOW=20\n",
 			"summary: 1 pool(s): 1 ok, 0 warning, 0 saturated; exit code 0"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q", want)
@@ -283,9 +287,10 @@ func TestAdvisePgBouncer(t *testing.T) {
 		pool = pool[:end+1]
 	}
 	for _, want := range []string{"(source pgbouncer, exact): SATURATED",
-		"  - [utilization_high] raise pool_size in [databases] (or default_pool_size) by 50% (2 -> 3)",
-		"  - [observed_peak] set pool_size in [databases] (or default_pool_size) to 3 (now 2; peak 2 in use per instance)",
-		"; keep reserve_pool_size at 0",
+		"  - [utilization_high] raise pool_size in [databases] (or default_pool_size): the connections are busy most of the time, so bursts queue; recommended: pool_size in [databases] (or default_pool_size)=3, reserve_pool_size=0 (by observed_peak",
+		"  - [observed_peak] peak 2 in use per instance (busiest instance) over the last ", "; +50% headroom = 3, a lower bound without hold times",
+		": set pool_size in [databases] (or default_pool_size) to 3 (now 2)",
+		"recommended:  pool_size in [databases] (or default_pool_size)=3 (by observed_peak), reserve_pool_size=0 (by keep_overflow); per instance",
 		"recommended settings for .env: none (DB_* configure an application's own pool, not a PgBouncer pool: its sizing is in PgBouncer's own settings above)"} {
 		if !strings.Contains(pool, want) {
 			t.Errorf("pool app/app lacks %q", want)
@@ -351,6 +356,37 @@ func TestDaemonServesAdvice(t *testing.T) {
 			code, body = testbin.Get(t, base+"/api/v1/status?pool=missing")
 			if code != 404 || !strings.Contains(body, `"error": "unknown pool \"missing\""`) {
 				t.Errorf("/api/v1/status?pool=missing: %d\n%s", code, body)
+			}
+
+			// advise --advise.from prints the daemon's answer: the same size and overflow as
+			// its API, from its history, whatever the local configuration says.
+			code, out, errOut := runBinary(t, bin, []string{"DB_POOL_SIZE=3"}, "advise", "--advise.from="+base, "--output=json")
+			var doc adviseJSON
+			if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Pools) == 0 || (code != adviseHealthy && code != adviseUnhealthy) {
+				t.Fatalf("advise --advise.from: exit %d, %v\n%s\nstderr:\n%s", code, err, out, errOut)
+			}
+			code, body = testbin.Get(t, base+"/api/v1/optimize?pool=default")
+			var api struct {
+				RecommendedPoolSize    int `json:"recommended_pool_size"`
+				RecommendedMaxOverflow int `json:"recommended_max_overflow"`
+			}
+			if err := json.Unmarshal([]byte(body), &api); err != nil || code != 200 {
+				t.Fatalf("/api/v1/optimize: %d %v", code, err)
+			}
+			if o := doc.Pools[0].Optimization; o.RecommendedPoolSize != api.RecommendedPoolSize || o.RecommendedMaxOverflow != api.RecommendedMaxOverflow {
+				t.Errorf("advise --advise.from says %d/%d, the API %d/%d", o.RecommendedPoolSize, o.RecommendedMaxOverflow, api.RecommendedPoolSize, api.RecommendedMaxOverflow)
+			}
+			_, text, _ := runBinary(t, bin, nil, "advise", "--advise.from="+base)
+			for _, want := range []string{"the answer of the daemon at " + base + ", from its history (window 10s)", "== pool default on db ", "history:      ", "recommended:  DB_POOL_SIZE="} {
+				if !strings.Contains(text, want) {
+					t.Errorf("advise --advise.from text lacks %q:\n%s", want, text)
+				}
+			}
+			for _, bad := range []string{"http://127.0.0.1:1", "ftp://x", "http://user:Secret-99@127.0.0.1:1"} {
+				code, out, errOut := runBinary(t, bin, nil, "advise", "--advise.from="+bad)
+				if code != adviseError || !strings.Contains(errOut, "--advise.from") || strings.Contains(out+errOut, "Secret-99") {
+					t.Errorf("advise --advise.from=%s: exit %d\n%s%s", bad, code, out, errOut)
+				}
 			}
 		})
 	}

@@ -74,6 +74,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	logger := promslog.New(logCfg)
 	f.warnDeprecated(logger)
+	if command == adviseCmd.FullCommand() && af.from != "" {
+		return runAdviseFrom(af, stdout, stderr) // the daemon's configuration is the daemon's
+	}
 
 	cfg, err := f.loadConfig(os.LookupEnv)
 	if err != nil {

@@ -164,7 +164,7 @@ func TestOptimizePoolSettings(t *testing.T) {
 			wantOverflow: 36,
 			wantRule:     RuleObservedPeak,
 			wantRules:    []string{RuleObservedPeak, RuleOverflow2x},
-			wantText:     []string{"peak 12 in use per instance (group peak / instances, rounded up) over the last 1h; +50% headroom = 18, a lower bound"},
+			wantText:     []string{"peak 12 in use per instance (group peak / instances, rounded up) over the last 10m; +50% headroom = 18, a lower bound"},
 		},
 		{
 			name:         "oversized over a full window: shrink to peak 3 +50% -> 5/10",

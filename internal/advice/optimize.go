@@ -107,7 +107,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	need, found := z.smallest(min(floor, hi), hi)
 
 	sz := &o.Sizing
-	sz.Model, sz.ArrivalRate, sz.Demand, sz.Floor = ModelQueueing, load.Rate, demand, floor
+	sz.Model, sz.ArrivalRate, sz.Demand, sz.Buffer, sz.Floor = ModelQueueing, load.Rate, demand, th.Buffer, floor
 	sz.Hold, sz.MeanCreateSeconds, sz.TimeoutSeconds = &load.Hold, load.CreateSeconds, load.TimeoutSeconds
 	sz.HoldDistribution = HoldExponential
 	if len(load.Hold.Buckets) > 0 {
@@ -116,7 +116,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	sz.Note = fmt.Sprintf("Little's law and a queueing model of %s simulated checkouts per size (Poisson arrivals, hold times drawn from the %s, overflow connections paying the connect time, callers giving up after %s); figures per instance",
 		num(SimCheckouts), map[string]string{HoldFromHistogram: "measured histogram", HoldExponential: "an exponential distribution with the measured mean"}[sz.HoldDistribution], n.Timeout)
 
-	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
+	win, window := spanText(s), human(time.Duration(s.WindowSeconds*float64(time.Second)))
 	demandMsg := fmt.Sprintf("Little's law: %s checkouts/s x %s ms held = %s connections in use per instance; +%s%% buffer = %s -> %d",
 		num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
 	now := fmt.Sprintf("now at %s: %s", sizeText(p.Source, set.PoolSize, set.MaxOverflow), predictionText(cur))
@@ -143,7 +143,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 		msg = fmt.Sprintf("%s: the current %s=%d meets the targets (%s)", demandMsg, n.PoolSize, set.PoolSize, now)
 		if need < set.PoolSize {
 			if !s.Full {
-				msg += fmt.Sprintf("; %d would do, but %s of history is short of the %s window, and a short history never shrinks a pool", need, historyText(s), win)
+				msg += fmt.Sprintf("; %d would do, but %s of history is short of the %s window, and a short history never shrinks a pool", need, historyText(s), window)
 			} else {
 				msg += fmt.Sprintf("; %d would do, but at %s%% utilized it is not oversized (below %s%%)", need, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)))
 			}
@@ -187,6 +187,15 @@ func AppSource(src metrics.Source) bool {
 	return src == metrics.SourceActivity || src == metrics.SourceApp || src == ""
 }
 
+// spanText is the time the "over the last ..." of a message covers: the window when the
+// history fills it, else the history's own span.
+func spanText(s Summary) string {
+	if s.Full || s.Samples < 2 {
+		return human(time.Duration(s.WindowSeconds * float64(time.Second)))
+	}
+	return human(s.To.Sub(s.From).Round(time.Second))
+}
+
 // historyText says how much history a summary holds.
 func historyText(s Summary) string {
 	if s.Samples == 0 {
@@ -219,7 +228,7 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 	set := p.Settings
 	inst := p.instances()
 	n := NamesOf(p.Source)
-	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
+	win, window := spanText(s), human(time.Duration(s.WindowSeconds*float64(time.Second)))
 	note := estimateNote(p)
 	size, rule := set.PoolSize, RuleKeepCurrent
 	peak := o.PeakInUsePerInstance
@@ -269,7 +278,7 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 					num(pct(th.OversizedFraction)), n.PoolSize, set.PoolSize, win, note))
 				size, rule = target, RuleShrinkOversized
 			case target < size:
-				steps = append(steps, fmt.Sprintf("%d might do, but %s of history is short of the %s window, and a short history never shrinks a pool", target, historyText(s), win))
+				steps = append(steps, fmt.Sprintf("%d might do, but %s of history is short of the %s window, and a short history never shrinks a pool", target, historyText(s), window))
 			}
 		}
 	}

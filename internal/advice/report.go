@@ -230,7 +230,7 @@ func PoolHealth(in Input, th Thresholds) Health {
 			h.Recommendations = append(h.Recommendations, Finding{rule, advice})
 		}
 	}
-	win := human(time.Duration(s.WindowSeconds * float64(time.Second)))
+	win := spanText(s)
 	note := estimateNote(p)
 	n := NamesOf(p.Source)
 	dependOn, overflowFix := "overflow connections", "overflow connections, which are opened and closed per use, serve bursts only"

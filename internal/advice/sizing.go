@@ -29,8 +29,9 @@ type Sizing struct {
 	MeanCreateSeconds float64    `json:"mean_create_seconds,omitempty"`
 	TimeoutSeconds    float64    `json:"timeout_seconds,omitempty"`
 	Demand            float64    `json:"demand,omitempty"`
-	// Floor is the guide's formula: Demand + the buffer (50%), rounded up.
-	Floor int `json:"floor,omitempty"`
+	// Floor is the guide's formula: Demand + the buffer (a ratio, 0.5 = 50%), rounded up.
+	Buffer float64 `json:"buffer,omitempty"`
+	Floor  int     `json:"floor,omitempty"`
 
 	Targets     Targets      `json:"targets"`
 	Current     *Prediction  `json:"current,omitempty"`

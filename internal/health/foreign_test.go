@@ -82,7 +82,7 @@ func TestForeignSources(t *testing.T) {
 			fixes:    []string{"raise pool_size in [databases] (or default_pool_size): the connections are busy", "recommended: pool_size in [databases] (or default_pool_size)=30, reserve_pool_size=5 (by scale_up_50pct"},
 			// observed_peak gives 27, the seed's scale-up 30; the reserve pool stays at 5.
 			size: 30, overflow: 5, rule: advice.RuleScaleUp,
-			sizing: "peak 18 in use per instance (busiest instance) over the last 10m; +50% headroom = 27, a lower bound without hold times; average utilization 90% over the last 10m exceeds 70%: +50% of the current 20 is 30: set pool_size in [databases] (or default_pool_size) to 30 (now 20)",
+			sizing: "peak 18 in use per instance (busiest instance) over the last 2m15s; +50% headroom = 27, a lower bound without hold times; average utilization 90% over the last 2m15s exceeds 70%: +50% of the current 20 is 30: set pool_size in [databases] (or default_pool_size) to 30 (now 20)",
 		},
 		{
 			target: "db", pool: "svc", display: "pgxpool",
