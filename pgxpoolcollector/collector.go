@@ -1,7 +1,8 @@
 // Package pgxpoolcollector exports the *pgxpool.Pool of a Go service as the dbpool_* series
 // that dbpool_exporter's alerts and dashboard understand (source "pgxpool"): connections by
-// state, the pool's configuration, pending checkouts, a histogram of checkout times and the
-// checkouts that gave up on an exhausted pool.
+// state, the pool's configuration, pending checkouts, histograms of checkout, hold and
+// connect times, and the checkouts that failed, by reason (an exhausted pool, a failed
+// connect, ...): what the exporter's sizing model needs to size the pool.
 //
 // A service adds three lines where it creates its pool:
 //
@@ -67,8 +68,10 @@ func SettingsOf(cfg *pgxpool.Config) poolcfg.Settings {
 // (source "pgxpool"). Every Collect takes one fresh pool.Stat() per pool plus the pool's
 // AcquireTracer counters.
 //
-// With an AcquireTracer the collector reports dbpool_pending_checkouts, a histogram of
-// checkout durations and dbpool_checkout_timeouts_total. Without one it falls back to what
+// With an AcquireTracer the collector reports dbpool_pending_checkouts, histograms of
+// checkout, hold (dbpool_connection_use_duration_seconds) and connect
+// (dbpool_connection_create_duration_seconds) times, dbpool_checkout_failures_total by reason
+// and dbpool_checkout_timeouts_total. Without one it falls back to what
 // pool.Stat() keeps: successful acquires and their total wait (the histogram then has the
 // +Inf bucket only), timeouts from CanceledAcquireCount, which also counts cancellations
 // while a new connection was being opened and so is an upper bound on exhaustion timeouts,
@@ -191,9 +194,8 @@ func (w *watched) sample() metrics.PoolStats {
 		},
 	}
 	if w.tracer != nil {
-		pending, cs := w.tracer.snapshot()
-		p.Pending = &pending
-		p.Checkouts = &cs
+		pending, cs, use, create := w.tracer.snapshot()
+		p.Pending, p.Checkouts, p.UseTime, p.CreateTime = &pending, &cs, &use, &create
 		return p
 	}
 	timeouts := uint64(st.CanceledAcquireCount())

@@ -422,6 +422,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 		ctx     func() (context.Context, context.CancelFunc)
 		wantErr error // nil: success; errAny: any error that is not a context error
 		timeout bool
+		reason  string // the failure's reason label; "" for a success
 	}{
 		{
 			name: "success",
@@ -439,6 +440,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 			},
 			wantErr: context.DeadlineExceeded,
 			timeout: true,
+			reason:  metrics.FailureTimeout,
 		},
 		{
 			name: "cancel on exhausted pool",
@@ -451,6 +453,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 			},
 			wantErr: context.Canceled,
 			timeout: true,
+			reason:  metrics.FailureTimeout,
 		},
 		{
 			name: "canceled with room in the pool",
@@ -461,6 +464,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 				return ctx, cancel
 			},
 			wantErr: context.Canceled,
+			reason:  metrics.FailureCancelled,
 		},
 		{
 			name: "login refused",
@@ -469,6 +473,7 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 				return context.WithTimeout(context.Background(), 30*time.Second)
 			},
 			wantErr: errAny,
+			reason:  metrics.FailureConnect,
 		},
 	}
 	for _, tt := range tests {
@@ -509,12 +514,84 @@ func TestAcquireTracerTimeouts(t *testing.T) {
 			if tt.timeout {
 				want["timeouts"] = 1
 			}
+			for _, reason := range metrics.FailureReasons {
+				got["failures "+reason] = seriesValue(t, mfs["dbpool_checkout_failures_total"], "reason", reason)
+				want["failures "+reason] = 0
+			}
+			if tt.reason != "" {
+				want["failures "+tt.reason] = 1
+			}
 			for k, v := range want {
 				if got[k] != v {
 					t.Errorf("%s = %g, want %g", k, got[k], v)
 				}
 			}
 		})
+	}
+}
+
+// seriesValue is the counter of the series of mf whose label has the value; -1 when absent.
+func seriesValue(t *testing.T, mf *dto.MetricFamily, label, value string) float64 {
+	t.Helper()
+	for _, m := range mf.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == label && l.GetValue() == value {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+// TestAcquireTracerHoldAndConnect: on a real server, every acquire's hold ends up in the use
+// histogram (whichever goroutine releases the connection), every connection the pool opened
+// in the create histogram, and a refused connect there too and in the failures.
+func TestAcquireTracerHoldAndConnect(t *testing.T) {
+	pg := pgtest.StartT(t, pgtest.Options{})
+	pool, tracer := newPgxPool(t, pg.SuperuserDSN(""), 2, true, nil)
+	c := pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{})
+	const holds, hold = 6, 40 * time.Millisecond
+	var wg sync.WaitGroup
+	for range holds / 2 {
+		for range 2 {
+			conn, err := pool.Acquire(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() { // released by another goroutine than the one that acquired it
+				time.Sleep(hold)
+				conn.Release()
+			})
+		}
+		wg.Wait()
+	}
+	mfs := testbin.Gather(t, c)
+	use := mfs["dbpool_connection_use_duration_seconds"].GetMetric()[0].GetHistogram()
+	create := mfs["dbpool_connection_create_duration_seconds"].GetMetric()[0].GetHistogram()
+	opened := pool.Stat().NewConnsCount()
+	t.Logf("%d holds, sum %.3f s; %d connects, sum %.4f s", use.GetSampleCount(), use.GetSampleSum(), create.GetSampleCount(), create.GetSampleSum())
+	if use.GetSampleCount() != holds || use.GetSampleSum() < holds*hold.Seconds() || use.GetSampleSum() > holds*(hold.Seconds()+1) {
+		t.Errorf("use histogram: %d holds, sum %.3f s; want %d of about %s", use.GetSampleCount(), use.GetSampleSum(), holds, hold)
+	}
+	if below := use.GetBucket()[5]; below.GetUpperBound() != 0.05 || below.GetCumulativeCount() != holds {
+		t.Errorf("use histogram: %d of %d holds of %s at or below %g s", below.GetCumulativeCount(), holds, hold, below.GetUpperBound())
+	}
+	if create.GetSampleCount() != uint64(opened) || opened < 1 || create.GetSampleSum() <= 0 {
+		t.Errorf("create histogram: %d connects, sum %g s; the pool opened %d", create.GetSampleCount(), create.GetSampleSum(), opened)
+	}
+
+	// A server that refuses: one failed connect, timed and counted as a connect failure.
+	down, downTracer := newPgxPool(t, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=5", freePort(t)), 1, true, nil)
+	dc := pgxpoolcollector.New(down, downTracer, pgxpoolcollector.Options{})
+	if _, err := down.Acquire(context.Background()); err == nil {
+		t.Fatal("acquire from a closed port succeeded")
+	}
+	mfs = testbin.Gather(t, dc)
+	if n := mfs["dbpool_connection_create_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount(); n < 1 {
+		t.Errorf("refused connect not timed: %d observations", n)
+	}
+	if v := seriesValue(t, mfs["dbpool_checkout_failures_total"], "reason", metrics.FailureConnect); v != 1 {
+		t.Errorf("connect failures %g, want 1", v)
 	}
 }
 
@@ -844,4 +921,13 @@ func BenchmarkAcquireTracer(b *testing.B) {
 			tr.TraceAcquireEnd(c, nil, pgxpool.TraceAcquireEndData{})
 		}
 	})
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	p, err := pgtest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // TraceQueryStart implements pgx.QueryTracer by forwarding to the wrapped tracer.
@@ -73,27 +72,5 @@ func (t *AcquireTracer) TracePrepareStart(ctx context.Context, conn *pgx.Conn, d
 func (t *AcquireTracer) TracePrepareEnd(ctx context.Context, conn *pgx.Conn, data pgx.TracePrepareEndData) {
 	if t.prepare != nil {
 		t.prepare.TracePrepareEnd(ctx, conn, data)
-	}
-}
-
-// TraceConnectStart implements pgx.ConnectTracer by forwarding to the wrapped tracer.
-func (t *AcquireTracer) TraceConnectStart(ctx context.Context, data pgx.TraceConnectStartData) context.Context {
-	if t.connect != nil {
-		return t.connect.TraceConnectStart(ctx, data)
-	}
-	return ctx
-}
-
-// TraceConnectEnd implements pgx.ConnectTracer by forwarding to the wrapped tracer.
-func (t *AcquireTracer) TraceConnectEnd(ctx context.Context, data pgx.TraceConnectEndData) {
-	if t.connect != nil {
-		t.connect.TraceConnectEnd(ctx, data)
-	}
-}
-
-// TraceRelease implements pgxpool.ReleaseTracer by forwarding to the wrapped tracer.
-func (t *AcquireTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceReleaseData) {
-	if t.release != nil {
-		t.release.TraceRelease(pool, data)
 	}
 }
