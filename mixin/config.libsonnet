@@ -49,6 +49,16 @@
     // Client backends over max_connections minus reserved slots.
     serverConnectionsAlertRatio: 0.9,
     serverConnectionsAlertFor: '5m',
+    // Configured capacity of all pools on a server (instances x (DB_POOL_SIZE +
+    // DB_MAX_OVERFLOW), summed) above what applications may use: max_connections minus
+    // max(reserved slots, adminHeadroomRatio x max_connections), the exporter's own budget
+    // (20 of 100 kept for admins, migrations and tools, as the tuning guide does).
+    adminHeadroomRatio: 0.2,
+    configuredCapacityAlertFor: '10m',
+    // Checkouts failing to connect (server down, refusing logins, wrong password): alert above
+    // 1 per minute (a 5-minute average) held for 2 minutes.
+    connectFailuresAlertPerMinute: 1,
+    connectFailuresAlertFor: '2m',
     // A connection older than this many times DB_POOL_RECYCLE is not being recycled.
     notRecycledFactor: 1.5,
     notRecycledFor: '15m',

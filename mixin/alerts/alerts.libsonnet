@@ -114,6 +114,52 @@ local u = import '../lib/utils.libsonnet';
     {
       local c = $._config,
       comment:: |||
+        warning, %s: the tuning guide's "Too Many Database Connections" before it happens: 5
+        instances x (10 + 20) = 150 may be opened against 80 usable. Nothing fails while the
+        pools stay small; at the next peak logins are refused. Configuration changes slowly, and
+        a rolling deploy briefly doubles the instances that report: 10m rides that out.
+      ||| % c.configuredCapacityAlertFor,
+      alert: 'DbPoolConfiguredOverServerLimit',
+      expr: 'target:dbpool_configured_connections:sum > on (target) target:dbpool_server_usable_connections:max',
+      'for': c.configuredCapacityAlertFor,
+      labels: { severity: 'warning' },
+      annotations: {
+        summary: 'The pools on {{ $labels.target }} may open more connections than the server allows.',
+        description: u.prose(|||
+          The pools configured on {{ $labels.target }} may open {{ $value }} connections together
+          (instances x (DB_POOL_SIZE + DB_MAX_OVERFLOW), summed over the pools), more than the
+          {{ with printf "target:dbpool_server_usable_connections:max{target='%%s'}" $labels.target | query }}{{ . | first | value }}{{ end }}
+          the server leaves to applications (max_connections minus max(reserved slots, %s) kept back).
+          At the next peak, logins fail with "too many clients".
+        ||| % u.percent(c.adminHeadroomRatio)),
+        runbook_url: u.runbook(c, 'too-many-database-connections'),
+      },
+    },
+    {
+      local c = $._config,
+      comment:: |||
+        critical, %s: every such checkout is a request that failed because the pool could not
+        open a connection: the server is down or unreachable, refuses logins (too many clients)
+        or the credentials are wrong. More than 1 per minute averaged over 5 minutes, held for 2
+        more minutes, is an outage rather than one lost packet.
+      ||| % c.connectFailuresAlertFor,
+      alert: 'DbPoolCheckoutConnectFailures',
+      expr: 'target_pool:dbpool_checkout_failures:rate5m{reason="connect"} * 60 > %s' % u.num(c.connectFailuresAlertPerMinute),
+      'for': c.connectFailuresAlertFor,
+      labels: { severity: 'critical' },
+      annotations: {
+        summary: 'Checkouts from pool {{ $labels.pool }} on {{ $labels.target }} fail to connect.',
+        description: u.prose(|||
+          Pool {{ $labels.pool }} on {{ $labels.target }} has {{ $value | humanize }} checkouts per minute that failed
+          to open a connection (5 minute average, threshold %s): requests fail because the server is
+          down, refuses logins or rejects the credentials.
+        ||| % u.num(c.connectFailuresAlertPerMinute)),
+        runbook_url: u.runbook(c, 'checkouts-failing-to-connect'),
+      },
+    },
+    {
+      local c = $._config,
+      comment:: |||
         warning, %s: the seed's rule (> 80%% for more than 5 minutes). 20%% headroom is left and no
         request fails yet; the fix is resizing, which can wait for working hours.
       ||| % c.utilizationAlertFor,

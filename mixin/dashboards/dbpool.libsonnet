@@ -352,6 +352,16 @@ local p = import 'panels.libsonnet';
             w=8,
             links=[runbook('connection timeout errors', 'connection-timeout-errors')],
           ) + { id: 22 },
+          p.timeseries(
+            'Checkout failures per minute by reason',
+            'Checkouts that failed, by reason (app and pgxpool pools): timeout (the pool was exhausted), connect (opening a connection failed: the server is down, refuses logins or rejects the credentials; alert DbPoolCheckoutConnectFailures above %s per minute for %s), cancelled (the caller went away), other.'
+            % [u.num(c.connectFailuresAlertPerMinute), u.words(c.connectFailuresAlertFor)],
+            'cpm',
+            p.queries([['sum by (target, pool, reason) (rate(dbpool_checkout_failures_total{%(pool)s}[$__rate_interval])) * 60' % m, '{{target}} · {{pool}} · {{reason}}']]),
+            w=24,
+            h=7,
+            links=[runbook('checkouts failing to connect', 'checkouts-failing-to-connect')],
+          ) + { id: 56 },
 
           p.row('4 · Overflow (target < %s of max_overflow; alert > %s)' % [u.percent(c.overflowTargetRatio), u.percent(c.overflowAlertRatio)]) + { id: 23 },
           p.timeseries(
@@ -575,6 +585,21 @@ local p = import 'panels.libsonnet';
             w=12,
             h=7,
           ) + { id: 41 },
+          p.timeseries(
+            'Configured capacity of all pools vs usable connections',
+            'What the configured pools of a server may open together, instances × (DB_POOL_SIZE + DB_MAX_OVERFLOW) summed over its pools (solid), against what it leaves to applications: max_connections minus the larger of the reserved slots and %s kept for admins (dashed). Above the line, the next peak meets "too many clients" (alert DbPoolConfiguredOverServerLimit after %s).'
+            % [u.percent(c.adminHeadroomRatio), u.words(c.configuredCapacityAlertFor)],
+            'short',
+            p.queries([
+              [u.configuredConnections(c, m.server), '{{target}} configured capacity'],
+              [u.usableConnections(c, m.server), '{{target}} usable'],
+            ]),
+            w=24,
+            h=7,
+            legendCalcs=['lastNotNull'],
+            overrides=[p.dashed('/ usable$/')],
+            links=[runbook('too many database connections', 'too-many-database-connections')],
+          ) + { id: 57 },
 
           p.row('Sizing advice') + { id: 42 },
           p.timeseries(
@@ -601,6 +626,51 @@ local p = import 'panels.libsonnet';
             legendCalcs=['lastNotNull'],
             overrides=[p.dashed('/configured$/')],
           ) + { id: 44 },
+          p.timeseries(
+            'Offered load: checkouts per second × hold time',
+            "Connections in use on average if nobody had to wait (Little's law: checkout attempts per second × mean hold time), per pool group (app and pgxpool pools): the demand the sizing model works from; the recommended pool size is this per instance plus 50%, or more where the queueing model needs it.",
+            'short',
+            p.queries([[
+              |||
+                sum by (target, pool) (rate(dbpool_checkouts_total{%(pool)s}[$__rate_interval]))
+                * on (target, pool)
+                (
+                  sum by (target, pool) (rate(dbpool_connection_use_duration_seconds_sum{%(pool)s}[$__rate_interval]))
+                  /
+                  sum by (target, pool) (rate(dbpool_connection_use_duration_seconds_count{%(pool)s}[$__rate_interval]))
+                )
+              ||| % m,
+              '{{target}} · {{pool}}',
+            ]]),
+            w=12,
+            legendCalcs=['mean', 'max'],
+          ) + { id: 58 },
+          p.timeseries(
+            'Hold time and connect time',
+            'Average time a connection is held, checkout to checkin (solid), and average time to open a new one (dashed), per pool (app and pgxpool pools): long holds need more connections for the same traffic; slow connects make every overflow checkout slow.',
+            's',
+            p.queries([
+              [
+                |||
+                  sum by (target, pool) (rate(dbpool_connection_use_duration_seconds_sum{%(pool)s}[$__rate_interval]))
+                  /
+                  sum by (target, pool) (rate(dbpool_connection_use_duration_seconds_count{%(pool)s}[$__rate_interval]))
+                ||| % m,
+                '{{target}} · {{pool}} hold',
+              ],
+              [
+                |||
+                  sum by (target, pool) (rate(dbpool_connection_create_duration_seconds_sum{%(pool)s}[$__rate_interval]))
+                  /
+                  sum by (target, pool) (rate(dbpool_connection_create_duration_seconds_count{%(pool)s}[$__rate_interval]))
+                ||| % m,
+                '{{target}} · {{pool}} connect',
+              ],
+            ]),
+            w=12,
+            legendCalcs=['mean', 'max'],
+            overrides=[p.dashed('/ connect$/')],
+          ) + { id: 59 },
 
           p.row('Exporter health', collapsed=true, panels=[
             p.stateTimeline(

@@ -39,4 +39,37 @@
 
   // The runbook section for an alert.
   runbook(cfg, anchor):: '%s/docs/runbook.md#%s' % [cfg.runbookURLBase, anchor],
+
+  // Connections the applications on a server may open together, by target: max_connections
+  // minus max(reserved slots, adminHeadroomRatio x max_connections rounded up), as the
+  // exporter's advice computes its server budget. matchers narrow the server series (the
+  // dashboard's variables).
+  usableConnections(cfg, matchers='')::
+    local u = self;
+    local maxConns = 'max by (target) (%s)' % u.sel(cfg, 'dbpool_server_max_connections', matchers);
+    local headroom = 'ceil(%s * %s)' % [maxConns, u.num(cfg.adminHeadroomRatio)];
+    |||
+      %(max)s
+      - on (target)
+      (
+        max by (target) (%(reserved)s) > on (target) %(headroom)s
+        or on (target)
+        %(headroom)s
+      )
+    ||| % { max: maxConns, reserved: u.sel(cfg, 'dbpool_server_reserved_connections', matchers), headroom: headroom },
+
+  // What all configured pools on a server may open together, by target: instances x
+  // (pool_size + max_overflow) per pool, summed. A pool seen by two sources (activity and app)
+  // counts once; a pgxpool in a Go service is one series per process (instance), summed.
+  configuredConnections(cfg, matchers='')::
+    local m(source) = std.join(', ', std.filter(function(x) x != '', [matchers, 'pool!="dbpool_exporter"', source]));
+    |||
+      sum by (target) (
+        max by (target, pool) (
+          max without (instance) (%s)
+          or
+          sum without (instance) (%s)
+        )
+      )
+    ||| % [self.sel(cfg, 'dbpool_max_connections', m('source!="pgxpool"')), self.sel(cfg, 'dbpool_max_connections', m('source="pgxpool"'))],
 }

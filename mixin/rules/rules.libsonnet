@@ -81,5 +81,31 @@ local u = import '../lib/utils.libsonnet';
         u.sel($._config, 'dbpool_utilization_ratio', 'pool!="dbpool_exporter", source="activity"'),
       ],
     },
+    {
+      comment:: |||
+        Failed checkouts per second over 5m, by reason (timeout, connect, cancelled, other).
+      |||,
+      record: 'target_pool:dbpool_checkout_failures:rate5m',
+      expr: 'sum without (instance) (rate(%s[5m]))'
+            % u.sel($._config, 'dbpool_checkout_failures_total', 'pool!="dbpool_exporter"'),
+    },
+    {
+      comment:: |||
+        What the configured pools on a server may open together: instances x (pool_size +
+        max_overflow), summed over the pools of the target. By target, not `without`: the pools
+        of one server may come from several jobs (the exporter, Go services with the pgxpool
+        collector), and the server's limit is theirs together.
+      |||,
+      record: 'target:dbpool_configured_connections:sum',
+      expr: u.configuredConnections($._config),
+    },
+    {
+      comment:: |||
+        Connections the applications on a server may use: max_connections minus
+        max(reserved slots, %s of max_connections) kept for admins, migrations and tools.
+      ||| % u.percent($._config.adminHeadroomRatio),
+      record: 'target:dbpool_server_usable_connections:max',
+      expr: u.usableConnections($._config),
+    },
   ],
 }
