@@ -15,7 +15,7 @@ RELEASE_DIR ?= dist
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build release deps test unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-python bench-peers bench-fleet faults clean tidy-check dockerfile-lint
+.PHONY: all build release deps test acceptance unit lint fmt vet alerts mixin mixin-fmt mixin-check mixin-lint chart chart-sync demo bench bench-python bench-peers bench-fleet faults clean tidy-check dockerfile-lint
 
 all: build
 
@@ -104,6 +104,14 @@ chart: deps
 chart-sync:
 	cp alerts/dbpool.rules.yml charts/dbpool-exporter/files/dbpool.rules.yml
 	cp grafana/dbpool.json charts/dbpool-exporter/files/dbpool.json
+
+# The closed loop of the sizing advice (acceptance/, build tag acceptance): a real PostgreSQL,
+# two instances of a real SQLAlchemy + asyncpg application under an open-loop load
+# (integrations/python/examples/openload.py) and the exporter binary; it applies the advice and
+# prints the predicted figures against the measured ones. About 4 minutes; CI runs it after
+# `make test`.
+acceptance: deps
+	CGO_ENABLED=1 $(GO) test -tags acceptance -count=1 -v -timeout 15m ./acceptance/
 
 test: DEPS_FLAGS += --with-chromium
 test: deps lint tidy-check alerts mixin-check unit chart

@@ -121,13 +121,17 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 		num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
 	now := fmt.Sprintf("now at %s: %s", sizeText(p.Source, set.PoolSize, set.MaxOverflow), predictionText(cur))
 
+	// A pool that meets the targets and falls short of the buffered demand by no more than
+	// KeepTolerance is kept: 9 for a floor of 9.15 -> 10 would flip with every small change
+	// of the load.
+	nearFloor := float64(set.PoolSize) >= demand*(1+th.Buffer)*(1-th.KeepTolerance)
 	size, rule, msg := set.PoolSize, RuleKeepCurrent, ""
 	switch {
 	case !found:
 		size, rule = hi, RuleServerBudget
 		msg = fmt.Sprintf("%s; even %s=%d, all of %s, does not meet the targets. WARNING: this pool group needs fewer instances, a bigger max_connections, or PgBouncer in front; %s",
 			demandMsg, n.PoolSize, hi, budgetText(*in.Server, inst), now)
-	case need > set.PoolSize || !cur.MeetsTargets:
+	case !cur.MeetsTargets || (need > set.PoolSize && !nearFloor):
 		size, rule = need, RuleLittlesLaw
 		msg = demandMsg
 		if need > floor {
@@ -141,6 +145,10 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 			demandMsg, win, n.PoolSize, set.PoolSize, num(pct(cur.Utilization)), num(pct(th.OversizedFraction)), need, now)
 	default:
 		msg = fmt.Sprintf("%s: the current %s=%d meets the targets (%s)", demandMsg, n.PoolSize, set.PoolSize, now)
+		if need > set.PoolSize {
+			msg += fmt.Sprintf(" and is within %s%% of the buffered demand %s, so it is kept rather than changed for a small change of the load",
+				num(pct(th.KeepTolerance)), num(demand*(1+th.Buffer)))
+		}
 		if need < set.PoolSize {
 			if !s.Full {
 				msg += fmt.Sprintf("; %d would do, but %s of history is short of the %s window, and a short history never shrinks a pool", need, historyText(s), window)

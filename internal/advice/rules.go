@@ -52,6 +52,9 @@ type Thresholds struct {
 	ScaleUpFactor          float64       // scale_up_50pct
 	OverflowFactor         float64       // overflow_2x
 	OversizedFraction      float64       // shrink_oversized: peak below this share of pool_size
+	// KeepTolerance: a pool that meets the targets is kept while it is at least this much
+	// below the buffered demand (0.05: 9 for a demand of 6.1 x 1.5 = 9.15).
+	KeepTolerance float64
 	// SaturatedWait is how long a caller must have waited for a connection for the pool to
 	// count as saturated, and SaturatedSamples in how many consecutive samples callers must
 	// have waited (or all connections been in use) where the wait is not observed: one
@@ -75,6 +78,7 @@ func DefaultThresholds() Thresholds {
 		ScaleUpFactor:          1.5,
 		OverflowFactor:         2,
 		OversizedFraction:      0.30,
+		KeepTolerance:          0.05,
 		SaturatedWait:          100 * time.Millisecond,
 		SaturatedSamples:       3,
 	}

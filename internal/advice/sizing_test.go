@@ -265,3 +265,25 @@ func TestPredictionsRemembered(t *testing.T) {
 		t.Error("another load reused the first one's predictions")
 	}
 }
+
+// TestSizeByModelKeepsNearFloor: a pool that meets the targets a hair below the buffered
+// demand is kept; one clearly below is raised.
+func TestSizeByModelKeepsNearFloor(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		rate float64
+		want int
+		rule string
+	}{
+		{9, 40.7, 9, RuleKeepCurrent}, // 40.7 x 0.15 = 6.1, x 1.5 = 9.16: 9 is within 5%
+		{9, 43, 10, RuleLittlesLaw},   // 6.45 x 1.5 = 9.7 -> 10: 9 is 7% short, and 72% utilized
+		{8, 40.7, 10, RuleLittlesLaw}, // 8 is 13% short
+	} {
+		p := appPool(tc.size, 2*tc.size, 2, 1)
+		o := offered{instances: 2, rate: tc.rate, served: tc.rate, hold: 0.15, createSeconds: 0.005}
+		got := OptimizePoolSettings(Input{Pool: p, Summary: summarize(p, o.samples(600))}, DefaultThresholds())
+		if got.RecommendedPoolSize != tc.want || got.PoolSizeRule != tc.rule {
+			t.Errorf("%d at %g/s: %d by %s, want %d by %s\n%s", tc.size, tc.rate, got.RecommendedPoolSize, got.PoolSizeRule, tc.want, tc.rule, messages(got.Recommendations))
+		}
+	}
+}
