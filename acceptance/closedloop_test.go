@@ -97,6 +97,9 @@ func TestClosedLoop(t *testing.T) {
 	l.targets(phase, pred, m)
 	l.row(phase, "the daemon's answer now", fmt.Sprintf("%d+%d (%s)", after.Optimization.RecommendedPoolSize,
 		after.Optimization.RecommendedMaxOverflow, after.Optimization.PoolSizeRule), "", "")
+	if ao := after.Optimization; ao.RecommendedPoolSize != advised.size || ao.PoolSizeRule != advice.RuleKeepCurrent {
+		t.Errorf("%s: the daemon now says %d by %s, want the applied size kept\n%s", phase, ao.RecommendedPoolSize, ao.PoolSizeRule, findings(ao.Recommendations))
+	}
 
 	// 3. Oversized: 30 + 60 at 5 requests/s holding 20 ms. Before a full window the advice
 	// keeps it; after one it shrinks it; the shrunk pool under the same load meets the targets.
