@@ -1,12 +1,9 @@
 package advice
 
 import (
-	"encoding/json"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 )
 
 // The queueing model predicts what a pool of a given size does under a measured load: how
@@ -35,12 +32,6 @@ import (
 // It is deterministic (a fixed seed: the same inputs always give the same prediction) and
 // bounded: simArrivals checkouts per prediction whatever the rate, about a millisecond or two
 // (BenchmarkPredict prints it next to its target).
-
-// Bucket is one bucket of a cumulative histogram: Count observations were <= LE.
-type Bucket struct {
-	LE    float64 `json:"le"`
-	Count float64 `json:"count"`
-}
 
 // HoldTimes is how long checkouts held their connection over the window.
 type HoldTimes struct {
@@ -392,42 +383,4 @@ func (s *holdSampler) sample(r *rand.Rand) float64 {
 		i++
 	}
 	return s.lo[i] + r.Float64()*s.width[i]
-}
-
-// bucketJSON is a Bucket in JSON: le is a number, or the string "+Inf" (JSON has no
-// infinity), as in Prometheus' own JSON.
-type bucketJSON struct {
-	LE    any     `json:"le"`
-	Count float64 `json:"count"`
-}
-
-// MarshalJSON implements json.Marshaler.
-func (b Bucket) MarshalJSON() ([]byte, error) {
-	var le any = b.LE
-	if math.IsInf(b.LE, 1) {
-		le = "+Inf"
-	}
-	return json.Marshal(bucketJSON{le, b.Count})
-}
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (b *Bucket) UnmarshalJSON(data []byte) error {
-	var v bucketJSON
-	if err := json.Unmarshal(data, &v); err != nil {
-		return err
-	}
-	switch le := v.LE.(type) {
-	case float64:
-		b.LE = le
-	case string:
-		f, err := strconv.ParseFloat(le, 64)
-		if err != nil {
-			return fmt.Errorf("bucket bound %q: %w", le, err)
-		}
-		b.LE = f
-	default:
-		return fmt.Errorf("bucket bound %v: not a number", v.LE)
-	}
-	b.Count = v.Count
-	return nil
 }

@@ -287,3 +287,23 @@ func TestSizeByModelKeepsNearFloor(t *testing.T) {
 		}
 	}
 }
+
+// TestBucketJSON: a histogram's +Inf bound survives JSON (which has no infinity), so that the
+// API's answer can be read back (advise --advise.from).
+func TestBucketJSON(t *testing.T) {
+	in := HoldTimes{MeanSeconds: 0.15, Count: 3, Buckets: []Bucket{{0.1, 0}, {0.25, 3}, {math.Inf(1), 3}}}
+	data, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `{"le":"+Inf","count":3}`) {
+		t.Errorf("JSON %s lacks the +Inf bucket as a string", data)
+	}
+	var out HoldTimes
+	if err := json.Unmarshal(data, &out); err != nil || !slices.Equal(out.Buckets, in.Buckets) {
+		t.Errorf("read back %+v (%v), want %+v", out, err, in)
+	}
+	if err := json.Unmarshal([]byte(`{"buckets":[{"le":"soon","count":1}]}`), &out); err == nil {
+		t.Error("a bound that is no number was accepted")
+	}
+}
