@@ -581,7 +581,7 @@ func TestAcquireTracerHoldAndConnect(t *testing.T) {
 	}
 
 	// A server that refuses: one failed connect, timed and counted as a connect failure.
-	down, downTracer := newPgxPool(t, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=5", freePort(t)), 1, true, nil)
+	down, downTracer := newPgxPool(t, "postgres://postgres@"+testbin.FreeAddr(t)+"/postgres?sslmode=disable&connect_timeout=5", 1, true, nil)
 	dc := pgxpoolcollector.New(down, downTracer, pgxpoolcollector.Options{})
 	if _, err := down.Acquire(context.Background()); err == nil {
 		t.Fatal("acquire from a closed port succeeded")
@@ -921,13 +921,4 @@ func BenchmarkAcquireTracer(b *testing.B) {
 			tr.TraceAcquireEnd(c, nil, pgxpool.TraceAcquireEndData{})
 		}
 	})
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	p, err := pgtest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

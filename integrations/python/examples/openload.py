@@ -24,7 +24,6 @@ closed-loop acceptance test (acceptance/) runs two of these per phase:
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
@@ -32,7 +31,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -195,17 +193,10 @@ class App:
             task.add_done_callback(self.inflight.discard)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "openload/1"
+class Handler(loadapp.Handler):
+    """loadapp's handler (its send() and quiet log) with openload's endpoints."""
 
-    def send(self, code, body, ctype="application/json"):
-        if not isinstance(body, bytes):
-            body = (json.dumps(body) + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    server_version = "openload/1"
 
     def do_GET(self):
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
@@ -225,18 +216,11 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send(404, {"error": "not found"})
 
-    def log_message(self, format, *args):
-        pass
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
 
 async def main(args):
     app = App(args)
     host, _, port = args.listen.rpartition(":")
-    srv = Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    srv = loadapp.Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
     srv.app = app
     threading.Thread(target=srv.serve_forever, name="http", daemon=True).start()
     print("listening on http://%s:%d/dbpool" % srv.server_address[:2], flush=True)
