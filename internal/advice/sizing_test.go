@@ -125,6 +125,14 @@ func TestSizeByModel(t *testing.T) {
 			wantMeetsRecommended: true,
 		},
 		{
+			name: "a pgxpool has no overflow to absorb bursts: the queue needs more than the floor",
+			in: Input{Pool: withSource(appPool(2, 0, 1, 0.5), metrics.SourcePgxpool),
+				Summary: summarize(appPool(2, 0, 1, 0.5), offered{instances: 1, rate: 20, served: 10, hold: 0.2}.samples(600))},
+			size: 7, overflow: 0, rule: RuleQueueing, overflowRule: RuleNoOverflow,
+			text:                 []string{"20 checkouts/s x 200 ms held = 4 connections in use per instance; +50% buffer = 6 -> 6; the queueing model needs 7 to meet the targets: set MaxConns to 7", "Predicted at 7: "},
+			wantMeetsRecommended: true,
+		},
+		{
 			name: "slow connects: the model needs more than the floor",
 			in:   Input{Pool: appPool(1, 2, 1, 30), Summary: summarize(appPool(1, 2, 1, 30), offered{instances: 1, rate: 5, served: 5, hold: 0.1, createSeconds: 0.05}.samples(600))},
 			size: 2, overflow: 4, rule: RuleQueueing, overflowRule: RuleOverflow2x,
