@@ -587,11 +587,11 @@ local p = import 'panels.libsonnet';
           ) + { id: 41 },
           p.timeseries(
             'Configured capacity of all pools vs usable connections',
-            'What the configured pools of a server may open together, instances × (DB_POOL_SIZE + DB_MAX_OVERFLOW) summed over its pools (solid), against what it leaves to applications: max_connections minus the larger of the reserved slots and %s kept for admins (dashed). Above the line, the next peak meets "too many clients" (alert DbPoolConfiguredOverServerLimit after %s).'
+            'What the configured pools of a server may open together, instances × (DB_POOL_SIZE + DB_MAX_OVERFLOW) summed over the selected pools (all of them with pool All; solid), against what the server leaves to applications, max_connections minus the larger of the reserved slots and %s kept for admins (dashed): above that line the next peak meets "too many clients" (alert DbPoolConfiguredOverServerLimit after %s).'
             % [u.percent(c.adminHeadroomRatio), u.words(c.configuredCapacityAlertFor)],
             'short',
             p.queries([
-              [u.configuredConnections(c, m.server), '{{target}} configured capacity'],
+              [u.configuredConnections(c, m.pool), '{{target}} configured capacity'],
               [u.usableConnections(c, m.server), '{{target}} usable'],
             ]),
             w=24,
