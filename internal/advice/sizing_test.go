@@ -315,3 +315,30 @@ func TestBucketJSON(t *testing.T) {
 		t.Error("a bound that is no number was accepted")
 	}
 }
+
+// sizingTarget is the most one sizing (current, search and curve, nothing remembered) may
+// cost: the daemon reruns it when a pool's load changed, at most once per sample.
+const sizingTarget = 50 * time.Millisecond
+
+// BenchmarkSizing prints the time of a whole sizing next to sizingTarget: the guide's
+// timeout case (the search from 2 to 9 and a curve of 9 sizes) and the oversized pool.
+func BenchmarkSizing(b *testing.B) {
+	for name, in := range map[string]Input{
+		"undersized 2+0 at 40/s x 150ms": {Pool: timeoutPool, Summary: summarize(timeoutPool, timeoutLoad.samples(600))},
+		"oversized 30+60 at 5/s x 20ms": {Pool: appPool(30, 60, 2, 30),
+			Summary: summarize(appPool(30, 60, 2, 30), offered{instances: 2, rate: 5, served: 5, hold: 0.02, createSeconds: 0.005}.samples(3700))},
+	} {
+		b.Run(name, func(b *testing.B) {
+			var predictions int
+			for b.Loop() {
+				var c Predictions // nothing remembered between runs
+				in.Predictions = &c
+				OptimizePoolSettings(in, DefaultThresholds())
+				predictions = c.Len()
+			}
+			b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(time.Millisecond), "ms/sizing")
+			b.ReportMetric(float64(predictions), "predictions")
+			b.ReportMetric(float64(sizingTarget)/float64(time.Millisecond), "ms-target")
+		})
+	}
+}
