@@ -22,6 +22,7 @@ import (
 	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
+	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
 // clock is a manual clock for Manager.Now.
@@ -632,5 +633,53 @@ func TestPrefersExactView(t *testing.T) {
 	m.mu.Unlock()
 	if f.instances != 2 || f.capacity != 30 {
 		t.Errorf("pools on db: %+v, want the pool counted once (2 instances, capacity 30)", f)
+	}
+}
+
+// TestPredictionMetrics: where the application reports hold times, the model's predictions
+// for the current and the recommended settings are series next to the recommendation.
+func TestPredictionMetrics(t *testing.T) {
+	c := newClock()
+	m := NewManager(Options{Window: 10 * time.Minute, Now: c.now})
+	st := settings(2, 0)
+	st.Timeout = time.Second
+	for i := range 12 { // 40 attempts/s, 2/0.15 of them served for 150 ms, the rest time out
+		secs := float64(15 * i)
+		attempts, served := uint64(40*secs), uint64(secs*2/0.15)
+		timeouts := attempts - served
+		m.Observe(collector.Result{Pools: []metrics.PoolStats{{
+			Target: "db", Pool: "api", Source: metrics.SourceApp, Configured: true, Settings: st, Instances: 1,
+			Open: 2, InUse: 2, Pending: new(30), LongestWaitSeconds: new(0.9),
+			Checkouts: &metrics.CheckoutStats{Count: attempts, DurationSeconds: 0.99 * float64(attempts), Timeouts: &timeouts,
+				Failures: map[string]uint64{metrics.FailureTimeout: timeouts}},
+			UseTime: &metrics.DurationStats{Count: served, SumSeconds: 0.15 * float64(served), Buckets: map[float64]uint64{0.1: 0, 0.25: served}},
+		}}})
+		c.add(15 * time.Second)
+	}
+	if problems, err := testutil.CollectAndLint(m); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+	mfs := testbin.Gather(t, m)
+	value := func(name, settings string) float64 {
+		v, ok := testbin.SeriesValue(mfs, name, map[string]string{"settings": settings})
+		if !ok {
+			t.Fatalf("no %s{settings=%q}", name, settings)
+		}
+		return v
+	}
+	if v, _ := testbin.SeriesValue(mfs, "dbpool_recommended_size_connections", nil); v != 9 {
+		t.Errorf("recommended size %g, want 9", v)
+	}
+	if cur := value("dbpool_predicted_checkout_timeout_ratio", metrics.SettingsCurrent); cur < 0.6 || cur > 0.72 {
+		t.Errorf("predicted timeouts at 2 + 0: %g, want about 2/3", cur)
+	}
+	if rec := value("dbpool_predicted_checkout_timeout_ratio", metrics.SettingsRecommended); rec != 0 {
+		t.Errorf("predicted timeouts at the recommendation: %g, want 0", rec)
+	}
+	if w := value("dbpool_predicted_checkout_wait_seconds", metrics.SettingsRecommended); w < 0 || w >= 0.01 {
+		t.Errorf("predicted wait at the recommendation: %g s, want below 10 ms", w)
+	}
+	if u := value("dbpool_predicted_utilization_ratio", metrics.SettingsRecommended); u <= 0.6 || u >= 0.7 {
+		t.Errorf("predicted utilization at the recommendation: %g, want about 6/9", u)
 	}
 }

@@ -3,6 +3,7 @@ package health
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
@@ -12,8 +13,9 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector: the recommendation of every configured pool of
-// the activity source whose history spans at least MinHistory and that was seen within
-// StaleAfter.
+// the activity and app sources whose history spans at least MinHistory and that was seen
+// within StaleAfter, and, where the sizing model ran, its predictions for the current and the
+// recommended settings.
 //
 // Only the activity source's configured pools are the application's own pool, which the
 // metrics' DB_POOL_SIZE and DB_MAX_OVERFLOW configure: PgBouncer and pgxpool pools have other
@@ -30,5 +32,16 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 		o := r.Optimization
 		ch <- metrics.RecommendedSize.Metric(float64(o.RecommendedPoolSize), r.Target, r.Pool)
 		ch <- metrics.RecommendedMaxOverflow.Metric(float64(o.RecommendedMaxOverflow), r.Target, r.Pool)
+		for _, p := range []struct {
+			settings string
+			p        *advice.Prediction
+		}{{metrics.SettingsCurrent, o.Sizing.Current}, {metrics.SettingsRecommended, o.Sizing.Recommended}} {
+			if p.p == nil || p.p.Unbounded {
+				continue // no model without hold times; no average of a queue without end
+			}
+			ch <- metrics.PredictedCheckoutWait.Metric(p.p.MeanWaitSeconds, r.Target, r.Pool, p.settings)
+			ch <- metrics.PredictedTimeoutRatio.Metric(p.p.TimeoutProbability, r.Target, r.Pool, p.settings)
+			ch <- metrics.PredictedUtilization.Metric(p.p.Utilization, r.Target, r.Pool, p.settings)
+		}
 	}
 }

@@ -312,4 +312,22 @@ var (
 	RecommendedMaxOverflow = gauge(AdviceGroup, "recommended", "max_overflow_connections",
 		"Recommended extra connections per instance beyond the pool size (DB_MAX_OVERFLOW) from the pool's history; the rules behind it are at /api/v1/optimize.",
 		"target", "pool")
+
+	// What the sizing model predicts per instance for the current settings and for the
+	// recommended ones (label settings), where the source measures hold times.
+	PredictedCheckoutWait = gauge(AdviceGroup, "predicted", "checkout_wait_seconds",
+		"Average checkout time per instance the sizing model predicts for the pool's current or recommended settings (a timed-out checkout counts its whole wait).",
+		"target", "pool", "settings")
+	PredictedTimeoutRatio = gauge(AdviceGroup, "predicted", "checkout_timeout_ratio",
+		"Share of checkouts (0..1) the sizing model predicts to time out with the pool's current or recommended settings.",
+		"target", "pool", "settings")
+	PredictedUtilization = gauge(AdviceGroup, "predicted", "utilization_ratio",
+		"Average connections in use over pool size per instance the sizing model predicts for the pool's current or recommended settings.",
+		"target", "pool", "settings")
+)
+
+// Values of the settings label of the dbpool_predicted_* series.
+const (
+	SettingsCurrent     = "current"
+	SettingsRecommended = "recommended"
 )
