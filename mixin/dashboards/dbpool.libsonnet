@@ -671,6 +671,27 @@ local p = import 'panels.libsonnet';
             legendCalcs=['mean', 'max'],
             overrides=[p.dashed('/ connect$/')],
           ) + { id: 59 },
+          p.timeseries(
+            'Predicted checkout wait: current vs recommended settings',
+            "The average checkout time per instance the exporter's sizing model predicts for the pool's current settings (dashed) and for its recommendation (solid), for pools that report hold times (app, pgxpool); a timed-out checkout counts its whole wait, target below %s." % u.millis(c.checkoutTargetSeconds),
+            's',
+            p.queries([['dbpool_predicted_checkout_wait_seconds{%(pool)s}' % m, '{{target}} · {{pool}} {{settings}}']]),
+            w=12,
+            legendCalcs=['lastNotNull'],
+            overrides=[p.dashed('/ current$/')],
+          ) + { id: 60 },
+          p.timeseries(
+            'Predicted timeouts and utilization: current vs recommended settings',
+            'The share of checkouts the sizing model predicts to time out, and the average utilization (in use over DB_POOL_SIZE) it predicts, for the current settings (dashed) and the recommendation (solid); the recommendation is the smallest size predicted to meet no timeouts and utilization below %s.' % u.percent(c.utilizationTargetAvgRatio),
+            'percentunit',
+            p.queries([
+              ['dbpool_predicted_checkout_timeout_ratio{%(pool)s}' % m, '{{target}} · {{pool}} timeouts {{settings}}'],
+              ['dbpool_predicted_utilization_ratio{%(pool)s}' % m, '{{target}} · {{pool}} utilization {{settings}}'],
+            ]),
+            w=12,
+            legendCalcs=['lastNotNull'],
+            overrides=[p.dashed('/ current$/')],
+          ) + { id: 61 },
 
           p.row('Exporter health', collapsed=true, panels=[
             p.stateTimeline(
