@@ -573,8 +573,12 @@ func TestAcquireTracerHoldAndConnect(t *testing.T) {
 	if use.GetSampleCount() != holds || use.GetSampleSum() < holds*hold.Seconds() || use.GetSampleSum() > holds*(hold.Seconds()+1) {
 		t.Errorf("use histogram: %d holds, sum %.3f s; want %d of about %s", use.GetSampleCount(), use.GetSampleSum(), holds, hold)
 	}
-	if below := use.GetBucket()[5]; below.GetUpperBound() != 0.05 || below.GetCumulativeCount() != holds {
-		t.Errorf("use histogram: %d of %d holds of %s at or below %g s", below.GetCumulativeCount(), holds, hold, below.GetUpperBound())
+	// A hold lasts at least its sleep, never less (how much longer depends on the machine's
+	// load): no hold may land in a bucket below 40 ms, and every one is counted by +Inf.
+	for _, b := range use.GetBucket() {
+		if b.GetUpperBound() < hold.Seconds() && b.GetCumulativeCount() != 0 {
+			t.Errorf("use histogram: %d holds of at least %s at or below %g s", b.GetCumulativeCount(), hold, b.GetUpperBound())
+		}
 	}
 	if create.GetSampleCount() != uint64(opened) || opened < 1 || create.GetSampleSum() <= 0 {
 		t.Errorf("create histogram: %d connects, sum %g s; the pool opened %d", create.GetSampleCount(), create.GetSampleSum(), opened)
