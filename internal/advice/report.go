@@ -18,6 +18,9 @@ type Input struct {
 	Server  *Server // nil when the server's connection budget is unknown
 	// Predictions, if set, remembers the model's predictions across calls.
 	Predictions *Predictions
+	// Leaks are the connections held past the application's leak threshold at the latest
+	// sample; nil where no instance detects leaks.
+	Leaks *metrics.LeakStats
 }
 
 // Status is check_pool_status. Counts are for the whole pool group (all instances); for a
@@ -299,6 +302,12 @@ func PoolHealth(in Input, th Thresholds) Health {
 			}
 			warn(RuleLongQuery, msg,
 				"optimize slow queries (EXPLAIN ANALYZE, indexes, no N+1): a slow query holds its connection and drains the pool")
+		}
+		if msg, ok := failedCheckouts(s, win); ok {
+			warn(RuleCheckoutFailures, msg, failedCheckoutsFix)
+		}
+		if l := in.Leaks; l != nil && l.Count > 0 {
+			warn(RuleConnectionLeak, leakMessage(l, p.instances()), leakFix)
 		}
 	}
 	if in.Server != nil && in.Server.MaxConnections > 0 {

@@ -12,6 +12,8 @@ const (
 	RuleOverflowHigh      = "overflow_high"       // peak overflow > 50% of max_overflow
 	RuleIdleInTransaction = "idle_in_transaction" // any connection idle in transaction now (> 5: alert level)
 	RuleLongQuery         = "long_query"          // a query running > 5 s now (> 30 s: alert level)
+	RuleCheckoutFailures  = "checkout_failures"   // checkouts failed to open a connection, or with another error, in the window
+	RuleConnectionLeak    = "connection_leak"     // connections held past the application's leak threshold now
 
 	// Sizing rules: size from traffic, grow a busy pool, fit the server's connection budget,
 	// overflow twice the pool size.

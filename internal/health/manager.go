@@ -75,6 +75,8 @@ type poolState struct {
 	configured bool
 	capacity   int // instances x (pool_size + max_overflow); 0 when unknown
 	lastSeen   time.Time
+	// leaks are the latest sample's leaked connections: what is held now, no history.
+	leaks *metrics.LeakStats
 }
 
 // serverPools is what the configured pools of one target may open together.
@@ -205,6 +207,7 @@ func (m *Manager) Observe(r collector.Result) {
 		st.configured = p.Configured
 		st.capacity = p.Capacity()
 		st.lastSeen = now
+		st.leaks = cloneLeaks(p.Leaks)
 		st.hist.Add(o.sample(now))
 	}
 	m.forget(now)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
 //go:embed pools.html
@@ -29,6 +30,18 @@ type pageData struct {
 	Refresh   int
 	Counts    []stateCount
 	Rows      []pageRow
+	Leaks     []pageLeaks
+}
+
+// pageLeaks is one pool's leaked connections, for the page's section on them.
+type pageLeaks struct {
+	Target, Pool string
+	Summary      string
+	Sites        []pageLeakSite
+}
+
+type pageLeakSite struct {
+	Place, Function, Count, Oldest string
 }
 
 type stateCount struct {
@@ -47,6 +60,7 @@ type pageRow struct {
 	Overflow    string
 	Pending     string
 	Checkout    string
+	Failed      string // checkouts that failed to connect or with an error, in the window
 	IdleInTx    string
 	IdleInTxBad bool
 	LongQuery   string
@@ -76,6 +90,9 @@ func (m *Manager) servePage(w http.ResponseWriter, r *http.Request) {
 		row := newPageRow(&reports[i], now)
 		counts[row.State]++
 		data.Rows = append(data.Rows, row)
+		if l := newPageLeaks(&reports[i]); l != nil {
+			data.Leaks = append(data.Leaks, *l)
+		}
 	}
 	for _, s := range []State{StateSaturated, StateWarning, StateOK, StateUnknown} {
 		if counts[s] > 0 {
@@ -135,6 +152,10 @@ func newPageRow(r *Report, now time.Time) pageRow {
 	if w.AvgCheckoutSeconds != nil {
 		row.Checkout = fmtNum(*w.AvgCheckoutSeconds*1000) + " ms"
 	}
+	// A failed checkout ends fast, so beside the average it says what the average hides.
+	if n := w.Failures[metrics.FailureConnect] + w.Failures[metrics.FailureOther]; n > 0 {
+		row.Failed = fmt.Sprintf("%s failed (connect %s)", fmtNum(n), fmtNum(w.Failures[metrics.FailureConnect]))
+	}
 	row.IdleInTx = notObservable
 	if l.IdleInTransaction != nil {
 		row.IdleInTx = strconv.Itoa(*l.IdleInTransaction)
@@ -145,6 +166,24 @@ func newPageRow(r *Report, now time.Time) pageRow {
 		row.LongQuery = fmtNum(*l.LongestQuerySeconds) + " s"
 	}
 	return row
+}
+
+// newPageLeaks is the leak section's entry of a pool; nil when it has no leaked connection.
+func newPageLeaks(r *Report) *pageLeaks {
+	l := r.Health.Leaks
+	if l == nil || l.Count == 0 {
+		return nil
+	}
+	out := &pageLeaks{Target: r.Target, Pool: r.Pool,
+		Summary: fmt.Sprintf("%d held longer than %s s, leak detection on in %d instances", l.Count, fmtNum(l.ThresholdSeconds), l.Instances)}
+	for _, s := range l.Sites {
+		site := pageLeakSite{Place: "outside the application's code", Function: s.Function, Count: strconv.Itoa(s.Count), Oldest: fmtNum(s.OldestSeconds) + " s"}
+		if s.File != "" {
+			site.Place = fmt.Sprintf("%s:%d", s.File, s.Line)
+		}
+		out.Sites = append(out.Sites, site)
+	}
+	return out
 }
 
 // estimateNote is what internal/advice appends to every message whose number comes from

@@ -69,6 +69,10 @@ type Status struct {
 type Health struct {
 	advice.Health
 	CapacityUtilizationPct *float64 `json:"capacity_utilization_pct"`
+	// Leaks are the connections held now past the application's leak detection threshold
+	// and where they were checked out (the connection_leak warning); null where no instance
+	// of the pool detects leaks.
+	Leaks *metrics.LeakStats `json:"leaks"`
 }
 
 // Optimization is optimize_pool_settings plus the .env lines.
@@ -115,7 +119,7 @@ func (r *Report) HasHistory(min time.Duration) bool {
 }
 
 func (m *Manager) analyze(s *snapshot, now time.Time) Report {
-	in := advice.Input{Pool: s.pool, Summary: s.hist.Summary(now, s.pool), Server: s.server, Predictions: &m.predictions}
+	in := advice.Input{Pool: s.pool, Summary: s.hist.Summary(now, s.pool), Server: s.server, Predictions: &m.predictions, Leaks: s.leaks}
 	a := advice.Analyze(in, m.th)
 	r := Report{
 		Target:       s.key.target,
@@ -126,7 +130,7 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		LastSeen:     s.lastSeen,
 		Window:       a.Window,
 		Status:       Status{Status: a.Status, Pending: a.Window.Latest.Pending},
-		Health:       Health{Health: a.Health},
+		Health:       Health{Health: a.Health, Leaks: cloneLeaks(s.leaks)},
 		Connections:  a.Connections,
 		Optimization: Optimization{Optimization: a.Optimization},
 		StateReasons: []string{},

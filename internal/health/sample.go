@@ -149,4 +149,15 @@ func PoolFromStats(p *metrics.PoolStats) advice.Pool {
 	return ap
 }
 
+// cloneLeaks copies leaks, sites included, so that a report never shares them with a
+// collector's sample; sites are never null in the JSON.
+func cloneLeaks(l *metrics.LeakStats) *metrics.LeakStats {
+	if l == nil {
+		return nil
+	}
+	c := *l
+	c.Sites = append([]metrics.LeakSite{}, l.Sites...)
+	return &c
+}
+
 func ptr[T any](v T) *T { return &v }

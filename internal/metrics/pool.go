@@ -126,14 +126,14 @@ type LifecycleStats struct {
 // application that checked them out.
 type LeakStats struct {
 	// ThresholdSeconds is the lowest threshold of the instances that detect leaks.
-	ThresholdSeconds float64
+	ThresholdSeconds float64 `json:"threshold_seconds"`
 	// Instances counts the instances that detect leaks: the others' leaks are not counted.
-	Instances int
+	Instances int `json:"instances"`
 	// Count is the leaked connections now.
-	Count int
+	Count int `json:"count"`
 	// Sites are where they were checked out, the most leaked connections first, then the
 	// oldest; at most MaxLeakSites, so their counts may add up to less than Count.
-	Sites []LeakSite
+	Sites []LeakSite `json:"sites"`
 }
 
 // MaxLeakSites bounds the leak sites of one pool, as the integration bounds those of one
