@@ -2,13 +2,19 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
+	"html"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dbpool/dbpool_exporter/internal/advice"
+	"github.com/dbpool/dbpool_exporter/internal/health"
+	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
@@ -35,7 +41,9 @@ apps:
   - {name: leaky, url: %q, pool: api}
 `, pg.DSN("dbpool_monitor", monitorPW, "postgres"), held.url))
 	_, addr := startServer(t, dir, "exporter", exporterBin, nil, "/metrics", func(addr string) []string {
-		return []string{"--web.listen-address=" + addr, "--config.file=" + cfg, "--health.sample-interval=0"}
+		// A short window: the history's first slot (window/720) holds no increase, and the
+		// test's scrapes must fall in the slots after it.
+		return []string{"--web.listen-address=" + addr, "--config.file=" + cfg, "--health.sample-interval=0", "--health.window=1m"}
 	})
 	app := map[string]string{"pool": "api", "source": "app"}
 	reason := func(r string) map[string]string {
@@ -74,6 +82,31 @@ apps:
 		if got := s.must(t, "dbpool_connections", map[string]string{"pool": "api", "source": "activity", "state": "idle in transaction"}); got != 2 {
 			t.Errorf("the server sees %v sessions idle in transaction, want the 2 leaked", got)
 		}
+		// Where: the report of the pool (this scrape fed it) names the file and line of the
+		// checkout, beside the server's idle-in-transaction finding; so does the page.
+		r := poolReport(t, addr, "api")
+		l := r.Health.Leaks
+		if l == nil || l.Count != 2 || len(l.Sites) != 1 {
+			t.Fatalf("/api/v1/pools: leaks %+v, want 2 from one place", l)
+		}
+		t.Logf("/api/v1/pools: leaks %+v; state %s %v", *l, r.State, r.StateReasons)
+		if got := l.Sites[0]; got.File != site.file || got.Line != site.line || got.Function != site.function || got.Count != 2 || got.OldestSeconds < 1 {
+			t.Errorf("leak site %+v, want 2 connections held over 1 s from %s:%d in %s", got, site.file, site.line, site.function)
+		}
+		for _, rule := range []string{advice.RuleConnectionLeak, advice.RuleIdleInTransaction} {
+			if !slices.ContainsFunc(r.Health.Warnings, func(f advice.Finding) bool { return f.Rule == rule }) {
+				t.Errorf("no %s warning: %+v", rule, r.Health.Warnings)
+			}
+		}
+		code, page, err := httpGet("http://" + addr + "/pools")
+		if err != nil || code != 200 {
+			t.Fatalf("GET /pools: %d %v", code, err)
+		}
+		for _, want := range []string{"Leaked connections", html.EscapeString(fmt.Sprintf("%s:%d", site.file, site.line)), html.EscapeString(site.function)} {
+			if !strings.Contains(string(page), want) {
+				t.Errorf("/pools lacks %q", want)
+			}
+		}
 		releaseStart := time.Now()
 		held.post(t, "/release")
 		releaseEnd := time.Now()
@@ -97,7 +130,6 @@ apps:
 		if got := s.must(t, "dbpool_leaked_connections", app); got != 0 {
 			t.Errorf("leaked connections %v after the release", got)
 		}
-		_ = site
 	})
 
 	t.Run("checkouts that fail to connect while PostgreSQL is stopped", func(t *testing.T) {
@@ -141,7 +173,48 @@ apps:
 		if got := s1.must(t, "dbpool_up", map[string]string{"target": "main"}); got != 0 {
 			t.Errorf("dbpool_up %v with the server stopped", got)
 		}
+		// The pool's report says so too, rather than showing only the fast average checkout.
+		r := poolReport(t, addr, "api")
+		if got := r.Window.Failures[metrics.FailureConnect]; got != attempts {
+			t.Errorf("/api/v1/pools: window failures %v, want %d to connect", r.Window.Failures, attempts)
+		}
+		i := slices.IndexFunc(r.Health.Warnings, func(f advice.Finding) bool { return f.Rule == advice.RuleCheckoutFailures })
+		if i < 0 {
+			t.Fatalf("no checkout_failures warning: %+v", r.Health.Warnings)
+		}
+		t.Logf("/api/v1/pools: state %s %v, window failures %v, average checkout %v s; %s: %s",
+			r.State, r.StateReasons, r.Window.Failures, deref(r.Window.AvgCheckoutSeconds), r.Health.Warnings[i].Rule, r.Health.Warnings[i].Message)
+		if _, page, _ := httpGet("http://" + addr + "/pools"); !strings.Contains(string(page), fmt.Sprintf("%d failed (connect %d)", attempts, attempts)) {
+			t.Errorf("/pools does not show the failed checkouts beside the average checkout")
+		}
 	})
+}
+
+// poolReport is the report of pool in the exporter's /api/v1/pools.
+func poolReport(t *testing.T, addr, pool string) health.Report {
+	t.Helper()
+	code, body, err := httpGet("http://" + addr + "/api/v1/pools")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /api/v1/pools: %d %v", code, err)
+	}
+	var answer health.PoolsResponse
+	if err := json.Unmarshal(body, &answer); err != nil {
+		t.Fatalf("/api/v1/pools: %v", err)
+	}
+	for _, r := range answer.Pools {
+		if r.Pool == pool {
+			return r
+		}
+	}
+	t.Fatalf("/api/v1/pools has no pool %q:\n%s", pool, body)
+	return health.Report{}
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 // leakSite is where loadapp.py's synchronous /hold checks out its connections: the first
