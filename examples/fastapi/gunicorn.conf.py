@@ -5,8 +5,9 @@ worker_class = "uvicorn_worker.UvicornWorker"
 
 
 def child_exit(server, worker):
-    # A worker that died (SIGKILL, out of memory) leaves its statistics file: drop it now
-    # rather than when a sibling notices.
+    # A worker that exits normally leaves its final figures itself. One that died (SIGKILL,
+    # out of memory) left the figures it last wrote: mark them final now rather than when a
+    # sibling notices, so that they are served as those of a process that exited.
     import dbpool_stats
     from app.config import settings
 

@@ -33,6 +33,7 @@ from .stats import FAILURE_REASONS, PoolStats, instrument, uninstrument  # noqa:
 # defaults and environment variable names of the shared-directory mode, and the tests' reset.
 from .exposition import DEFAULT_PATH  # noqa: E402, F401
 from .multiprocess import DEFAULT_INTERVAL, ENV_DIR, ENV_INTERVAL, FILE_SUFFIX, STALE_INTERVALS  # noqa: E402, F401
+from .multiprocess import DEFAULT_KEEP_EXITED, MAX_EXITED_FILES  # noqa: E402, F401
 from .stats import _reset_for_tests  # noqa: E402, F401
 
 __all__ = [

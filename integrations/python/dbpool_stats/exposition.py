@@ -19,7 +19,7 @@ DEFAULT_PATH = "/dbpool"
 
 def snapshot():
     """The whole JSON document as a dict: this process's live instances, plus its
-    siblings' in the shared-directory mode."""
+    siblings' in the shared-directory mode, and the final entries of siblings that exited."""
     if not REGISTRY.active:
         try:
             REGISTRY.activate()
@@ -38,12 +38,14 @@ def snapshot():
             pass
     if instances is None:
         instances = REGISTRY.snapshots()
+    exited = []
     try:
         if shared is not None:
-            instances.extend(shared.siblings(REGISTRY, now))
+            live, exited = shared.siblings(REGISTRY, now)
+            instances.extend(live)
     except Exception:
         pass
-    return {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": now, "instances": instances}
+    return {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": now, "instances": instances, "exited": exited}
 
 
 def render_json():
@@ -51,7 +53,7 @@ def render_json():
     try:
         doc = snapshot()
     except Exception:
-        doc = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": time.time(), "instances": []}
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": time.time(), "instances": [], "exited": []}
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 

@@ -524,7 +524,7 @@ def uninstrument(engine):
 
 def _reset_for_tests():
     """Forget every instrumented engine and the shared directory (tests only)."""
-    multiprocess.shutdown()
+    multiprocess._stop(final=False)
     with REGISTRY.lock:
         for s in list(REGISTRY.pools):
             s._unwrap()

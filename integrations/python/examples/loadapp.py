@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -462,7 +463,7 @@ def run_sync(args, worker=0, stats_dir=None, listen=True, truth_file=None, paren
         srv.shutdown()
         srv.server_close()
     app.close()
-    dbpool_stats.shutdown()
+    stop_stats(parent)
     if truth_file:
         remove(truth_file)
 
@@ -491,9 +492,18 @@ def run_async(args, worker=0, stats_dir=None, listen=True, truth_file=None, pare
         await app.close()
 
     asyncio.run(main())
-    dbpool_stats.shutdown()
+    stop_stats(parent)
     if truth_file:
         remove(truth_file)
+
+
+def stop_stats(parent):
+    """A worker leaves its final figures for its siblings to serve; a process that is the
+    whole application removes its file, since nobody would serve it."""
+    if parent is not None:
+        dbpool_stats.shutdown()
+    else:
+        dbpool_stats.set_multiprocess_dir(None)
 
 
 def write_json(path, doc):
@@ -534,6 +544,7 @@ def run_workers(args):
                 sys.stderr.flush()
                 os._exit(code)
         children.append(pid)
+    workers = list(children)
 
     dbpool_stats.set_multiprocess_dir(stats_dir)
 
@@ -592,8 +603,10 @@ def run_workers(args):
                 os.waitpid(pid, 0)
                 break
             time.sleep(0.05)
-        dbpool_stats.mark_process_dead(pid, stats_dir)
-    dbpool_stats.shutdown()
+    # The whole application stops: nobody is left to serve its workers' final figures.
+    dbpool_stats.set_multiprocess_dir(None)
+    for pid in workers:
+        remove(os.path.join(stats_dir, "%s.%d%s" % (socket.gethostname(), pid, dbpool_stats.FILE_SUFFIX)))
     if own_dir:
         shutil.rmtree(stats_dir, ignore_errors=True)
     return 1 if failed else 0

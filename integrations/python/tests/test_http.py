@@ -26,6 +26,7 @@ class EndpointTest(PoolTestCase):
         self.assertEqual(doc["format"], "dbpool-stats")
         self.assertEqual(doc["version"], 1)
         self.assertIsInstance(doc["generated_at"], float)
+        self.assertEqual(doc["exited"], [])  # a single process: no sibling exited
         self.assertEqual(sorted(i["pool"] for i in doc["instances"]), sorted(pools))
         keys = {
             "pool", "instance", "pid", "pool_class", "collected_at", "settings", "status",
