@@ -90,23 +90,23 @@ func (s *appSource) Scrape(ctx context.Context) (Scraped, error) {
 	cancel()
 
 	type answer struct {
-		instances []metrics.PoolStats
-		err       error
+		instances, exited []metrics.PoolStats
+		err               error
 	}
 	answers := make([][]answer, len(s.entries))
 	for i, e := range s.entries {
 		answers[i] = make([]answer, len(found[i]))
 		for j := range found[i] {
 			wg.Go(func() {
-				ins, err := e.collect(ctx, &found[i][j], s.target)
-				answers[i][j] = answer{ins, err}
+				ins, exited, err := e.collect(ctx, &found[i][j], s.target)
+				answers[i][j] = answer{ins, exited, err}
 			})
 		}
 	}
 	wg.Wait()
 
 	var out Scraped
-	var instances []metrics.PoolStats
+	var instances, exited []metrics.PoolStats
 	var failed []error
 	live := map[string]bool{}
 	for i, e := range s.entries {
@@ -125,6 +125,7 @@ func (s *appSource) Scrape(ctx context.Context) (Scraped, error) {
 			s.logPart(name, ep.addr, a.err, 0)
 			live[name+"\x00"+ep.addr] = true
 			instances = append(instances, a.instances...)
+			exited = append(exited, a.exited...)
 			if a.err != nil {
 				failed = append(failed, fmt.Errorf("app %s: %w", name, a.err))
 			}
@@ -134,7 +135,7 @@ func (s *appSource) Scrape(ctx context.Context) (Scraped, error) {
 		name, addr, _ := strings.Cut(key, "\x00")
 		s.logger.Info("app endpoint no longer found, after failing", "target", s.target, "collector", metrics.CollectorApp, "app", name, "endpoint", addr)
 	}
-	out.Pools = s.counters.merge(s.target, instances, time.Now())
+	out.Pools = s.counters.merge(s.target, instances, exited, time.Now())
 	if err := errors.Join(failed...); err != nil {
 		return out, partsLogged{err}
 	}
@@ -190,26 +191,42 @@ func newAppClient(resolver *net.Resolver, serverName string) *http.Client {
 	}
 }
 
-// collect fetches the endpoint ep of the entry once and returns one sample per instance.
-func (e *appEntry) collect(ctx context.Context, ep *appEndpoint, target string) ([]metrics.PoolStats, error) {
+// collect fetches the endpoint ep of the entry once and returns one sample per instance, of
+// the live instances and of the processes that exited.
+func (e *appEntry) collect(ctx context.Context, ep *appEndpoint, target string) (live, exited []metrics.PoolStats, err error) {
 	doc, err := ep.fetch(ctx, e.client)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	instances, err := selectInstances(doc, e.app.AppPool)
+	return docSamples(doc, e.app.AppPool, target, e.app.Pool)
+}
+
+// docSamples turns the instances of appPool in doc into samples of pool on target, refusing
+// the document if any of them is not a pool's.
+func docSamples(doc *appDoc, appPool, target, pool string) (live, exited []metrics.PoolStats, err error) {
+	liveIns, exitedIns, err := selectInstances(doc, appPool)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]metrics.PoolStats, 0, len(instances))
-	for i := range instances {
-		p, err := instanceStats(&instances[i])
-		if err != nil {
-			return nil, fmt.Errorf("instance %q: %w", instances[i].Instance, err)
+	samples := func(instances []appInstance, what string) ([]metrics.PoolStats, error) {
+		out := make([]metrics.PoolStats, 0, len(instances))
+		for i := range instances {
+			p, err := instanceStats(&instances[i])
+			if err != nil {
+				return nil, fmt.Errorf("%sinstance %q: %w", what, instances[i].Instance, err)
+			}
+			p.Target, p.Pool = target, pool
+			out = append(out, p)
 		}
-		p.Target, p.Pool = target, e.app.Pool
-		out = append(out, p)
+		return out, nil
 	}
-	return out, nil
+	if live, err = samples(liveIns, ""); err != nil {
+		return nil, nil, err
+	}
+	if exited, err = samples(exitedIns, "exited "); err != nil {
+		return nil, nil, err
+	}
+	return live, exited, nil
 }
 
 func (e *appEndpoint) fetch(ctx context.Context, client *http.Client) (*appDoc, error) {

@@ -28,6 +28,9 @@ type appDoc struct {
 	Format    *string       `json:"format"`
 	Version   *int          `json:"version"`
 	Instances []appInstance `json:"instances"`
+	// Exited are the final entries of processes that exited (added within version 1): their
+	// counters as they left them, which the pool's counters take; they have no gauges.
+	Exited []appInstance `json:"exited"`
 }
 
 type appInstance struct {
@@ -108,26 +111,39 @@ func parseAppDoc(body []byte) (*appDoc, error) {
 	return &doc, nil
 }
 
-// selectInstances keeps the instances of appPool, or all when it is empty; an endpoint that
-// reports several pools then must be told which one this is.
-func selectInstances(doc *appDoc, appPool string) ([]appInstance, error) {
-	var out []appInstance
+// selectInstances keeps the instances of appPool, or all when it is empty, of the live and of
+// the exited ones; an endpoint that reports several pools then must be told which one this
+// is. An exited entry of a process that is also live is left out: the live one is newer (a
+// pid used again).
+func selectInstances(doc *appDoc, appPool string) (live, exited []appInstance, err error) {
 	pools := map[string]bool{}
-	seen := map[string]bool{}
-	for _, in := range doc.Instances {
-		if in.Instance == "" {
-			return nil, errors.New(`an instance without "instance"`)
+	liveNames := map[string]bool{}
+	pick := func(list []appInstance, seen map[string]bool, skip map[string]bool) ([]appInstance, error) {
+		var out []appInstance
+		for _, in := range list {
+			if in.Instance == "" {
+				return nil, errors.New(`an instance without "instance"`)
+			}
+			pools[in.Pool] = true
+			if appPool != "" && in.Pool != appPool {
+				continue
+			}
+			key := in.Pool + "\x00" + in.Instance
+			if seen[key] {
+				return nil, fmt.Errorf("instance %q of pool %q is reported twice", in.Instance, in.Pool)
+			}
+			seen[key] = true
+			if !skip[key] {
+				out = append(out, in)
+			}
 		}
-		pools[in.Pool] = true
-		if appPool != "" && in.Pool != appPool {
-			continue
-		}
-		key := in.Pool + "\x00" + in.Instance
-		if seen[key] {
-			return nil, fmt.Errorf("instance %q of pool %q is reported twice", in.Instance, in.Pool)
-		}
-		seen[key] = true
-		out = append(out, in)
+		return out, nil
+	}
+	if live, err = pick(doc.Instances, liveNames, nil); err != nil {
+		return nil, nil, err
+	}
+	if exited, err = pick(doc.Exited, map[string]bool{}, liveNames); err != nil {
+		return nil, nil, fmt.Errorf("exited: %w", err)
 	}
 	if appPool == "" && len(pools) > 1 {
 		names := make([]string, 0, len(pools))
@@ -135,9 +151,9 @@ func selectInstances(doc *appDoc, appPool string) ([]appInstance, error) {
 			names = append(names, fmt.Sprintf("%q", p))
 		}
 		slices.Sort(names)
-		return nil, fmt.Errorf("the endpoint reports several pools (%s): set app_pool to the one this is", strings.Join(names, ", "))
+		return nil, nil, fmt.Errorf("the endpoint reports several pools (%s): set app_pool to the one this is", strings.Join(names, ", "))
 	}
-	return out, nil
+	return live, exited, nil
 }
 
 // instanceStats turns one instance into a pool sample of one instance, refusing values that

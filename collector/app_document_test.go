@@ -34,7 +34,7 @@ func parseInstance(body string) (metrics.PoolStats, error) {
 	if err != nil {
 		return metrics.PoolStats{}, err
 	}
-	ins, err := selectInstances(doc, "")
+	ins, _, err := selectInstances(doc, "")
 	if err != nil {
 		return metrics.PoolStats{}, err
 	}
@@ -220,5 +220,38 @@ func TestAppDocumentRefusesImpossibleTimings(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestAppDocumentExited: the exited entries of the pool are read beside the live ones, those
+// of other pools skipped, and one of a process that is also live is left out (a pid used
+// again: the live one is newer).
+func TestAppDocumentExited(t *testing.T) {
+	doc, err := parseAppDoc([]byte(withExited(
+		appDocJSON(appInstanceJSON("api", "h:1", 1, 1, 0, 2, 5, 1), appInstanceJSON("jobs", "h:1", 0, 1, -1, 1, 2, 0)),
+		appInstanceJSON("api", "h:1", 0, 0, -2, 0, 3, 0), appInstanceJSON("api", "h:2", 0, 0, -2, 0, 9, 2), appInstanceJSON("jobs", "h:3", 0, 0, -2, 0, 1, 0))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, exited, err := docSamples(doc, "api", "db", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(ps []metrics.PoolStats) (out []string) {
+		for _, p := range ps {
+			out = append(out, fmt.Sprintf("%s %d", p.Processes[0].Process, p.Checkouts.Count))
+		}
+		return out
+	}
+	if got, want := names(live), []string{"h:1 5"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("live %v, want %v", got, want)
+	}
+	if got, want := names(exited), []string{"h:2 9"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("exited %v, want %v", got, want)
+	}
+	// An older integration's document has no exited entries.
+	doc, _ = parseAppDoc([]byte(appDocJSON(appInstanceJSON("api", "h:1", 1, 1, 0, 2, 5, 1))))
+	if _, exited, err := docSamples(doc, "", "db", "api"); err != nil || len(exited) != 0 {
+		t.Errorf("exited %v, err %v, want none", exited, err)
 	}
 }

@@ -2,6 +2,7 @@ package collector
 
 import (
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +14,9 @@ import (
 // worker restarts or an endpoint misses a scrape, and Prometheus reads every fall of a counter
 // as a reset to 0: rate() of the pool's timeouts would jump by all timeouts so far. The pool's
 // counters therefore add, to the processes answering now, the last values of processes that
-// stopped answering, so that they only ever grow.
+// stopped answering, so that they only ever grow. A process that exits reports its final
+// counters for a while (the document's exited entries): they replace its last values, so
+// that what it did after the exporter's last scrape of it is counted too.
 
 // appProcessGrace is how long the last counters of a process that stopped answering stay in
 // the pool's counters as they were before they are folded in for good: an endpoint that is
@@ -51,25 +54,31 @@ type seenProcess struct {
 }
 
 // merge turns the instances of a target's app pools (one sample each) into one sample per
-// pool. Gauges are the sum of the instances that answered; counters also hold those that
-// stopped answering (see above). A process reported twice (one application listed under two
-// URLs) counts once.
-func (c *AppCounters) merge(target string, instances []metrics.PoolStats, now time.Time) []metrics.PoolStats {
+// pool. Gauges are the sum of the live instances; counters also hold those that stopped
+// answering (see above) and the final counters of the processes that exited, which add
+// nothing else: no instance, no gauge, no process series. A process reported twice (one
+// application listed under two URLs) counts once, and as live if it is live anywhere.
+func (c *AppCounters) merge(target string, live, exited []metrics.PoolStats, now time.Time) []metrics.PoolStats {
+	var order, exitedOrder []string // pools, as they first come
 	byPool := map[string][]*metrics.PoolStats{}
-	var order []string
+	exitedByPool := map[string][]*metrics.PoolStats{}
 	seen := map[string]bool{}
-	for i := range instances {
-		p := &instances[i]
-		key := p.Pool + "\x00" + p.Processes[0].Process
-		if seen[key] {
-			continue
+	group := func(samples []metrics.PoolStats, into map[string][]*metrics.PoolStats, order *[]string) {
+		for i := range samples {
+			p := &samples[i]
+			key := p.Pool + "\x00" + p.Processes[0].Process
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			if into[p.Pool] == nil {
+				*order = append(*order, p.Pool)
+			}
+			into[p.Pool] = append(into[p.Pool], p)
 		}
-		seen[key] = true
-		if byPool[p.Pool] == nil {
-			order = append(order, p.Pool)
-		}
-		byPool[p.Pool] = append(byPool[p.Pool], p)
 	}
+	group(live, byPool, &order)
+	group(exited, exitedByPool, &exitedOrder)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]metrics.PoolStats, 0, len(order))
@@ -81,14 +90,21 @@ func (c *AppCounters) merge(target string, instances []metrics.PoolStats, now ti
 		for _, p := range ins[1:] {
 			addGauges(&sum, p)
 		}
-		counters := c.counters(appPoolKey{target, pool}, ins, now)
+		counters := c.counters(appPoolKey{target, pool}, slices.Concat(ins, exitedByPool[pool]), now)
 		sum.Checkouts, sum.UseTime, sum.CreateTime, sum.Lifecycle = counters.Checkouts, counters.UseTime, counters.CreateTime, counters.Lifecycle
 		out = append(out, sum)
+	}
+	// A pool of which only exited processes were reported has no sample, but keeps their
+	// counters for when its live ones answer again.
+	for _, pool := range exitedOrder {
+		if byPool[pool] == nil {
+			c.counters(appPoolKey{target, pool}, exitedByPool[pool], now)
+		}
 	}
 	return out
 }
 
-// counters records the instances of a pool answering now and returns the pool's counters.
+// counters records the instances of a pool reported now and returns the pool's counters.
 func (c *AppCounters) counters(key appPoolKey, ins []*metrics.PoolStats, now time.Time) *metrics.PoolStats {
 	pc := c.pools[key]
 	if pc == nil {

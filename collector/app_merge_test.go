@@ -59,7 +59,7 @@ func TestAppTimingsNeverFall(t *testing.T) {
 	c := NewAppCounters()
 	var prev *metrics.PoolStats
 	for _, st := range steps {
-		pools := c.merge("db", st.instances, start.Add(st.at))
+		pools := c.merge("db", st.instances, nil, start.Add(st.at))
 		if len(pools) != 1 {
 			t.Fatalf("%s: %d pools", st.name, len(pools))
 		}
@@ -138,7 +138,7 @@ func TestAppLeaksMerge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pools := NewAppCounters().merge("db", tt.instances, time.Now())
+			pools := NewAppCounters().merge("db", tt.instances, nil, time.Now())
 			if got := pools[0].Leaks; !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("leaks %s\nwant %s", show(got), show(tt.want))
 			}
@@ -233,5 +233,25 @@ dbpool_process_connection_use_duration_seconds_count{pool="api",process="web-2:2
 	mfs := gatherWithin(t, tgt, 2*time.Second)
 	if _, ok := value(mfs, "dbpool_checkouts_total", map[string]string{"pool": "jobs"}); !ok {
 		t.Error("pool jobs of the older integration lost its checkouts")
+	}
+}
+
+// TestAppExitedOnlyPool: a pool of which only processes that exited are reported has no
+// sample, and its counters keep their final figures for when a live process answers.
+func TestAppExitedOnlyPool(t *testing.T) {
+	jobs := func(name string, n uint64) metrics.PoolStats {
+		p := timedInstance(name, n, 0)
+		p.Pool = "jobs"
+		return p
+	}
+	c := NewAppCounters()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	pools := c.merge("db", []metrics.PoolStats{timedInstance("a", 10, 0)}, []metrics.PoolStats{jobs("j", 5)}, now)
+	if len(pools) != 1 || pools[0].Pool != "api" {
+		t.Fatalf("pools %+v, want only api", pools)
+	}
+	pools = c.merge("db", []metrics.PoolStats{timedInstance("a", 10, 0), jobs("k", 1)}, nil, now.Add(15*time.Second))
+	if len(pools) != 2 || pools[1].Pool != "jobs" || pools[1].Checkouts.Count != 6 || pools[1].Instances != 1 {
+		t.Fatalf("pools %+v, want jobs with 5 + 1 checkouts over 1 instance", pools)
 	}
 }

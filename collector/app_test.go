@@ -38,6 +38,11 @@ func appDocJSON(instances ...string) string {
 	return `{"format": "dbpool-stats", "version": 1, "generated_at": 2.5, "instances": [` + strings.Join(instances, ",") + `]}`
 }
 
+// withExited adds the final entries of processes that exited to doc.
+func withExited(doc string, exited ...string) string {
+	return strings.TrimSuffix(doc, "}") + `, "exited": [` + strings.Join(exited, ",") + `]}`
+}
+
 func TestAppDocumentRejectsGarbage(t *testing.T) {
 	good := appInstanceJSON("api", "h:1", 1, 1, 0, 2, 5, 1)
 	tests := []struct {
@@ -58,20 +63,17 @@ func TestAppDocumentRejectsGarbage(t *testing.T) {
 		{"bucket above count", appDocJSON(strings.Replace(good, `"count": 5, "failed"`, `"count": 3, "failed"`, 1)), "", "counts must be cumulative"},
 		{"negative pending", appDocJSON(strings.Replace(good, `"pending_checkouts": 1`, `"pending_checkouts": -1`, 1)), "", "pending_checkouts -1 is negative"},
 		{"bad recycle", appDocJSON(strings.Replace(good, `"recycle_seconds": 60`, `"recycle_seconds": -5`, 1)), "", "recycle_seconds -5"},
+		{"exited without instance id", withExited(appDocJSON(good), `{"pool": "api", "status": {}}`), "", `exited: an instance without "instance"`},
+		{"exited twice", withExited(appDocJSON(good), appInstanceJSON("api", "h:2", 0, 0, -2, 0, 5, 1), appInstanceJSON("api", "h:2", 0, 0, -2, 0, 5, 1)), "",
+			`exited: instance "h:2" of pool "api" is reported twice`},
+		{"exited garbage", withExited(appDocJSON(good), appInstanceJSON("api", "h:2", -1, 0, 0, 0, 0, 0)), "", `exited instance "h:2": negative connection count`},
+		{"exited of another pool", withExited(appDocJSON(good), appInstanceJSON("jobs", "h:2", 0, 0, -2, 0, 0, 0)), "", `several pools ("api", "jobs")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			doc, err := parseAppDoc([]byte(tt.body))
 			if err == nil {
-				var ins []appInstance
-				if ins, err = selectInstances(doc, tt.appPool); err == nil {
-					for i := range ins {
-						if _, err = instanceStats(&ins[i]); err != nil {
-							err = fmt.Errorf("instance %q: %w", ins[i].Instance, err)
-							break
-						}
-					}
-				}
+				_, _, err = docSamples(doc, tt.appPool, "db", "api")
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want one containing %q", err, tt.want)
@@ -107,9 +109,9 @@ func mustAppURL(t *testing.T, s string) poolcfg.AppURL {
 	return u
 }
 
-// TestAppEndpointsMergeIntoOnePool: two endpoints of pool "api" (one with two instances, and
-// one that also reports a pool the exporter must skip) add up to one exact sample, while
-// the database itself is down.
+// TestAppEndpointsMergeIntoOnePool: two endpoints of pool "api" (one with two instances and a
+// process that exited, and one that also reports a pool the exporter must skip) add up to
+// one exact sample, while the database itself is down.
 func TestAppEndpointsMergeIntoOnePool(t *testing.T) {
 	var mu sync.Mutex
 	var auth []string
@@ -124,7 +126,10 @@ func TestAppEndpointsMergeIntoOnePool(t *testing.T) {
 		t.Cleanup(s.Close)
 		return s
 	}
-	a := serve(appDocJSON(appInstanceJSON("api", "a:1", 2, 0, 0, 2, 10, 2), appInstanceJSON("api", "a:2", 4, 1, 3, 5, 20, 0)))
+	// a:3 exited: its final counters count, nothing else of it does (its pending_checkouts
+	// of 1 included).
+	a := serve(withExited(appDocJSON(appInstanceJSON("api", "a:1", 2, 0, 0, 2, 10, 2), appInstanceJSON("api", "a:2", 4, 1, 3, 5, 20, 0)),
+		appInstanceJSON("api", "a:3", 0, 0, -2, 0, 8, 1)))
 	b := serve(appDocJSON(appInstanceJSON("api", "b:1", 1, 1, 0, 2, 5, 1), appInstanceJSON("jobs", "b:1", 9, 9, 9, 18, 99, 9)))
 
 	pools := []poolcfg.Pool{{Name: "api", Target: "db", Settings: poolcfg.DefaultSettings(), Instances: 3}}
@@ -138,7 +143,7 @@ func TestAppEndpointsMergeIntoOnePool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c := withoutOwnPool{NewExporter([]*Target{tgt}, ExporterOptions{}).ScrapeCollector(ctx)}
-	// Three instances: 2+4+1 checked out, overflow 0+3+0, open 2+5+2.
+	// Three instances: 2+4+1 checked out, overflow 0+3+0, open 2+5+2; four processes' counters.
 	want := `
 # HELP dbpool_in_use_connections Connections checked out or busy; never counts idle ones. A lower bound for the activity source.
 # TYPE dbpool_in_use_connections gauge
@@ -167,21 +172,21 @@ dbpool_utilization_ratio{pool="api",source="app",target="db"} 0.4666666666666667
 dbpool_pending_checkouts{pool="api",source="app",target="db"} 3
 # HELP dbpool_checkout_timeouts_total Checkouts that gave up waiting because the pool was exhausted.
 # TYPE dbpool_checkout_timeouts_total counter
-dbpool_checkout_timeouts_total{pool="api",source="app",target="db"} 3
+dbpool_checkout_timeouts_total{pool="api",source="app",target="db"} 4
 # HELP dbpool_checkout_duration_seconds Time callers waited to check out a connection.
 # TYPE dbpool_checkout_duration_seconds histogram
-dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.001"} 3
-dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.05"} 32
-dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="30"} 35
-dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="+Inf"} 35
-dbpool_checkout_duration_seconds_sum{pool="api",source="app",target="db"} 4.5
-dbpool_checkout_duration_seconds_count{pool="api",source="app",target="db"} 35
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.001"} 4
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="0.05"} 39
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="30"} 43
+dbpool_checkout_duration_seconds_bucket{pool="api",source="app",target="db",le="+Inf"} 43
+dbpool_checkout_duration_seconds_sum{pool="api",source="app",target="db"} 6
+dbpool_checkout_duration_seconds_count{pool="api",source="app",target="db"} 43
 # HELP dbpool_pre_ping_failures_total Pre-pings (DB_POOL_PRE_PING) that found a connection dead before handing it out.
 # TYPE dbpool_pre_ping_failures_total counter
-dbpool_pre_ping_failures_total{pool="api",source="app",target="db"} 3
+dbpool_pre_ping_failures_total{pool="api",source="app",target="db"} 4
 # HELP dbpool_connection_recycles_total Connections the pool replaced because they reached the recycle age (DB_POOL_RECYCLE).
 # TYPE dbpool_connection_recycles_total counter
-dbpool_connection_recycles_total{pool="api",source="app",target="db"} 6
+dbpool_connection_recycles_total{pool="api",source="app",target="db"} 8
 # HELP dbpool_checkout_timeout_seconds Configured time a checkout may wait for a connection (DB_POOL_TIMEOUT); absent when it waits forever.
 # TYPE dbpool_checkout_timeout_seconds gauge
 dbpool_checkout_timeout_seconds{pool="api",source="app",target="db"} 0.5
@@ -354,24 +359,39 @@ func TestAppPoolCountersNeverFall(t *testing.T) {
 			Processes: []metrics.ProcessStats{{Process: name, InUse: 1, Open: 2}}}
 	}
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	// A process that exited: its final counters, and the gauges of no pool.
+	exited := func(name string, count, timeouts uint64) metrics.PoolStats {
+		p := instance(name, count, timeouts)
+		p.Open, p.InUse, p.States = 0, 0, map[string]int{metrics.StateCheckedOut: 0, metrics.StateCheckedIn: 0}
+		p.Processes[0].InUse, p.Processes[0].Open = 0, 0
+		return p
+	}
 	steps := []struct {
 		name         string
 		at           time.Duration
 		instances    []metrics.PoolStats
+		exited       []metrics.PoolStats
 		count, tmo   uint64
 		inUse, procs int
 	}{
-		{"two processes", 0, []metrics.PoolStats{instance("a", 10, 5), instance("b", 7, 3)}, 17, 8, 2, 2},
-		{"b's endpoint missed the scrape", 15 * time.Second, []metrics.PoolStats{instance("a", 12, 6)}, 19, 9, 1, 1},
-		{"b is back", 30 * time.Second, []metrics.PoolStats{instance("a", 12, 6), instance("b", 9, 4)}, 21, 10, 2, 2},
-		{"a restarted its counters under the same name", 45 * time.Second, []metrics.PoolStats{instance("a", 2, 1), instance("b", 9, 4)}, 23, 11, 2, 2},
-		{"a and b gone for good, c new", 20 * time.Minute, []metrics.PoolStats{instance("c", 1, 0)}, 24, 11, 1, 1},
-		{"reported twice", 20*time.Minute + 15*time.Second, []metrics.PoolStats{instance("c", 3, 0), instance("c", 3, 0)}, 26, 11, 1, 1},
+		{"two processes", 0, []metrics.PoolStats{instance("a", 10, 5), instance("b", 7, 3)}, nil, 17, 8, 2, 2},
+		{"b's endpoint missed the scrape", 15 * time.Second, []metrics.PoolStats{instance("a", 12, 6)}, nil, 19, 9, 1, 1},
+		{"b is back", 30 * time.Second, []metrics.PoolStats{instance("a", 12, 6), instance("b", 9, 4)}, nil, 21, 10, 2, 2},
+		{"a restarted its counters under the same name", 45 * time.Second, []metrics.PoolStats{instance("a", 2, 1), instance("b", 9, 4)}, nil, 23, 11, 2, 2},
+		// b exits after 3 more checkouts than the last scrape saw, d exits before any scrape
+		// saw it: their final counters count, they are no instance, no process series.
+		{"b and d exited", time.Minute, []metrics.PoolStats{instance("a", 2, 1)}, []metrics.PoolStats{exited("b", 12, 5), exited("d", 4, 1)}, 30, 13, 1, 1},
+		{"the exited ones served again", 75 * time.Second, []metrics.PoolStats{instance("a", 3, 1)}, []metrics.PoolStats{exited("b", 12, 5), exited("d", 4, 1)}, 31, 13, 1, 1},
+		// One endpoint still has a live, another already serves its final figures: live wins.
+		{"a live and exited at once", 90 * time.Second, []metrics.PoolStats{instance("a", 4, 1)}, []metrics.PoolStats{exited("a", 5, 1)}, 32, 13, 1, 1},
+		{"the exited files expired", 6 * time.Minute, []metrics.PoolStats{instance("a", 5, 1)}, nil, 33, 13, 1, 1},
+		{"a and b gone for good, c new", 20 * time.Minute, []metrics.PoolStats{instance("c", 1, 0)}, nil, 34, 13, 1, 1},
+		{"reported twice", 20*time.Minute + 15*time.Second, []metrics.PoolStats{instance("c", 3, 0), instance("c", 3, 0)}, nil, 36, 13, 1, 1},
 	}
 	c := NewAppCounters()
 	var prevCount, prevTimeouts uint64
 	for _, st := range steps {
-		pools := c.merge("db", st.instances, start.Add(st.at))
+		pools := c.merge("db", st.instances, st.exited, start.Add(st.at))
 		if len(pools) != 1 || pools[0].Pool != "api" {
 			t.Fatalf("%s: pools %+v", st.name, pools)
 		}
