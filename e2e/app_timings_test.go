@@ -228,20 +228,29 @@ type leakSiteWant struct {
 func leakSite(t *testing.T) leakSiteWant {
 	t.Helper()
 	file := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
+	inSync := false
+	n := lineOf(t, file, func(line string) bool {
+		inSync = inSync || strings.HasPrefix(line, "class SyncApp")
+		return inSync && strings.TrimSpace(line) == "c = self.engine.connect()"
+	})
+	return leakSiteWant{file: file, line: n, function: "SyncApp.hold.<locals>.holder"}
+}
+
+// lineOf returns the number of the first line of file that match accepts (called on each line
+// in turn), failing the test when there is none.
+func lineOf(t *testing.T, file string, match func(line string) bool) int {
+	t.Helper()
 	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	inSync := false
 	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		inSync = inSync || strings.HasPrefix(line, "class SyncApp")
-		if inSync && strings.TrimSpace(line) == "c = self.engine.connect()" {
-			return leakSiteWant{file: file, line: n, function: "SyncApp.hold.<locals>.holder"}
+		if match(sc.Text()) {
+			return n
 		}
 	}
-	t.Fatalf("%s: no checkout in SyncApp.hold", file)
-	return leakSiteWant{}
+	t.Fatalf("%s: no such line", file)
+	return 0
 }

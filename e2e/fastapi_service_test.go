@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,81 +26,200 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/dbpool/dbpool_exporter/tools/childproc"
+	"github.com/dbpool/dbpool_exporter/tools/dnstest"
 	"github.com/dbpool/dbpool_exporter/tools/pythonenv"
 	"github.com/dbpool/dbpool_exporter/tools/testbin"
 )
 
-// The pieces of TestFastAPIService: the example service (examples/fastapi) under a server,
-// the clients that load it, and the recorder of the exporter's scrapes.
+// The pieces of TestFastAPIService: the example service (examples/fastapi) as replicas under
+// a server behind one DNS name, the clients that load it, and the recorder of the exporter's
+// scrapes.
 
-// fastapiWorkers is the number of worker processes of every server.
-const fastapiWorkers = 4
+// The service's replicas: each a server with fastapiReplicaWorkers worker processes on an
+// address of its own, all on one port, as the pods of a Kubernetes headless Service. The
+// first fastapiReplicas run throughout; the next address is a replica that joins and leaves.
+const (
+	fastapiName           = "api.dbpool.test"
+	fastapiReplicas       = 2
+	fastapiReplicaWorkers = 2
+	// fastapiWorkers is the number of worker processes that serve when no replica is joining.
+	fastapiWorkers = fastapiReplicas * fastapiReplicaWorkers
+)
+
+var fastapiIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 
 // fastapiServer is one way to run the service in production.
 type fastapiServer struct {
 	name string
-	// args is the command line after the interpreter, serving on host:port.
-	args func(example, host, port string) []string
-	// recycles: the server replaces its workers after a number of requests.
-	recycles bool
+	// args is the command line after the interpreter: serve module:app on host:port with
+	// fastapiReplicaWorkers workers, each replaced after maxRequests and up to jitter more.
+	args func(example, module, host, port string) []string
 }
 
-// gunicornMaxRequests is gunicorn's --max-requests: above what the phases before the churn
-// send to any one worker (about 150 at most, the exporter's scrapes included), so that every
-// worker is replaced only in the churn phase, and then several times. Each worker's limit is
-// up to gunicornJitter higher, so that the workers are not all replaced at once (for seconds
-// none would answer, as without jitter in production).
+// The workers' request limits (gunicorn's --max-requests, uvicorn's --limit-max-requests):
+// above what the phases before the churn send to any one worker (about 150 at most, the
+// exporter's scrapes included), so that workers are replaced only from the churn on, and
+// then several times. Each worker's limit is up to recycleJitter higher, so that the workers
+// are not all replaced at once (for seconds none would answer, as without jitter in
+// production).
 const (
-	gunicornMaxRequests = 300
-	gunicornJitter      = 150
+	recycleAfter  = 300
+	recycleJitter = 150
 )
 
 var fastapiServers = []fastapiServer{
-	{name: "uvicorn", args: func(_, host, port string) []string {
-		return []string{"-m", "uvicorn", "app.main:app", "--workers", strconv.Itoa(fastapiWorkers),
+	{name: "uvicorn", args: func(_, module, host, port string) []string {
+		return []string{"-m", "uvicorn", module + ":app", "--workers", strconv.Itoa(fastapiReplicaWorkers),
+			"--limit-max-requests", strconv.Itoa(recycleAfter), "--limit-max-requests-jitter", strconv.Itoa(recycleJitter),
 			"--host", host, "--port", port, "--no-access-log"}
 	}},
-	{name: "gunicorn", recycles: true, args: func(example, host, port string) []string {
+	{name: "gunicorn", args: func(example, module, host, port string) []string {
 		return []string{"-m", "gunicorn", "-c", filepath.Join(example, "gunicorn.conf.py"),
-			"-w", strconv.Itoa(fastapiWorkers), "--max-requests", strconv.Itoa(gunicornMaxRequests),
-			"--max-requests-jitter", strconv.Itoa(gunicornJitter),
-			"-b", host + ":" + port, "app.main:app"}
+			"-w", strconv.Itoa(fastapiReplicaWorkers), "--max-requests", strconv.Itoa(recycleAfter),
+			"--max-requests-jitter", strconv.Itoa(recycleJitter),
+			"-b", host + ":" + port, module + ":app"}
 	}},
 }
 
-// fastapiService is the example service running under one server.
-type fastapiService struct {
+// fastapiReplica is one replica: a server and its worker processes on ip:port.
+type fastapiReplica struct {
 	*process
-	base string // http://127.0.0.1:port
-	// client opens a new connection per request, so that the kernel hands every request to
-	// whichever worker accepts it, as it does for many independent clients.
-	client *http.Client
-
-	mu         sync.Mutex
-	answeredBy map[int]int // requests of the test answered, by worker pid
+	ip, base string       // base: http://ip:port
+	inFlight atomic.Int64 // the clients' requests to it not yet answered
+	answered atomic.Int64 // the clients' requests it answered with 200
 }
 
-// startFastAPI runs the service under srv in dir, whose .env holds the pool settings;
-// databaseURL goes in the environment.
-func startFastAPI(t *testing.T, dir string, srv fastapiServer, databaseURL string) *fastapiService {
+// fastapiService is the service's replicas, the DNS name the exporter finds them by, and the
+// clients' view of them.
+type fastapiService struct {
+	srv       fastapiServer
+	dir, port string
+	env       []string
+	dns       *dnstest.Server
+	// client opens a new connection per request, so that the kernel hands every request to
+	// whichever worker of the replica accepts it, as it does for many independent clients.
+	client *http.Client
+
+	mu       sync.Mutex
+	all      []*fastapiReplica // every replica started
+	rotation []*fastapiReplica // the replicas the clients send requests to, in turn
+	next     int
+	// answered counts the test's requests answered with 200 by each worker, answeredAt
+	// holds when.
+	answered   map[int]int
+	answeredAt map[int][]time.Time
+}
+
+// newFastAPIService prepares the replicas of the service under srv in dir, whose .env holds
+// the pool settings, on a port free on every address of fastapiIPs; databaseURL and the
+// leak detection threshold go in the environment.
+func newFastAPIService(t *testing.T, dir string, srv fastapiServer, databaseURL string) *fastapiService {
 	t.Helper()
 	root := testbin.RepoRoot()
-	example := filepath.Join(root, "examples", "fastapi")
-	env := []string{
-		"DATABASE_URL=" + databaseURL,
-		"PYTHONPATH=" + example + string(os.PathListSeparator) + filepath.Join(root, "integrations", "python"),
-		"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
-	}
-	p, addr := startServer(t, dir, srv.name, testbin.Python(t, pythonenv.SA20), env, "/healthz", func(addr string) []string {
-		host, port, _ := strings.Cut(addr, ":")
-		return srv.args(example, host, port)
-	})
 	return &fastapiService{
-		process:    p,
-		base:       "http://" + addr,
+		srv: srv, dir: dir, port: sharedPort(t, fastapiIPs...), dns: dnstest.Start(t),
+		env: []string{
+			"DATABASE_URL=" + databaseURL,
+			"DBPOOL_STATS_LEAK_THRESHOLD=" + strconv.Itoa(leakThresholdSeconds),
+			"PYTHONPATH=" + strings.Join([]string{filepath.Join(root, "examples", "fastapi"), filepath.Join(root, "integrations", "python"),
+				filepath.Join(root, "e2e", "testdata", "fastapi")}, string(os.PathListSeparator)),
+			"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
+		},
 		client:     &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
-		answeredBy: map[int]int{},
+		answered:   map[int]int{},
+		answeredAt: map[int][]time.Time{},
 	}
+}
+
+// start starts a replica on each of ips (their own shared directory each, as pods have) and
+// waits until all answer.
+func (s *fastapiService) start(t *testing.T, ips ...string) []*fastapiReplica {
+	t.Helper()
+	example := filepath.Join(testbin.RepoRoot(), "examples", "fastapi")
+	python := testbin.Python(t, pythonenv.SA20)
+	var out []*fastapiReplica
+	for _, ip := range ips {
+		name := s.srv.name + "-" + ip
+		env := append(slices.Clone(s.env), "DBPOOL_STATS_DIR="+filepath.Join(s.dir, name))
+		// leaky:app is app.main:app with one route more (e2e/testdata/fastapi/leaky.py).
+		p := startProcess(t, s.dir, name, python, env, s.srv.args(example, "leaky", ip, s.port)...)
+		out = append(out, &fastapiReplica{process: p, ip: ip, base: "http://" + net.JoinHostPort(ip, s.port)})
+	}
+	for _, r := range out {
+		if err := r.WaitReady(context.Background(), 60*time.Second, 50*time.Millisecond, childproc.HTTPReady(r.base+"/healthz")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	s.all = append(s.all, out...)
+	s.mu.Unlock()
+	return out
+}
+
+// serve makes the name resolve to the replicas and the clients send their requests to them.
+func (s *fastapiService) serve(replicas ...*fastapiReplica) {
+	var addrs []netip.Addr
+	for _, r := range replicas {
+		addrs = append(addrs, netip.MustParseAddr(r.ip))
+	}
+	s.dns.Set(fastapiName, addrs...)
+	s.setRotation(replicas...)
+}
+
+// setRotation makes the clients send their next requests to replicas.
+func (s *fastapiService) setRotation(replicas ...*fastapiReplica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rotation = slices.Clone(replicas)
+}
+
+// drain takes r out of the clients' rotation and waits until its requests are answered.
+func (s *fastapiService) drain(t *testing.T, r *fastapiReplica, keep ...*fastapiReplica) {
+	t.Helper()
+	s.setRotation(keep...)
+	for deadline := time.Now().Add(30 * time.Second); r.inFlight.Load() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d requests still in flight 30 s after it left the rotation", r.name, r.inFlight.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (s *fastapiService) pick() *fastapiReplica {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	return s.rotation[s.next%len(s.rotation)]
+}
+
+// replicas returns the replicas in the rotation.
+func (s *fastapiService) replicas() []*fastapiReplica {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.rotation)
+}
+
+// Output is the output of every replica started, one after the other.
+func (s *fastapiService) Output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, r := range s.all {
+		b.WriteString(r.Output())
+	}
+	return b.String()
+}
+
+// logTail is the end of every replica's output.
+func (s *fastapiService) logTail(n int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, r := range s.all {
+		fmt.Fprintf(&b, "%s:\n%s", r.name, indent(r.logTail(n)))
+	}
+	return b.String()
 }
 
 // workerPool is what one worker process reports of its own pool (GET /pool: SQLAlchemy's
@@ -111,8 +233,10 @@ type workerPool struct {
 	Total      int `json:"total_connections"`
 }
 
-func (s *fastapiService) getJSON(ctx context.Context, path string, v any) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
+// getJSON sends GET path to r and decodes the answer into v; an answer with a pid counts
+// for the worker that gave it.
+func (s *fastapiService) getJSON(ctx context.Context, r *fastapiReplica, path string, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+path, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -134,8 +258,11 @@ func (s *fastapiService) getJSON(ctx context.Context, path string, v any) (int, 
 	if err := json.Unmarshal(body, &by); err != nil {
 		return resp.StatusCode, fmt.Errorf("GET %s: %v: %s", path, err, body)
 	}
+	now := time.Now()
+	r.answered.Add(1)
 	s.mu.Lock()
-	s.answeredBy[by.PID]++
+	s.answered[by.PID]++
+	s.answeredAt[by.PID] = append(s.answeredAt[by.PID], now)
 	s.mu.Unlock()
 	if v != nil {
 		if err := json.Unmarshal(body, v); err != nil {
@@ -149,28 +276,44 @@ func (s *fastapiService) getJSON(ctx context.Context, path string, v any) (int, 
 func (s *fastapiService) answers() map[int]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return maps.Clone(s.answeredBy)
+	return maps.Clone(s.answered)
 }
 
-// workerPools asks GET /pool until every worker has answered once (the kernel picks the
-// worker of each new connection) and returns the answers by pid.
+// answeredWithin counts the requests that worker pid answered in the span before at.
+func (s *fastapiService) answeredWithin(pid int, at time.Time, span time.Duration) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, a := range s.answeredAt[pid] {
+		if !a.After(at) && at.Sub(a) <= span {
+			n++
+		}
+	}
+	return n
+}
+
+// workerPools asks GET /pool of every replica in the rotation until each of its workers has
+// answered once (the kernel picks the worker of each new connection) and returns the answers
+// by pid.
 func (s *fastapiService) workerPools(t *testing.T) map[int]workerPool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out := map[int]workerPool{}
-	for range 400 {
-		var wp workerPool
-		if code, err := s.getJSON(ctx, "/pool", &wp); err != nil || code != http.StatusOK {
-			t.Fatalf("GET /pool: HTTP %d %v", code, err)
-		}
-		out[wp.PID] = wp
-		if len(out) == fastapiWorkers {
-			return out
+	for _, r := range s.replicas() {
+		mine := map[int]bool{}
+		for i := 0; len(mine) < fastapiReplicaWorkers; i++ {
+			if i == 400 {
+				t.Fatalf("only %d of %d workers of %s answered GET /pool: %+v", len(mine), fastapiReplicaWorkers, r.name, out)
+			}
+			var wp workerPool
+			if code, err := s.getJSON(ctx, r, "/pool", &wp); err != nil || code != http.StatusOK {
+				t.Fatalf("GET %s/pool: HTTP %d %v", r.base, code, err)
+			}
+			out[wp.PID], mine[wp.PID] = wp, true
 		}
 	}
-	t.Fatalf("only %d of %d workers answered GET /pool: %+v", len(out), fastapiWorkers, out)
-	return nil
+	return out
 }
 
 // outcomes counts the answers to /work requests as the clients saw them.
@@ -186,9 +329,30 @@ func (o *outcomes) String() string {
 	return fmt.Sprintf("%d ok, %d 503, %d other status, %d without answer", o.ok.Load(), o.unavailable.Load(), o.other.Load(), o.failed.Load())
 }
 
-// work sends one GET /work?sleep= and counts its outcome in o.
+// sum adds up outcomes.
+func sum(all ...*outcomes) *outcomes {
+	out := &outcomes{}
+	for _, o := range all {
+		out.ok.Add(o.ok.Load())
+		out.unavailable.Add(o.unavailable.Load())
+		out.other.Add(o.other.Load())
+		out.failed.Add(o.failed.Load())
+		o.mu.Lock()
+		if o.lastErr != nil {
+			out.lastErr = o.lastErr
+		}
+		o.mu.Unlock()
+	}
+	return out
+}
+
+// work sends one GET /work?sleep= to the next replica in the rotation and counts its
+// outcome in o.
 func (s *fastapiService) work(ctx context.Context, sleep float64, o *outcomes) {
-	code, err := s.getJSON(ctx, "/work?sleep="+strconv.FormatFloat(sleep, 'f', -1, 64), nil)
+	r := s.pick()
+	r.inFlight.Add(1)
+	code, err := s.getJSON(ctx, r, "/work?sleep="+strconv.FormatFloat(sleep, 'f', -1, 64), nil)
+	r.inFlight.Add(-1)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
@@ -229,9 +393,48 @@ func (s *fastapiService) closedLoop(ctx context.Context, until time.Time, client
 	wg.Wait()
 }
 
+// recycled counts the workers that the servers replaced after their request limit (uvicorn
+// logs it for both: gunicorn's worker class is uvicorn's).
+func (s *fastapiService) recycled() int {
+	return strings.Count(s.Output(), "Maximum request limit")
+}
+
+// killWorker SIGKILLs a worker process of a replica in the rotation whose counters the
+// exporter has (a worker that has just replaced another may not have them yet) and returns
+// its pid; its server must replace it.
+func (s *fastapiService) killWorker(t *testing.T, rec *scrapeRecorder) int {
+	t.Helper()
+	for i := 0; ; i++ {
+		r := s.pick()
+		var wp workerPool
+		if code, err := s.getJSON(context.Background(), r, "/pool", &wp); err != nil || code != http.StatusOK {
+			t.Fatalf("GET %s/pool: HTTP %d %v", r.base, code, err)
+		}
+		if !rec.processes(t)[wp.PID] {
+			if i == 100 {
+				t.Fatalf("100 answers to GET /pool, none from a worker the exporter reports: %v", rec.processes(t))
+			}
+			continue
+		}
+		// Only a child of the server this test started.
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", wp.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(r.Pid()) {
+			t.Fatalf("GET %s/pool answered by pid %d, not a worker of the server %d (%s)", r.base, wp.PID, r.Pid(), stat)
+		}
+		if err := syscall.Kill(wp.PID, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill worker %d: %v", wp.PID, err)
+		}
+		return wp.PID
+	}
+}
+
 // scrapeTimeout is the X-Prometheus-Scrape-Timeout-Seconds the recorder sends (Prometheus'
 // default is 10 s): every scrape must answer within it. The exporter leaves itself 0.5 s of
-// it (--scrape.timeout-offset); the rest is the app endpoint's deadline, of which a worker
+// it (--scrape.timeout-offset); the rest is the app endpoints' deadline, of which a worker
 // busy with the churn's requests on 2 shared cores has taken up to 1.8 s.
 const scrapeTimeout = 5 * time.Second
 
@@ -305,14 +508,15 @@ func (r *scrapeRecorder) scrape() recordedScrape {
 	return s
 }
 
-// after waits for the first successful scrape that started after t.
+// after waits for the first successful scrape that started after at, in which every app
+// endpoint answered (dbpool_scrape_success of the app collector 1).
 func (r *scrapeRecorder) after(t *testing.T, at time.Time) exporterScrape {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		r.mu.Lock()
 		for _, s := range r.all {
-			if !s.start.Before(at) && s.err == nil {
+			if ok, _ := s.mfs.value("dbpool_scrape_success", fastapiCollector); !s.start.Before(at) && s.err == nil && ok == 1 {
 				r.mu.Unlock()
 				return s.mfs
 			}
@@ -320,7 +524,7 @@ func (r *scrapeRecorder) after(t *testing.T, at time.Time) exporterScrape {
 		r.mu.Unlock()
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no successful scrape of the exporter since %v", at.Format(time.StampMilli))
+	t.Fatalf("no scrape of the exporter since %v with every app endpoint answering", at.Format(time.StampMilli))
 	return nil
 }
 
@@ -407,36 +611,4 @@ func processValues(t *testing.T, s exporterScrape, name string) map[int]float64 
 		}
 	}
 	return out
-}
-
-// killWorker SIGKILLs a worker process whose counters the exporter has (one of the pids of
-// known: a worker that has just replaced another may not have them yet) and returns its pid;
-// the server must replace it.
-func (s *fastapiService) killWorker(t *testing.T, known map[int]bool) int {
-	t.Helper()
-	var wp workerPool
-	for i := 0; ; i++ {
-		if code, err := s.getJSON(context.Background(), "/pool", &wp); err != nil || code != http.StatusOK {
-			t.Fatalf("GET /pool: HTTP %d %v", code, err)
-		}
-		if known[wp.PID] {
-			break
-		}
-		if i == 100 {
-			t.Fatalf("100 answers to GET /pool, none from a worker the exporter reports: %v", known)
-		}
-	}
-	// Only a child of the server this test started.
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", wp.PID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	if len(fields) < 2 || fields[1] != strconv.Itoa(s.Pid()) {
-		t.Fatalf("GET /pool answered by pid %d, not a worker of the server %d (%s)", wp.PID, s.Pid(), stat)
-	}
-	if err := syscall.Kill(wp.PID, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill worker %d: %v", wp.PID, err)
-	}
-	return wp.PID
 }

@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,9 +22,11 @@ import (
 )
 
 // The example FastAPI service (examples/fastapi: SQLAlchemy's create_async_engine on asyncpg,
-// instrumented with integrations/python) under uvicorn --workers 4 and under gunicorn -w 4
-// --max-requests, loaded by HTTP clients in the test, watched by the exporter binary through
-// the service's own /dbpool endpoint, which serves every worker through the shared directory.
+// instrumented with integrations/python) as replicas under uvicorn --workers 2 and under
+// gunicorn -w 2, whose workers are replaced after a few hundred requests, behind one DNS name;
+// loaded by HTTP clients in the test and watched by the exporter binary, which finds the
+// replicas through DNS and reads each one's /dbpool endpoint, where any worker serves all
+// workers of its replica through their shared directory.
 
 // The service's pool, per worker process, in the .env it reads.
 const (
@@ -37,14 +43,18 @@ DB_POOL_RECYCLE=3600
 DB_POOL_PRE_PING=true
 DB_ECHO=false
 APP_NAME=api
-DBPOOL_STATS_DIR=%s
 `
 
+// leakThresholdSeconds is the service's DBPOOL_STATS_LEAK_THRESHOLD: a connection held
+// longer is a leak, with the line that took it.
+const leakThresholdSeconds = 1
+
 // fastapiApps is the apps: section that tells the exporter where the service's workers
-// report their pools: here one URL, which any worker answers for all of them. It is the one
-// place that says how the exporter finds them.
-func fastapiApps(serviceBase string) string {
-	return fmt.Sprintf("apps:\n  - {name: api, url: %q, pool: api}\n", serviceBase+"/dbpool")
+// report their pools: every address of the service's DNS name on port, one endpoint per
+// replica, which answers for all its workers. It is the one place that says how the
+// exporter finds them.
+func fastapiApps(port string) string {
+	return fmt.Sprintf("apps:\n  - {name: api, url: %q, pool: api}\n", "dns+http://"+fastapiName+":"+port+"/dbpool")
 }
 
 // The collector of the target's app endpoints: one for all of them, failed when any failed.
@@ -71,13 +81,17 @@ const (
 	// at least 10 of them wait DB_POOL_TIMEOUT in vain.
 	timeoutBurst = 30
 	burstSeconds = 3
-	// The churn phase: closed-loop clients with short queries, while workers are recycled
-	// (gunicorn) and killed.
+	// The churn phase: closed-loop clients with short queries while the servers replace
+	// their workers and a replica joins and leaves.
 	churnClients  = 8
 	churnTime     = 15 * time.Second
 	churnMax      = 20000
-	churnKills    = 2
 	churnQuerySec = 0.005
+	// The kill phase: the same clients for killTime, and a worker SIGKILLed half way. It
+	// takes with it what it counted since it last wrote its file, at most one interval (1 s)
+	// before; killLossSpan leaves room for a late write on a busy machine.
+	killTime     = 6 * time.Second
+	killLossSpan = 2 * time.Second
 )
 
 func TestFastAPIService(t *testing.T) {
@@ -102,16 +116,20 @@ func TestFastAPIService(t *testing.T) {
 func runFastAPIService(t *testing.T, exporterBin string, srv fastapiServer, databaseURL, monitorDSN string) {
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, ".env")
-	writeFile(t, envFile, fmt.Sprintf(fastapiEnv, fastapiPoolSize, fastapiMaxOverflow, fastapiPoolTimeout, filepath.Join(dir, "dbpool")))
-	svc := startFastAPI(t, dir, srv, databaseURL)
+	writeFile(t, envFile, fmt.Sprintf(fastapiEnv, fastapiPoolSize, fastapiMaxOverflow, fastapiPoolTimeout))
+	svc := newFastAPIService(t, dir, srv, databaseURL)
+	// All replicas start together; the last one joins the name and the load only in the churn.
+	replicas := svc.start(t, fastapiIPs...)
+	steady, joining := replicas[:fastapiReplicas], replicas[fastapiReplicas]
+	svc.serve(steady...)
 	cfg := filepath.Join(dir, "exporter.yml")
-	writeFile(t, cfg, fmt.Sprintf(fastapiExporterConfig, monitorDSN, fastapiWorkers, fastapiApps(svc.base)))
+	writeFile(t, cfg, fmt.Sprintf(fastapiExporterConfig, monitorDSN, fastapiWorkers, fastapiApps(svc.port)))
 	exporter, addr := startServer(t, dir, "exporter", exporterBin, nil, "/metrics", func(addr string) []string {
-		return []string{"--web.listen-address=" + addr, "--config.file=" + cfg, "--pool.env-file=" + envFile, "--health.sample-interval=0"}
+		return []string{"--web.listen-address=" + addr, "--config.file=" + cfg, "--pool.env-file=" + envFile,
+			"--health.sample-interval=0", "--app.dns-server=" + svc.dns.Addr()}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	app := map[string]string{"pool": "api", "source": "app"}
 
 	waitAllWorkers(ctx, t, svc, addr, &outcomes{})
 	rec := startScrapeRecorder(addr, scrapeEvery)
@@ -130,69 +148,58 @@ func runFastAPIService(t *testing.T, exporterBin string, srv fastapiServer, data
 			fastapiWorkers, fastapiPoolSize+fastapiMaxOverflow, burst)
 	}
 	beforeChurn := settled()
-	// Until here no worker was replaced: the exporter's counters must equal the clients' counts.
 	if got := slices.Sorted(maps.Keys(processValues(t, beforeChurn, "dbpool_process_in_use_connections"))); !slices.Equal(got, slices.Sorted(maps.Keys(workers))) {
-		t.Fatalf("the workers changed before the churn phase (--max-requests %d too low?): %v, then %v; the test's requests answered by each: %v",
-			gunicornMaxRequests, slices.Sorted(maps.Keys(workers)), got, svc.answers())
+		t.Fatalf("the workers changed before the churn phase (request limit %d too low?): %v, then %v; the test's requests answered by each: %v",
+			recycleAfter, slices.Sorted(maps.Keys(workers)), got, svc.answers())
 	}
 	t.Logf("%s: requests of the test answered by each worker before the churn: %v", srv.name, svc.answers())
-	for _, o := range []*outcomes{held, burst} {
-		if o.failed.Load() != 0 || o.other.Load() != 0 {
-			t.Errorf("requests failed before any worker was replaced: %v (%v)", o, o.lastErr)
-		}
-	}
-	delta := func(name string, a, b exporterScrape) float64 { return b.must(t, name, app) - a.must(t, name, app) }
-	answered := held.answered() + burst.answered()
-	if got := delta("dbpool_checkouts_total", base, beforeChurn); got != float64(answered) {
-		t.Errorf("dbpool_checkouts_total rose by %v, the clients got %d answers from /work (each one checkout)", got, answered)
-	}
-	t.Logf("%s, steady and timeout phases: clients %v / %v; exporter: %v checkouts, %v timeouts", srv.name, held, burst,
-		delta("dbpool_checkouts_total", base, beforeChurn), delta("dbpool_checkout_timeouts_total", base, beforeChurn))
+	checkExact(t, srv.name+", steady and timeout phases", base, beforeChurn, held, burst)
 
-	// Churn: short requests from closed-loop clients while workers are recycled and killed.
+	// Churn: short requests from closed-loop clients while the servers replace their workers;
+	// a third replica joins the name and the load for a third of the time, then leaves: it is
+	// drained, scraped once more, taken out of DNS and stopped.
 	churn := &outcomes{}
 	var load sync.WaitGroup
 	load.Go(func() { svc.closedLoop(ctx, time.Now().Add(churnTime), churnClients, churnMax, churnQuerySec, churn) })
-	var killed []int
-	for i := range churnKills {
-		time.Sleep(churnTime / (churnKills + 1))
-		killed = append(killed, svc.killWorker(t, rec.processes(t)))
-		t.Logf("%s: killed worker %d at %d/%d of the churn", srv.name, killed[i], i+1, churnKills+1)
+	time.Sleep(churnTime / 3)
+	svc.serve(append(slices.Clone(steady), joining)...)
+	time.Sleep(churnTime / 3)
+	svc.drain(t, joining, steady...)
+	checkJoined(t, joining, settled())
+	svc.serve(steady...)
+	if err := joining.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		t.Logf("%s: %v", joining.name, err)
 	}
 	load.Wait()
 	waitAllWorkers(ctx, t, svc, addr, churn) // the replacements, then everything settles
+	afterChurn := settled()
+	recycled := svc.recycled()
+	t.Logf("%s: %d workers replaced after %d to %d requests in the churn", srv.name, recycled, recycleAfter, recycleAfter+recycleJitter)
+	if recycled == 0 {
+		t.Errorf("no worker was replaced after its request limit %d in %v of churn: the phase tested nothing", recycleAfter, churnTime)
+	}
+	checkExact(t, srv.name+", churn", beforeChurn, afterChurn, churn)
+
+	// A worker killed: what it did since it last wrote its file is lost, no more.
+	kill := &outcomes{}
+	load.Go(func() { svc.closedLoop(ctx, time.Now().Add(killTime), churnClients, churnMax, churnQuerySec, kill) })
+	time.Sleep(killTime / 2)
+	killed := svc.killWorker(t, rec)
+	killedAt := time.Now()
+	load.Wait()
+	waitAllWorkers(ctx, t, svc, addr, kill)
 	final := settled()
 	all := rec.finish()
+	checkKillLoss(t, srv.name, afterChurn, final, kill, svc.answeredWithin(killed, killedAt, killLossSpan))
 
-	unavailable := held.unavailable.Load() + burst.unavailable.Load() + churn.unavailable.Load()
-	timeouts := delta("dbpool_checkout_timeouts_total", base, final)
+	app := map[string]string{"pool": "api", "source": "app"}
+	unavailable := sum(held, burst, churn, kill).unavailable.Load()
+	timeouts := final.must(t, "dbpool_checkout_timeouts_total", app) - base.must(t, "dbpool_checkout_timeouts_total", app)
 	t.Logf("%s: the clients saw %d 503s over the run, dbpool_checkout_timeouts_total rose by %v", srv.name, unavailable, timeouts)
 	if timeouts != float64(unavailable) {
 		t.Errorf("dbpool_checkout_timeouts_total rose by %v over the run, the clients saw %d 503s", timeouts, unavailable)
 	}
-	// Checkouts of the churn: at most the requests that reached a worker; the ones a worker
-	// recorded in its last second before it was replaced or killed never reach a file.
-	churnCheckouts := delta("dbpool_checkouts_total", beforeChurn, final)
-	reached := churn.answered() + churn.failed.Load()
-	t.Logf("%s churn: clients %v, exporter %v checkouts (%d answered requests not counted)", srv.name, churn, churnCheckouts, churn.answered()-int64(churnCheckouts))
-	if churnCheckouts > float64(reached) {
-		t.Errorf("dbpool_checkouts_total rose by %v in the churn, more than the %d requests that reached a worker", churnCheckouts, reached)
-	}
-	if churn.failed.Load() != 0 {
-		t.Logf("%s churn: the last request without answer: %v", srv.name, churn.lastErr)
-	}
-	if churn.other.Load() != 0 {
-		t.Errorf("churn: %v (%v)", churn, churn.lastErr)
-	}
-	recycled := strings.Count(svc.Output(), "Maximum request limit")
-	if srv.recycles {
-		t.Logf("%s: %d workers recycled after %d to %d requests, %d killed", srv.name, recycled,
-			gunicornMaxRequests, gunicornMaxRequests+gunicornJitter, len(killed))
-		if recycled == 0 {
-			t.Errorf("no worker was recycled by --max-requests %d in %v of churn: the phase tested nothing", gunicornMaxRequests, churnTime)
-		}
-	}
-	if failed := checkScrapes(t, all, killed, len(killed)+recycled); failed > 0 || t.Failed() {
+	if failed := checkScrapes(t, all, []int{killed}, svc.recycled()+1); failed > 0 || t.Failed() {
 		var warnings []string
 		for _, l := range strings.Split(exporter.Output(), "\n") {
 			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
@@ -201,8 +208,10 @@ func runFastAPIService(t *testing.T, exporterBin string, srv fastapiServer, data
 		}
 		t.Logf("the exporter's warnings:\n%s", indent(strings.Join(warnings, "\n")))
 	}
+
+	checkLeak(t, steady[0], addr)
 	if t.Failed() {
-		t.Logf("%s log (tail):\n%s", srv.name, indent(svc.logTail(40)))
+		t.Logf("%s logs (tail):\n%s", srv.name, svc.logTail(40))
 	}
 }
 
@@ -257,23 +266,25 @@ func steadyPhase(ctx context.Context, t *testing.T, svc *fastapiService, settled
 }
 
 // checkWorkersMatch compares, in the exporter's scrape s, the pool of every worker process
-// and their sum with what the workers report of themselves.
+// and their sum with what the workers report of themselves. The connections are held for
+// longer than the leak threshold: every one in use is leaked.
 func checkWorkersMatch(t *testing.T, s exporterScrape, workers map[int]workerPool) {
 	t.Helper()
 	inUse := processValues(t, s, "dbpool_process_in_use_connections")
 	overflow := processValues(t, s, "dbpool_process_overflow_connections")
 	open := processValues(t, s, "dbpool_process_open_connections")
+	leaked := processValues(t, s, "dbpool_process_leaked_connections")
 	var sum workerPool
 	for pid, w := range workers {
 		if w.PoolSize != fastapiPoolSize {
 			t.Errorf("worker %d: pool_size %d, the .env says %d", pid, w.PoolSize, fastapiPoolSize)
 		}
 		want := max(0, w.Overflow)
-		t.Logf("worker %d: checkedout() %d, overflow() %d, open %d; exporter: in use %v, overflow %v, open %v",
-			pid, w.CheckedOut, w.Overflow, w.Total, inUse[pid], overflow[pid], open[pid])
-		if inUse[pid] != float64(w.CheckedOut) || overflow[pid] != float64(want) || open[pid] != float64(w.Total) {
-			t.Errorf("worker %d: exporter in use %v, overflow %v, open %v; the worker: checked out %d, overflow %d (max 0, that), open %d",
-				pid, inUse[pid], overflow[pid], open[pid], w.CheckedOut, w.Overflow, w.Total)
+		t.Logf("worker %d: checkedout() %d, overflow() %d, open %d; exporter: in use %v, overflow %v, open %v, leaked %v",
+			pid, w.CheckedOut, w.Overflow, w.Total, inUse[pid], overflow[pid], open[pid], leaked[pid])
+		if inUse[pid] != float64(w.CheckedOut) || overflow[pid] != float64(want) || open[pid] != float64(w.Total) || leaked[pid] != float64(w.CheckedOut) {
+			t.Errorf("worker %d: exporter in use %v, overflow %v, open %v, leaked %v; the worker: checked out %d, overflow %d (max 0, that), open %d",
+				pid, inUse[pid], overflow[pid], open[pid], leaked[pid], w.CheckedOut, w.Overflow, w.Total)
 		}
 		sum.CheckedOut += w.CheckedOut
 		sum.Overflow += want
@@ -283,49 +294,117 @@ func checkWorkersMatch(t *testing.T, s exporterScrape, workers map[int]workerPoo
 		t.Errorf("the exporter reports %d processes, %d workers answered: %v", len(inUse), len(workers), inUse)
 	}
 	app := map[string]string{"pool": "api", "source": "app"}
-	t.Logf("pool: the workers hold %d, %d of them overflow, %d open; exporter: in use %v, overflow %v, open %v",
+	t.Logf("pool: the workers hold %d, %d of them overflow, %d open; exporter: in use %v, overflow %v, open %v, leaked %v",
 		sum.CheckedOut, sum.Overflow, sum.Total, s.must(t, "dbpool_in_use_connections", app),
-		s.must(t, "dbpool_overflow_connections", app), s.must(t, "dbpool_open_connections", app))
-	if got := s.must(t, "dbpool_in_use_connections", app); got != float64(sum.CheckedOut) {
-		t.Errorf("pool in use %v, the workers hold %d", got, sum.CheckedOut)
-	}
-	if got := s.must(t, "dbpool_overflow_connections", app); got != float64(sum.Overflow) {
-		t.Errorf("pool overflow %v, the workers' overflow adds up to %d", got, sum.Overflow)
-	}
-	if got := s.must(t, "dbpool_open_connections", app); got != float64(sum.Total) {
-		t.Errorf("pool open %v, the workers have %d open", got, sum.Total)
-	}
-	if got := s.must(t, "dbpool_instances", app); got != float64(len(workers)) {
-		t.Errorf("dbpool_instances %v, %d workers", got, len(workers))
+		s.must(t, "dbpool_overflow_connections", app), s.must(t, "dbpool_open_connections", app), s.must(t, "dbpool_leaked_connections", app))
+	for name, want := range map[string]int{"dbpool_in_use_connections": sum.CheckedOut, "dbpool_overflow_connections": sum.Overflow,
+		"dbpool_open_connections": sum.Total, "dbpool_leaked_connections": sum.CheckedOut, "dbpool_instances": len(workers)} {
+		if got := s.must(t, name, app); got != float64(want) {
+			t.Errorf("%s %v, the workers' add up to %d", name, got, want)
+		}
 	}
 }
 
-// checkScrapes checks every scrape the recorder made: answered in time, the app endpoint
-// collected, and no counter of the app source ever lower than in the scrape before. The app
-// collector may fail once per worker that died (replaced): the exporter's request in flight
-// on its connection has no answer. It returns how many scrapes had the app collector failed.
-func checkScrapes(t *testing.T, all []recordedScrape, killed []int, replaced int) int {
+// checkExact checks that the pool's counters rose from scrape a to scrape b by exactly what
+// the clients saw in between: every answered /work request made one checkout (a 503 one
+// that timed out), and every 200 one hold of a connection. (A request without answer is one
+// that a worker shutting down closed unread: it made no checkout.)
+func checkExact(t *testing.T, phase string, a, b exporterScrape, seen ...*outcomes) {
+	t.Helper()
+	o := sum(seen...)
+	app := map[string]string{"pool": "api", "source": "app"}
+	timeout := map[string]string{"pool": "api", "source": "app", "reason": "timeout"}
+	delta := func(name string, labels map[string]string) float64 {
+		return b.must(t, name, labels) - a.must(t, name, labels)
+	}
+	checkouts, timeouts, holds := delta("dbpool_checkouts_total", app), delta("dbpool_checkout_failures_total", timeout),
+		delta("dbpool_connection_use_duration_seconds", app)
+	t.Logf("%s: clients %v; exporter: %v checkouts, %v timed out, %v holds", phase, o, checkouts, timeouts, holds)
+	if o.failed.Load() != 0 {
+		t.Logf("%s: the last request without answer: %v", phase, o.lastErr)
+	}
+	if o.other.Load() != 0 {
+		t.Errorf("%s: answers other than 200 and 503 (%v): %v", phase, o, o.lastErr)
+	}
+	if checkouts != float64(o.answered()) || timeouts != float64(o.unavailable.Load()) || holds != float64(o.ok.Load()) {
+		t.Errorf("%s: the exporter counted %v checkouts, %v of them timed out, and %v holds; the clients got %d answers, %d of them 503",
+			phase, checkouts, timeouts, holds, o.answered(), o.unavailable.Load())
+	}
+}
+
+// checkKillLoss checks the kill phase (scrape a to b): the pool's counters count no request
+// that did not reach a worker, and miss at most what the killed worker answered in its last
+// killLossSpan (answeredLast).
+func checkKillLoss(t *testing.T, server string, a, b exporterScrape, o *outcomes, answeredLast int) {
+	t.Helper()
+	app := map[string]string{"pool": "api", "source": "app"}
+	checkouts := b.must(t, "dbpool_checkouts_total", app) - a.must(t, "dbpool_checkouts_total", app)
+	holds := b.must(t, "dbpool_connection_use_duration_seconds", app) - a.must(t, "dbpool_connection_use_duration_seconds", app)
+	lost := float64(o.answered()) - checkouts
+	t.Logf("%s, kill phase: clients %v; exporter: %v checkouts, %v holds; %v answered requests not counted, the killed worker answered %d in its last %v",
+		server, o, checkouts, holds, lost, answeredLast, killLossSpan)
+	if reached := o.answered() + o.failed.Load(); checkouts > float64(reached) {
+		t.Errorf("dbpool_checkouts_total rose by %v, more than the %d requests that reached a worker", checkouts, reached)
+	}
+	if lost > float64(answeredLast) || float64(o.ok.Load())-holds > float64(answeredLast) {
+		t.Errorf("the exporter missed %v checkouts and %v holds, more than the %d requests the killed worker answered in its last %v",
+			lost, float64(o.ok.Load())-holds, answeredLast, killLossSpan)
+	}
+	if o.other.Load() != 0 {
+		t.Errorf("kill phase: %v (%v)", o, o.lastErr)
+	}
+}
+
+// checkJoined checks that the replica r, which joined and is leaving, was measured: the
+// clients got answers from it, and in the last scrape before it leaves (last) processes of it
+// are among the pool's.
+func checkJoined(t *testing.T, r *fastapiReplica, last exporterScrape) {
+	t.Helper()
+	var pids []int
+	for pid := range processValues(t, last, "dbpool_process_in_use_connections") {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // replaced since
+		}
+		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 1 && f[1] == strconv.Itoa(r.Pid()) {
+			pids = append(pids, pid)
+		}
+	}
+	t.Logf("%s: %d requests of the test answered; its workers %v in the last scrape before it left", r.name, r.answered.Load(), pids)
+	if len(pids) == 0 || r.answered.Load() == 0 {
+		t.Errorf("%s joined and left unmeasured: %d requests answered, workers %v in the exporter's last scrape of it", r.name, r.answered.Load(), pids)
+	}
+}
+
+// checkScrapes checks every scrape the recorder made: answered in time, the app endpoints
+// collected, instances only of live processes, and no counter of the app source ever lower
+// than in the scrape before. The app collector may fail once per worker that died
+// (replaced): the exporter's request in flight on its connection has no answer. It returns
+// how many scrapes had the app collector failed.
+func checkScrapes(t *testing.T, all []recordedScrape, killed []int, died int) int {
 	t.Helper()
 	var slowest time.Duration
 	last := map[string]float64{} // every counter's value in the last scrape that had it
 	processes := map[int]bool{}
 	slowestCollector := map[string]float64{} // seconds, by collector
-	failed := 0
+	failed, mostInstances := 0, 0.0
+	app := map[string]string{"pool": "api", "source": "app"}
 	for i, s := range all {
+		at := s.start.Format(time.StampMilli)
 		slowest = max(slowest, s.took)
 		if s.err != nil {
-			t.Errorf("scrape %d at %s: %v after %v", i, s.start.Format(time.StampMilli), s.err, s.took)
+			t.Errorf("scrape %d at %s: %v after %v", i, at, s.err, s.took)
 			continue
 		}
 		if s.took > scrapeTimeout {
-			t.Errorf("scrape %d at %s took %v, longer than its timeout %v", i, s.start.Format(time.StampMilli), s.took, scrapeTimeout)
+			t.Errorf("scrape %d at %s took %v, longer than its timeout %v", i, at, s.took, scrapeTimeout)
 		}
 		switch v, ok := s.mfs.value("dbpool_scrape_success", fastapiCollector); {
 		case !ok:
-			t.Errorf("scrape %d at %s: no dbpool_scrape_success%v", i, s.start.Format(time.StampMilli), fastapiCollector)
+			t.Errorf("scrape %d at %s: no dbpool_scrape_success%v", i, at, fastapiCollector)
 		case v != 1:
 			failed++
-			t.Logf("scrape %d at %s: dbpool_scrape_success%v = %v", i, s.start.Format(time.StampMilli), fastapiCollector, v)
+			t.Logf("scrape %d at %s: dbpool_scrape_success%v = %v", i, at, fastapiCollector, v)
 		}
 		for _, m := range s.mfs["dbpool_scrape_duration_seconds"].GetMetric() {
 			for _, l := range m.GetLabel() {
@@ -334,12 +413,20 @@ func checkScrapes(t *testing.T, all []recordedScrape, killed []int, replaced int
 				}
 			}
 		}
-		for pid := range processValues(t, s.mfs, "dbpool_process_in_use_connections") {
+		inUse := processValues(t, s.mfs, "dbpool_process_in_use_connections")
+		for pid := range inUse {
 			processes[pid] = true
+		}
+		// Processes that exited count in the counters only: the instances are the processes
+		// that answer, at most every worker of every replica.
+		if n, _ := s.mfs.value("dbpool_instances", app); n != float64(len(inUse)) || n > float64(len(fastapiIPs)*fastapiReplicaWorkers) {
+			t.Errorf("scrape %d at %s: dbpool_instances %v with %d processes' series", i, at, n, len(inUse))
+		} else {
+			mostInstances = max(mostInstances, n)
 		}
 		for k, v := range counterSeries(s.mfs) {
 			if p, ok := last[k]; ok && v < p {
-				t.Errorf("scrape %d at %s: %s fell from %v to %v", i, s.start.Format(time.StampMilli), k, p, v)
+				t.Errorf("scrape %d at %s: %s fell from %v to %v", i, at, k, p, v)
 			}
 			last[k] = v
 		}
@@ -349,12 +436,84 @@ func checkScrapes(t *testing.T, all []recordedScrape, killed []int, replaced int
 			t.Errorf("the killed worker %d never showed in the exporter's process series: its counters were not tested", pid)
 		}
 	}
-	t.Logf("%d scrapes every %v, slowest %v (timeout %v), %d with the app collector failed (%d workers died); %d worker processes seen; slowest collectors (s): %v",
-		len(all), scrapeEvery, slowest, scrapeTimeout, failed, replaced, len(processes), slowestCollector)
-	if failed > replaced {
-		t.Errorf("the app collector failed in %d scrapes, more than the %d workers that died", failed, replaced)
+	t.Logf("%d scrapes every %v, slowest %v (timeout %v), %d with the app collector failed (%d workers died); %d worker processes seen, at most %v at once; slowest collectors (s): %v",
+		len(all), scrapeEvery, slowest, scrapeTimeout, failed, died, len(processes), mostInstances, slowestCollector)
+	if failed > died {
+		t.Errorf("the app collector failed in %d scrapes, more than the %d workers that died", failed, died)
 	}
 	return failed
+}
+
+// checkLeak requests the guide's "Bad: Potential idle-in-transaction" route of replica r
+// (e2e/testdata/fastapi/leaky.py) and finds its connection, once held past the leak
+// threshold, in the exporter's leaked connections of the pool and of that worker, idle in a
+// transaction on the server, and with its file and line in the replica's document.
+func checkLeak(t *testing.T, r *fastapiReplica, addr string) {
+	t.Helper()
+	code, body, err := httpGet(r.base + "/bad/idle-in-transaction")
+	var failed struct {
+		PID int `json:"pid"`
+	}
+	if err != nil || code != 500 || json.Unmarshal(body, &failed) != nil || failed.PID == 0 {
+		t.Fatalf("GET /bad/idle-in-transaction: HTTP %d %v %s, want 500 with the pid", code, err, body)
+	}
+	app := map[string]string{"pool": "api", "source": "app"}
+	idleInTx := map[string]string{"pool": "api", "source": "activity", "state": "idle in transaction"}
+	var s exporterScrape
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		s, _ = scrapeExporter(t, addr)
+		leaked, _ := s.value("dbpool_leaked_connections", app)
+		if leaked == 1 && processValues(t, s, "dbpool_process_leaked_connections")[failed.PID] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("15 s after the leak: dbpool_leaked_connections %v, by process %v (the leak is in %d)",
+				leaked, processValues(t, s, "dbpool_process_leaked_connections"), failed.PID)
+		}
+	}
+	if got := s.must(t, "dbpool_connections", idleInTx); got != 1 {
+		t.Errorf("the server sees %v sessions of the pool idle in a transaction, want the leaked one", got)
+	}
+	file, line := leakyLine(t)
+	var doc struct {
+		Instances []struct {
+			PID   int `json:"pid"`
+			Leaks struct {
+				Sites []struct {
+					File     string `json:"file"`
+					Line     int    `json:"line"`
+					Function string `json:"function"`
+					Count    int    `json:"count"`
+				} `json:"sites"`
+			} `json:"leaks"`
+		} `json:"instances"`
+	}
+	if code, body, err := httpGet(r.base + "/dbpool"); err != nil || code != 200 || json.Unmarshal(body, &doc) != nil {
+		t.Fatalf("GET %s/dbpool: HTTP %d %v", r.base, code, err)
+	}
+	for _, in := range doc.Instances {
+		if in.PID != failed.PID {
+			continue
+		}
+		t.Logf("the leak, in worker %d: %+v; exporter: dbpool_leaked_connections %v", in.PID, in.Leaks.Sites,
+			s.must(t, "dbpool_leaked_connections", app))
+		if len(in.Leaks.Sites) != 1 || in.Leaks.Sites[0].File != file || in.Leaks.Sites[0].Line != line ||
+			in.Leaks.Sites[0].Function != "idle_in_transaction" || in.Leaks.Sites[0].Count != 1 {
+			t.Errorf("leak sites %+v, want one at %s:%d in idle_in_transaction", in.Leaks.Sites, file, line)
+		}
+		return
+	}
+	t.Errorf("%s/dbpool has no instance of worker %d", r.base, failed.PID)
+}
+
+// leakyLine is where the bad route checks its connection out: the line of leaky.py with its
+// session.execute().
+func leakyLine(t *testing.T) (string, int) {
+	t.Helper()
+	file := filepath.Join(testbin.RepoRoot(), "e2e", "testdata", "fastapi", "leaky.py")
+	return file, lineOf(t, file, func(line string) bool {
+		return strings.HasPrefix(strings.TrimSpace(line), "result = await session.execute(query)")
+	})
 }
 
 // TestFastAPISettings checks where the service takes its settings from: the environment,
