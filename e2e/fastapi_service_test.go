@@ -105,10 +105,10 @@ type fastapiService struct {
 	all      []*fastapiReplica // every replica started
 	rotation []*fastapiReplica // the replicas the clients send requests to, in turn
 	next     int
-	// answered counts the test's requests answered with 200 by each worker, answeredAt
-	// holds when.
-	answered   map[int]int
-	answeredAt map[int][]time.Time
+	// answered counts the test's requests answered with 200 by each worker; worked holds
+	// when each worker answered /work requests.
+	answered map[int]int
+	worked   map[int][]time.Time
 }
 
 // newFastAPIService prepares the replicas of the service under srv in dir, whose .env holds
@@ -126,9 +126,9 @@ func newFastAPIService(t *testing.T, dir string, srv fastapiServer, databaseURL 
 				filepath.Join(root, "e2e", "testdata", "fastapi")}, string(os.PathListSeparator)),
 			"PYTHONDONTWRITEBYTECODE=1", // no __pycache__ in the source tree
 		},
-		client:     &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
-		answered:   map[int]int{},
-		answeredAt: map[int][]time.Time{},
+		client:   &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		answered: map[int]int{},
+		worked:   map[int][]time.Time{},
 	}
 }
 
@@ -258,11 +258,9 @@ func (s *fastapiService) getJSON(ctx context.Context, r *fastapiReplica, path st
 	if err := json.Unmarshal(body, &by); err != nil {
 		return resp.StatusCode, fmt.Errorf("GET %s: %v: %s", path, err, body)
 	}
-	now := time.Now()
 	r.answered.Add(1)
 	s.mu.Lock()
 	s.answered[by.PID]++
-	s.answeredAt[by.PID] = append(s.answeredAt[by.PID], now)
 	s.mu.Unlock()
 	if v != nil {
 		if err := json.Unmarshal(body, v); err != nil {
@@ -279,17 +277,39 @@ func (s *fastapiService) answers() map[int]int {
 	return maps.Clone(s.answered)
 }
 
-// answeredWithin counts the requests that worker pid answered in the span before at.
-func (s *fastapiService) answeredWithin(pid int, at time.Time, span time.Duration) int {
+// workedAfter counts the /work requests that worker pid answered after since.
+func (s *fastapiService) workedAfter(pid int, since time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, a := range s.answeredAt[pid] {
-		if !a.After(at) && at.Sub(a) <= span {
+	for _, a := range s.worked[pid] {
+		if a.After(since) {
 			n++
 		}
 	}
 	return n
+}
+
+// lastWrite is when the worker pid of replica r, which was killed, last wrote its file:
+// the collected_at of its final figures, which the replica serves among the exited.
+func (s *fastapiService) lastWrite(t *testing.T, r *fastapiReplica, pid int) time.Time {
+	t.Helper()
+	var doc struct {
+		Exited []struct {
+			PID         int     `json:"pid"`
+			CollectedAt float64 `json:"collected_at"`
+		} `json:"exited"`
+	}
+	if code, err := s.getJSON(context.Background(), r, "/dbpool", &doc); err != nil || code != http.StatusOK {
+		t.Fatalf("GET %s/dbpool: HTTP %d %v", r.base, code, err)
+	}
+	for _, e := range doc.Exited {
+		if e.PID == pid {
+			return time.Unix(0, int64(e.CollectedAt*1e9))
+		}
+	}
+	t.Fatalf("%s/dbpool does not serve the final figures of its killed worker %d: %+v", r.base, pid, doc.Exited)
+	return time.Time{}
 }
 
 // workerPools asks GET /pool of every replica in the rotation until each of its workers has
@@ -351,8 +371,16 @@ func sum(all ...*outcomes) *outcomes {
 func (s *fastapiService) work(ctx context.Context, sleep float64, o *outcomes) {
 	r := s.pick()
 	r.inFlight.Add(1)
-	code, err := s.getJSON(ctx, r, "/work?sleep="+strconv.FormatFloat(sleep, 'f', -1, 64), nil)
+	var answer struct {
+		PID int `json:"pid"`
+	}
+	code, err := s.getJSON(ctx, r, "/work?sleep="+strconv.FormatFloat(sleep, 'f', -1, 64), &answer)
 	r.inFlight.Add(-1)
+	if err == nil && code == http.StatusOK {
+		s.mu.Lock()
+		s.worked[answer.PID] = append(s.worked[answer.PID], time.Now())
+		s.mu.Unlock()
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
@@ -401,35 +429,54 @@ func (s *fastapiService) recycled() int {
 
 // killWorker SIGKILLs a worker process of a replica in the rotation whose counters the
 // exporter has (a worker that has just replaced another may not have them yet) and returns
-// its pid; its server must replace it.
-func (s *fastapiService) killWorker(t *testing.T, rec *scrapeRecorder) int {
+// its pid and replica; its server must replace it. The worker is found among the server's
+// children in /proc, not by asking the service: under load the kernel hands new
+// connections to whichever worker is free, which may for a long time be only the newest.
+func (s *fastapiService) killWorker(t *testing.T, rec *scrapeRecorder) (int, *fastapiReplica) {
 	t.Helper()
-	for i := 0; ; i++ {
-		r := s.pick()
-		var wp workerPool
-		if code, err := s.getJSON(context.Background(), r, "/pool", &wp); err != nil || code != http.StatusOK {
-			t.Fatalf("GET %s/pool: HTTP %d %v", r.base, code, err)
-		}
-		if !rec.processes(t)[wp.PID] {
-			if i == 100 {
-				t.Fatalf("100 answers to GET /pool, none from a worker the exporter reports: %v", rec.processes(t))
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		known := rec.processes(t)
+		for _, r := range s.replicas() {
+			for _, pid := range childProcesses(t, r.Pid()) {
+				if !known[pid] {
+					continue
+				}
+				if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+					t.Fatalf("kill worker %d: %v", pid, err)
+				}
+				return pid, r
 			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no worker of the replicas in the rotation is among the processes the exporter reports: %v", known)
+		}
+	}
+}
+
+// childProcesses returns the pids of the processes whose parent is ppid, from /proc.
+func childProcesses(t *testing.T, ppid int) []int {
+	t.Helper()
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
 			continue
 		}
-		// Only a child of the server this test started.
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", wp.PID))
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			t.Fatal(err)
+			continue // exited meanwhile
 		}
+		// The fields after the command's closing parenthesis: state, then ppid.
 		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(fields) < 2 || fields[1] != strconv.Itoa(r.Pid()) {
-			t.Fatalf("GET %s/pool answered by pid %d, not a worker of the server %d (%s)", r.base, wp.PID, r.Pid(), stat)
+		if len(fields) >= 2 && fields[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
 		}
-		if err := syscall.Kill(wp.PID, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill worker %d: %v", wp.PID, err)
-		}
-		return wp.PID
 	}
+	return out
 }
 
 // scrapeTimeout is the X-Prometheus-Scrape-Timeout-Seconds the recorder sends (Prometheus'
