@@ -407,18 +407,29 @@ func (s *fastapiService) burst(ctx context.Context, n int, sleep float64, o *out
 }
 
 // closedLoop runs clients that each send /work requests (bounded by ctx) one after the
-// other until until passes or max requests went out; the last ones are answered.
-func (s *fastapiService) closedLoop(ctx context.Context, until time.Time, clients, max int, sleep float64, o *outcomes) {
+// other until stop is done or max requests went out; the last ones are answered.
+func (s *fastapiService) closedLoop(ctx, stop context.Context, clients, max int, sleep float64, o *outcomes) {
 	var sent atomic.Int64
 	var wg sync.WaitGroup
 	for range clients {
 		wg.Go(func() {
-			for ctx.Err() == nil && time.Now().Before(until) && sent.Add(1) <= int64(max) {
+			for ctx.Err() == nil && stop.Err() == nil && sent.Add(1) <= int64(max) {
 				s.work(ctx, sleep, o)
 			}
 		})
 	}
 	wg.Wait()
+}
+
+// holdUntil waits at least least, then until done holds or most has passed: a phase lasts
+// until what it is there for happened, however slow the machine (the checks after it say
+// when it did not).
+func holdUntil(least, most time.Duration, done func() bool) {
+	start := time.Now()
+	time.Sleep(least)
+	for !done() && time.Since(start) < most {
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // recycled counts the workers that the servers replaced after their request limit (uvicorn
