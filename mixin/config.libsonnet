@@ -62,6 +62,11 @@
     // A connection older than this many times DB_POOL_RECYCLE is not being recycled.
     notRecycledFactor: 1.5,
     notRecycledFor: '15m',
+    // Leaked connections (the application's leak detection, app source): alert above 0, that is
+    // on any connection held longer than the application's DBPOOL_STATS_LEAK_THRESHOLD, held
+    // for 10 minutes. The application's threshold already says how long a hold is too long.
+    leakedConnectionsAlert: 0,
+    leakedConnectionsAlertFor: '10m',
 
     // The dashboard.
     dashboardUID: 'dbpool-exporter-pools',

@@ -273,6 +273,33 @@ local u = import '../lib/utils.libsonnet';
     {
       local c = $._config,
       comment:: |||
+        warning, %s: the application's leak detection (HikariCP's leakDetectionThreshold, off
+        unless DBPOOL_STATS_LEAK_THRESHOLD is set) counts connections checked out for longer than
+        its threshold, so the series already means "held too long" and any value above 0 counts.
+        A hold a little longer than the threshold (a slow batch) comes back; a leaked connection
+        does not, so %s above 0 is a leak, not a slow request. Warning: each leak is one
+        connection fewer for the pool and nothing fails yet; when the pool runs out,
+        DbPoolCheckoutTimeouts is the critical follow-up. Pools without leak detection have no
+        series and never fire; DbPoolIdleInTransaction sees the leaks that hold a transaction open.
+      ||| % [c.leakedConnectionsAlertFor, u.words(c.leakedConnectionsAlertFor)],
+      alert: 'DbPoolConnectionLeak',
+      expr: '%s > %s' % [u.sel(c, 'dbpool_leaked_connections'), u.num(c.leakedConnectionsAlert)],
+      'for': c.leakedConnectionsAlertFor,
+      labels: { severity: 'warning' },
+      annotations: {
+        summary: 'Pool {{ $labels.pool }} on {{ $labels.target }} leaks connections.',
+        description: u.prose(|||
+          Pool {{ $labels.pool }} on {{ $labels.target }} has had leaked connections for %s (threshold %s),
+          {{ $value | humanize }} now: connections checked out for longer than the application's leak detection
+          threshold, taken by code that never returned them, so the pool is that much smaller.
+          The exporter's /pools page and /api/v1/pools name the file and line that checked them out.
+        ||| % [u.words(c.leakedConnectionsAlertFor), u.num(c.leakedConnectionsAlert)]),
+        runbook_url: u.runbook(c, 'a-leaked-connection'),
+      },
+    },
+    {
+      local c = $._config,
+      comment:: |||
         warning, 0s: the seed alerts on queries over 30 s. The metric is itself an age, so the
         expression already waits 30 s and cannot flap on a blip: a `for` on top would only move
         the alert to 30 s + `for` and miss the 40 s query the seed means. Warning, because long

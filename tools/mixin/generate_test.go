@@ -138,6 +138,7 @@ func TestEveryThresholdIsATunable(t *testing.T) {
 		{"longQueryAlertSeconds: 45", "DbPoolLongQuery", "> 45 and on"},
 		{"serverConnectionsAlertRatio: 0.95", "DbPoolServerConnectionsNearLimit", "> 0.95"},
 		{"notRecycledFactor: 2", "DbPoolConnectionsNotRecycled", "> 2 * ("},
+		{"leakedConnectionsAlert: 2", "DbPoolConnectionLeak", "> 2"},
 	} {
 		_, rules, _ := generated(t, "{ _config+:: { "+tc.config+" } }")
 		expr, _, _ := alertByName(t, rules, tc.alert)
