@@ -218,8 +218,9 @@ func exportedSeries(t *testing.T, want []string) (map[string]series, string) {
 
 // startLoadApp runs integrations/python's loadapp.py, a real SQLAlchemy application that
 // reports its pool itself (the app source): a pool of 1 with a 0.1 s timeout under three
-// callers, so that its checkout histogram and timeout counter move all the time. It returns
-// the application's dbpool-stats URL.
+// callers, so that its checkout histogram and timeout counter move all the time. Leak
+// detection is on (at 60 s, far above its 0.05 s holds), so that dbpool_leaked_connections is
+// exported, at 0. It returns the application's dbpool-stats URL.
 func startLoadApp(t *testing.T, dsn string) string {
 	t.Helper()
 	script := filepath.Join(testbin.RepoRoot(), "integrations", "python", "examples", "loadapp.py")
@@ -229,7 +230,7 @@ func startLoadApp(t *testing.T, dsn string) string {
 		Args: []string{"-u", script, "--dsn", dsn, "--name", "default",
 			"--pool-size", "1", "--max-overflow", "0", "--pool-timeout", "0.1",
 			"--concurrency", "3", "--query-seconds", "0.05", "--application-name", "loadapp"},
-		Env: cleanEnv(),
+		Env: append(cleanEnv(), "DBPOOL_STATS_LEAK_THRESHOLD=60"),
 	})
 	m, err := p.WaitMatch(context.Background(), 30*time.Second, regexp.MustCompile(`listening on (http://\S+/dbpool)`))
 	if err != nil {

@@ -46,6 +46,9 @@ local p = import 'panels.libsonnet';
       local timeoutSteps = [[c.timeoutsAlertPerMinute, 'red']];
       local overflowSteps = [[c.overflowTargetRatio, 'yellow'], [c.overflowAlertRatio, 'red']];
       local idleInTransactionSteps = [[c.idleInTransactionAlertConnections, 'red']];
+      // Red from the smallest whole count that fires: a step at the threshold itself (0)
+      // would paint the zero line red.
+      local leakedSteps = [[std.floor(c.leakedConnectionsAlert) + 1, 'red']];
       local longQuerySteps = [[c.longQueryTargetSeconds, 'yellow'], [c.longQueryAlertSeconds, 'red']];
       local serverSteps = [[c.serverConnectionsAlertRatio, 'red']];
 
@@ -54,6 +57,7 @@ local p = import 'panels.libsonnet';
       local checkoutText = 'target below %s, alert above %s' % [u.millis(c.checkoutTargetSeconds), u.millis(c.checkoutAlertSeconds)];
       local timeoutText = 'alert above %s per minute' % u.num(c.timeoutsAlertPerMinute);
       local idleInTransactionText = 'alert above %s for %s' % [u.num(c.idleInTransactionAlertConnections), u.words(c.idleInTransactionAlertFor)];
+      local leakedText = 'alert DbPoolConnectionLeak above %s for %s' % [u.num(c.leakedConnectionsAlert), u.words(c.leakedConnectionsAlertFor)];
       local longQueryText = 'target below %s, alert above %s' % [seconds(c.longQueryTargetSeconds), seconds(c.longQueryAlertSeconds)];
       local serverText = 'alert above %s for %s' % [u.percent(c.serverConnectionsAlertRatio), u.words(c.serverConnectionsAlertFor)];
       local lowerBound = 'for the activity source (pg_stat_activity) in-use is a lower bound, because a connection that is checked out but between transactions looks idle on the server';
@@ -394,16 +398,25 @@ local p = import 'panels.libsonnet';
             links=[runbook('high pool utilization', 'high-pool-utilization')],
           ) + { id: 25 },
 
-          p.row('5 · Connections (alert: idle in transaction > %s)' % u.num(c.idleInTransactionAlertConnections)) + { id: 26 },
+          p.row('5 · Connections (alert: idle in transaction > %s, leaked > %s)' % [u.num(c.idleInTransactionAlertConnections), u.num(c.leakedConnectionsAlert)]) + { id: 26 },
           p.timeseries(
             'Idle in transaction',
             'Sessions of the pool sitting idle inside an open transaction (including aborted ones): they hold a connection and its locks while doing nothing; %s.' % idleInTransactionText,
             'short',
             p.queries([['sum by (target, pool) (dbpool_connections{%(pool)s, %(idle)s})' % (m { idle: idleInTransaction }), '{{target}} · {{pool}}']]),
-            w=8,
+            w=6,
             steps=idleInTransactionSteps,
             links=[runbook('idle in transaction', 'idle-in-transaction')],
           ) + { id: 27 },
+          p.timeseries(
+            'Leaked connections',
+            "Connections the application has held checked out for longer than its leak detection threshold, summed over its instances (app source with DBPOOL_STATS_LEAK_THRESHOLD set; no line where leak detection is off): code that took a connection and never returned it, whose file and line the exporter's /pools page names; %s." % leakedText,
+            'short',
+            p.queries([['dbpool_leaked_connections{%(pool)s}' % m, '{{target}} · {{pool}}']]),
+            w=6,
+            steps=leakedSteps,
+            links=[runbook('a leaked connection', 'a-leaked-connection')],
+          ) + { id: 62 },
           p.timeseries(
             'Open vs in use',
             'Open connections (in use plus idle) against those in use; the gap is idle connections, which cost server memory but are not load; %s.' % lowerBound,
@@ -412,7 +425,7 @@ local p = import 'panels.libsonnet';
               ['dbpool_open_connections{%(pool)s}' % m, '{{target}} · {{pool}} ({{source}}) open'],
               ['dbpool_in_use_connections{%(pool)s}' % m, '{{target}} · {{pool}} ({{source}}) in use'],
             ]),
-            w=8,
+            w=6,
             overrides=[p.dashed('/open$/')],
           ) + { id: 28 },
           p.timeseries(
@@ -420,7 +433,7 @@ local p = import 'panels.libsonnet';
             'Sessions of the pool blocked on a heavyweight lock (activity source); they hold a connection without progress, usually behind a long or idle-in-transaction session.',
             'short',
             p.queries([['dbpool_lock_waiting_connections{%(pool)s}' % m, '{{target}} · {{pool}} ({{source}})']]),
-            w=8,
+            w=6,
             links=[runbook('slow database operations', 'slow-database-operations')],
           ) + { id: 29 },
           p.timeseries(
