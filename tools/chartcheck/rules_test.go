@@ -127,6 +127,7 @@ var thresholdChanges = map[string]struct{ shipped, chart, annotation string }{
 	"DbPoolLongQuery":                  {"> 30 and", "> 60 and", "(threshold 60s)"},
 	"DbPoolConnectionsNotRecycled":     {"> 1.5 *", "> 2 *", "more than 2 x DB_POOL_RECYCLE"},
 	"DbPoolCheckoutConnectFailures":    {"* 60 > 1", "* 60 > 2", "threshold 2)"},
+	"DbPoolConnectionLeak":             {"> 0", "> 2", "(threshold 2)"},
 }
 
 // TestRulesWithChangedThresholds: ci/thresholds-values.yaml changes every threshold, adds a
