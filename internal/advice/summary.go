@@ -48,6 +48,9 @@ type Summary struct {
 	PeakInUseBusiest *int `json:"peak_in_use_busiest_instance,omitempty"`
 	// Recent are the newest raw samples, newest last.
 	Recent []Recent `json:"recent"`
+	// Series is the window's history for charts, oldest first: at most SeriesPoints + 1
+	// points (see Point).
+	Series []Point `json:"series"`
 
 	Latest Sample `json:"latest"`
 }
@@ -58,7 +61,7 @@ type Summary struct {
 func (h *History) Summary(now time.Time, pool Pool) Summary {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sum := Summary{WindowSeconds: h.window.Seconds(), Recent: []Recent{}}
+	sum := Summary{WindowSeconds: h.window.Seconds(), Recent: []Recent{}, Series: []Point{}}
 	cutoff := now.Add(-h.window)
 	i0 := 0
 	for i0 < h.n && h.at(i0).last.Time.Before(cutoff) {
@@ -76,6 +79,7 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 		nInFlight, nRate, nHold    int
 		maxGap                     time.Duration
 		load                       loadSummary
+		series                     = newSeriesBuilder(h.window)
 	)
 	begin := cutoff
 	if h.start.After(begin) {
@@ -105,6 +109,7 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 		// The oldest entry's increases reach back before its own latest sample, possibly out
 		// of the window; the spans of the others tile (oldest.last, newest.last] exactly.
 		load.addEntry(&e.loadEntry, i > i0)
+		series.add(e, i > i0)
 		if i > i0 {
 			for _, p := range []struct{ dst, src *increase }{
 				{&timeouts, &e.timeouts}, {&checkouts, &e.checkouts}, {&waits, &e.waits},
@@ -126,6 +131,7 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 	sum.MaxGapSeconds = maxGap.Seconds()
 	sum.Full = !h.start.After(cutoff) && maxGap <= h.window/10
 	sum.AvgInUse = avgSum / float64(n)
+	sum.Series = series.points()
 
 	if d := float64(pool.instances() * pool.Settings.PoolSize); d > 0 {
 		sum.AvgUtilization, sum.PeakUtilization = sum.AvgInUse/d, float64(sum.PeakInUse)/d

@@ -42,6 +42,11 @@ type Sample struct {
 	Overflow int       `json:"overflow"` // sum over instances of max(0, open - pool_size)
 	Active   int       `json:"active"`   // running a query
 	Idle     int       `json:"idle"`
+	// PoolSize (instances x pool_size) and Capacity (instances x (pool_size + max_overflow))
+	// are the group's limits when the sample was taken, so that a chart of the history shows
+	// the limits each point was held against, across reloads; 0 when unknown.
+	PoolSize int `json:"pool_size,omitempty"`
+	Capacity int `json:"capacity,omitempty"`
 
 	// IdleInTransaction and LongestQuerySeconds come from pg_stat_activity only.
 	IdleInTransaction   *int     `json:"idle_in_transaction,omitempty"`
