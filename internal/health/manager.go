@@ -208,7 +208,11 @@ func (m *Manager) Observe(r collector.Result) {
 		st.capacity = p.Capacity()
 		st.lastSeen = now
 		st.leaks = cloneLeaks(p.Leaks)
-		st.hist.Add(o.sample(now))
+		sample := o.sample(now)
+		if p.Configured {
+			sample.PoolSize, sample.Capacity = max(p.Instances, 1)*p.Settings.PoolSize, st.capacity
+		}
+		st.hist.Add(sample)
 	}
 	m.forget(now)
 }

@@ -24,9 +24,8 @@ func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
 // restart does not publish advice drawn from one sample, nor one not seen for StaleAfter (removed
 // by a reload, or its target down), whose history would otherwise keep it for a whole window.
 func (m *Manager) Collect(ch chan<- prometheus.Metric) {
-	now, stale := m.now(), m.StaleAfter()
 	for _, r := range m.Reports() {
-		if !r.Configured || !AppPool(r.Source) || !r.HasHistory(m.minHistory) || now.Sub(r.LastSeen) > stale {
+		if !r.Configured || !AppPool(r.Source) || !r.HasHistory(m.minHistory) || r.Stale {
 			continue
 		}
 		o := r.Optimization

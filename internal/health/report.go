@@ -41,10 +41,21 @@ type Report struct {
 	Exact  bool           `json:"exact"`
 	// Configured is false for backends that matched no configured pool (pool "application_name:<name>"):
 	// their DB_* settings, capacity and server budget are unknown.
-	Configured   bool      `json:"configured"`
-	State        State     `json:"state"`
-	StateReasons []string  `json:"state_reasons"`
-	LastSeen     time.Time `json:"last_seen"`
+	Configured   bool     `json:"configured"`
+	State        State    `json:"state"`
+	StateReasons []string `json:"state_reasons"`
+	// PressureSince is the time of the first point of the newest run of the history's points
+	// (window.series) under load: callers waiting, checkouts timed out or slower than the
+	// checkout target, every connection of the capacity in use, or more in use than the
+	// utilization target of pool_size. Null when the newest point is not under load (a warning
+	// about something else, such as idle in transaction). It equals the first point's time
+	// when the load lasted the whole window.
+	PressureSince *time.Time `json:"pressure_since"`
+	LastSeen      time.Time  `json:"last_seen"`
+	// Stale is set when the pool has not been seen for Manager.StaleAfter: its source
+	// stopped answering (a target down, an app endpoint gone, a pool removed by a reload) and
+	// the figures are from before. Its recommendation metrics are gone by then.
+	Stale bool `json:"stale"`
 
 	Window       advice.Summary     `json:"window"`
 	Status       Status             `json:"status"`
@@ -166,7 +177,27 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 		o.PoolSizeRule = RuleUnconfigured
 	}
 	r.State, r.StateReasons = m.state(&r)
+	r.PressureSince = pressureSince(r.Window.Series, m.th)
+	r.Stale = now.Sub(s.lastSeen) > m.StaleAfter()
 	return r
+}
+
+// pressureSince is Report.PressureSince of a series.
+func pressureSince(series []advice.Point, th advice.Thresholds) *time.Time {
+	var since *time.Time
+	for i := len(series) - 1; i >= 0; i-- {
+		p := series[i]
+		loaded := (p.Pending != nil && *p.Pending > 0) || (p.Timeouts != nil && *p.Timeouts > 0) ||
+			(p.CheckoutSeconds != nil && *p.CheckoutSeconds > th.AvgCheckout.Seconds()) ||
+			(p.Capacity > 0 && p.InUse >= p.Capacity) ||
+			(p.PoolSize > 0 && float64(p.InUse) > th.AvgUtilization*float64(p.PoolSize))
+		if !loaded {
+			break
+		}
+		t := series[i].Time
+		since = &t
+	}
+	return since
 }
 
 // state classifies a report; the reasons say why in words. Saturation must last: a checkout
