@@ -236,8 +236,8 @@ func TestStaleAfter(t *testing.T) {
 	}
 }
 
-// TestPageForeignSources: the status page offers no .env lines for a PgBouncer pool and
-// says why.
+// TestPageForeignSources: the status page offers no .env lines for a PgBouncer pool: what to
+// set is in PgBouncer's own settings.
 func TestPageForeignSources(t *testing.T) {
 	c := newClock()
 	m := NewManager(Options{Window: time.Minute, Now: c.now})
@@ -246,7 +246,8 @@ func TestPageForeignSources(t *testing.T) {
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/pools", nil))
 	body := rec.Body.String()
 	if strings.Contains(body, `<pre class="env">`) || strings.Contains(body, "DB_POOL_SIZE=") ||
-		!strings.Contains(body, "none: not an application pool (DB_* do not configure pgbouncer)") {
+		!strings.Contains(body, `<code>pool_size in [databases] (or default_pool_size) = <span data-key="optimization.recommended_pool_size"`) ||
+		!strings.Contains(body, `<code>reserve_pool_size = <span data-key="optimization.recommended_max_overflow"`) {
 		t.Errorf("page for a PgBouncer pool:\n%s", body)
 	}
 }

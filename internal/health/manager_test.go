@@ -453,7 +453,7 @@ func TestPageEscapes(t *testing.T) {
 			t.Errorf("page contains %q", bad)
 		}
 	}
-	for _, want := range []string{"application_name:&lt;script&gt;alert(1)&lt;/script&gt;", `style="width: 13.3%"`} {
+	for _, want := range []string{"application_name:&lt;script&gt;alert(1)&lt;/script&gt;", `data-key="health.capacity_utilization_pct" data-value="13.33">13.3%<`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
