@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/advice"
@@ -68,6 +69,12 @@ func regexPool(name, prefix string, size, overflow, instances int) poolcfg.Pool 
 // Manager's sampler.
 func startScenario(t *testing.T, opts pgtest.Options, window time.Duration, pools ...poolcfg.Pool) *scenario {
 	t.Helper()
+	return startScenarioManager(t, opts, Options{Window: window}, pools...)
+}
+
+// startScenarioManager is startScenario with a Manager of the given options.
+func startScenarioManager(t *testing.T, opts pgtest.Options, mopts Options, pools ...poolcfg.Pool) *scenario {
+	t.Helper()
 	pg := pgtest.StartT(t, opts)
 	if err := pg.CreateRole("monitor", monitorPassword, false, "pg_monitor"); err != nil {
 		t.Fatal(err)
@@ -85,7 +92,7 @@ func startScenario(t *testing.T, opts pgtest.Options, window time.Duration, pool
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr := NewManager(Options{Window: window})
+	mgr := NewManager(mopts)
 	exp := collector.NewExporter([]*collector.Target{target}, collector.ExporterOptions{Observer: mgr.Observe})
 	s := &scenario{pg: pg, mgr: mgr, exp: exp, appDSN: pg.DSN("app", appPassword, "postgres")}
 	s.api = httptest.NewServer(mgr.Handler())
@@ -533,7 +540,11 @@ func TestScenarioAPIErrors(t *testing.T) {
 // exporter could know of its pool.
 func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, target, pool string, settings poolcfg.Settings) metrics.PoolStats {
 	t.Helper()
-	mfs := testbin.Gather(t, c)
+	return pgxpoolStats(t, testbin.Gather(t, c), target, pool, settings)
+}
+
+func pgxpoolStats(t *testing.T, mfs map[string]*dto.MetricFamily, target, pool string, settings poolcfg.Settings) metrics.PoolStats {
+	t.Helper()
 	value := func(name string, labels map[string]string) float64 {
 		v, ok := testbin.SeriesValue(mfs, name, labels)
 		if !ok {
@@ -561,4 +572,29 @@ func readPgxpool(t *testing.T, c *pgxpoolcollector.Collector, target, pool strin
 		p.States[state] = int(value("dbpool_connections", map[string]string{"state": state}))
 	}
 	return p
+}
+
+// readPgxpoolHolds is readPgxpool with the hold and connect times too, which the sizing
+// model draws its predictions from.
+func readPgxpoolHolds(t *testing.T, c *pgxpoolcollector.Collector, target, pool string, settings poolcfg.Settings) metrics.PoolStats {
+	t.Helper()
+	mfs := testbin.Gather(t, c)
+	p := pgxpoolStats(t, mfs, target, pool, settings)
+	p.UseTime = durationStats(mfs, "dbpool_connection_use_duration_seconds")
+	p.CreateTime = durationStats(mfs, "dbpool_connection_create_duration_seconds")
+	return p
+}
+
+// durationStats reads a histogram family back; nil when it is absent.
+func durationStats(mfs map[string]*dto.MetricFamily, name string) *metrics.DurationStats {
+	mf, ok := mfs[name]
+	if !ok || len(mf.GetMetric()) == 0 {
+		return nil
+	}
+	h := mf.GetMetric()[0].GetHistogram()
+	d := &metrics.DurationStats{Count: h.GetSampleCount(), SumSeconds: h.GetSampleSum(), Buckets: map[float64]uint64{}}
+	for _, b := range h.GetBucket() {
+		d.Buckets[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	return d
 }

@@ -39,6 +39,9 @@ type Spec struct {
 	Stdout io.Writer
 	// Tee, when set, receives a copy of everything that goes to the log.
 	Tee io.Writer
+	// ExtraFiles are open files the child inherits as fds 3, 4, ... (a browser's DevTools
+	// pipe); the caller closes its copies after Start.
+	ExtraFiles []*os.File
 	// Credential runs the child as another user (e.g. postgres when this process is root).
 	Credential *syscall.Credential
 	// DeathSignal is sent to the child when this process dies; default SIGKILL.
@@ -90,7 +93,7 @@ func Start(s Spec) (*Process, error) {
 		sink = io.MultiWriter(sink, s.Tee)
 	}
 	cmd := exec.Command(s.Path, s.Args...)
-	cmd.Env, cmd.Dir = s.Env, s.Dir
+	cmd.Env, cmd.Dir, cmd.ExtraFiles = s.Env, s.Dir, s.ExtraFiles
 	cmd.Stdout, cmd.Stderr = sink, sink
 	if s.Stdout != nil {
 		cmd.Stdout = s.Stdout
