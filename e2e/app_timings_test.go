@@ -184,7 +184,7 @@ apps:
 		}
 		t.Logf("/api/v1/pools: state %s %v, window failures %v, average checkout %v s; %s: %s",
 			r.State, r.StateReasons, r.Window.Failures, deref(r.Window.AvgCheckoutSeconds), r.Health.Warnings[i].Rule, r.Health.Warnings[i].Message)
-		if _, page, _ := httpGet("http://" + addr + "/pools"); !strings.Contains(string(page), fmt.Sprintf("%d failed (connect %d)", attempts, attempts)) {
+		if _, page, _ := httpGet("http://" + addr + "/pools"); !strings.Contains(string(page), fmt.Sprintf(`data-key="window.failures.connect" data-value="%d">%d</span> connect`, attempts, attempts)) {
 			t.Errorf("/pools does not show the failed checkouts beside the average checkout")
 		}
 	})

@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dbpool/dbpool_exporter/collector"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 	"github.com/dbpool/dbpool_exporter/pgxpoolcollector"
 	"github.com/dbpool/dbpool_exporter/poolcfg"
@@ -133,13 +132,37 @@ func startGoService(t *testing.T, ctx context.Context, wg *sync.WaitGroup, dsn, 
 	return svc
 }
 
+// leakyApp is leaky's own report of its pool (source app, as integrations/python sends it)
+// after running for d: the six connections the test holds idle in transaction are checked
+// out, and leaked once held past the 5 s threshold, taken at two places in its code.
+func leakyApp(d time.Duration) metrics.PoolStats {
+	timeouts := uint64(0)
+	p := metrics.PoolStats{
+		Target: scenarioTarget, Pool: "leaky", Source: metrics.SourceApp,
+		Configured: true, Settings: regexPool("leaky", "leaky", 5, 5, 1).Settings, Instances: 1,
+		Open: 6, InUse: 6, Overflow: 1,
+		States:    map[string]int{metrics.StateCheckedOut: 6, metrics.StateCheckedIn: 0},
+		Pending:   new(0),
+		Checkouts: &metrics.CheckoutStats{Count: 6, DurationSeconds: 0.012, Timeouts: &timeouts},
+		Leaks:     &metrics.LeakStats{ThresholdSeconds: 5, Instances: 1, Sites: []metrics.LeakSite{}},
+	}
+	if held := d.Seconds(); held > 5 {
+		p.Leaks.Count = 6
+		p.Leaks.Sites = []metrics.LeakSite{
+			{File: "/srv/leaky/app/jobs/nightly_settlement_report.py", Line: 88, Function: "<lambda>", Count: 4, OldestSeconds: held},
+			{File: "/srv/leaky/app/api/orders.py", Line: 214, Function: "create_order", Count: 2, OldestSeconds: held - 0.4},
+		}
+	}
+	return p
+}
+
 // TestStatusPageInChromium renders /pools in headless Chromium at a desktop's and a phone's
 // width while four Go services and a PostgreSQL server report real pools: api (2
 // connections) gets busy half way and saturates, reports runs at 75% of its 6 connections
 // (warning), billing idles (ok), batch stops reporting (stale); on the server, six sessions
-// of leaky sit idle in transaction and two clients chose hostile application names. The
-// page must fit both widths, draw every chart with points, show the API's figures, and keep
-// the hostile names text.
+// of leaky sit idle in transaction, which leaky's own report counts as leaked, and two
+// clients chose hostile application names. The page must fit both widths, draw every chart
+// with points, show the API's figures, and keep the hostile names text.
 func TestStatusPageInChromium(t *testing.T) {
 	chromium := chromiumPath(t)
 	const (
@@ -190,20 +213,22 @@ func TestStatusPageInChromium(t *testing.T) {
 		}
 	}
 
-	// Every 250 ms, a scrape of the server and of the services, as the exporter's sampler
-	// and its app and pgxpool sources would feed the Manager.
+	// Every 250 ms, one scrape of the server, of the services and of leaky's own report, as
+	// the exporter's sampler and its app and pgxpool sources would feed the Manager.
 	start := time.Now()
-	for time.Since(start) < run {
-		c, done := context.WithTimeout(context.Background(), 2*time.Second)
-		s.exp.Scrape(c)
-		done()
-		var pools []metrics.PoolStats
+	s.also = func() []metrics.PoolStats {
+		pools := []metrics.PoolStats{leakyApp(time.Since(start))}
 		for _, svc := range services {
 			if svc.reported == 0 || time.Since(start) < svc.reported {
 				pools = append(pools, readPgxpoolHolds(t, svc.col, "svc", svc.name, svc.settings))
 			}
 		}
-		s.mgr.Observe(collector.Result{Pools: pools})
+		return pools
+	}
+	for time.Since(start) < run {
+		c, done := context.WithTimeout(context.Background(), 2*time.Second)
+		s.exp.Scrape(c)
+		done()
 		time.Sleep(sampled)
 	}
 	clk.freeze()
@@ -247,12 +272,25 @@ func TestStatusPageInChromium(t *testing.T) {
 			d.open(s.api.URL+PagePath, vp.w, vp.h)
 			var page pageSeen
 			d.eval(pageProbe, &page)
-			for _, full := range []bool{false, true} {
-				name := fmt.Sprintf("pools-%d%s.png", vp.w, map[bool]string{true: "-full"}[full])
+			shot := func(name string, full bool) {
 				d.screenshot(filepath.Join(dir, name), vp.w, vp.h, full)
 				t.Logf("screenshot: %s", filepath.Join(dir, name))
 			}
+			shot(fmt.Sprintf("pools-%d.png", vp.w), false)
+			shot(fmt.Sprintf("pools-%d-full.png", vp.w), true)
 			checkPage(t, page, vp.w, api, apiJSON)
+			// Opened, the findings (with the leak's places) and the sizing fit as well.
+			var opened pageSeen
+			var n int
+			d.eval(`document.querySelectorAll('details').forEach(d => d.open = true), document.querySelectorAll('details[open]').length`, &n)
+			if n < 10 {
+				t.Errorf("%d details opened, want a finding or more per pool", n)
+			}
+			d.eval(pageProbe, &opened)
+			if opened.InnerWidth != float64(vp.w) || opened.ScrollWidth > opened.InnerWidth || len(opened.Overflowing) > 0 {
+				t.Errorf("with the details open: layout viewport %v, scrollWidth %v; beyond the right edge: %q", opened.InnerWidth, opened.ScrollWidth, opened.Overflowing)
+			}
+			shot(fmt.Sprintf("pools-%d-open.png", vp.w), true)
 		})
 	}
 }
@@ -407,6 +445,13 @@ func checkPage(t *testing.T, page pageSeen, width int, api PoolsResponse, apiJSO
 		if r.Stale && !strings.Contains(c.Text, "stopped answering") {
 			t.Errorf("pool %s: the card does not say its source stopped answering", c.Pool)
 		}
+		if l := r.Health.Leaks; l != nil && l.Count > 0 {
+			for _, want := range []string{"Leaked connections", "connection_leak", "idle_in_transaction"} {
+				if !strings.Contains(c.Text, want) {
+					t.Errorf("pool %s: the card's findings lack %q", c.Pool, want)
+				}
+			}
+		}
 	}
 }
 
@@ -444,11 +489,19 @@ func checkFigures(t *testing.T, pool string, figs []struct{ Key, Value, Scale, T
 // jsonPath looks a dotted path up in decoded JSON.
 func jsonPath(v any, path string) (any, bool) {
 	for _, k := range strings.Split(path, ".") {
-		m, ok := v.(map[string]any)
-		if !ok {
+		switch node := v.(type) {
+		case map[string]any:
+			v = node[k]
+		case []any:
+			i, err := strconv.Atoi(k)
+			if err != nil || i < 0 || i >= len(node) {
+				return nil, false
+			}
+			v = node[i]
+		default:
 			return nil, false
 		}
-		if v, ok = m[k]; !ok || v == nil {
+		if v == nil {
 			return nil, false
 		}
 	}

@@ -232,6 +232,26 @@ func tilesOf(r *Report, th advice.Thresholds) []tile {
 		}
 		tiles = append(tiles, tl)
 	}
+	// A failed checkout ends fast: beside the average it says what the average hides.
+	if connect, other := w.Failures[metrics.FailureConnect], w.Failures[metrics.FailureOther]; connect+other > 0 {
+		t := tile{Label: "Failed checkouts", Bad: true}
+		for _, f := range []struct {
+			reason string
+			n      float64
+		}{{metrics.FailureConnect, connect}, {metrics.FailureOther, other}} {
+			if f.n > 0 {
+				if len(t.Main) > 0 {
+					t.Main = append(t.Main, part{Text: " · "})
+				}
+				t.Main = append(t.Main, part{Fig: ptr(numFig("window.failures."+f.reason, f.n, 1, readable(f.n)))}, part{Text: " " + f.reason})
+			}
+		}
+		tiles = append(tiles, t)
+	}
+	if l := r.Health.Leaks; l != nil {
+		tiles = append(tiles, tile{Label: "Leaked now", Main: []part{{Fig: ptr(intFig("health.leaks.count", l.Count))}}, Bad: l.Count > 0,
+			Note: []part{{Text: "held over "}, {Fig: ptr(numFig("health.leaks.threshold_seconds", l.ThresholdSeconds, 1, readable(l.ThresholdSeconds)))}, {Text: " s"}}})
+	}
 	if r.Configured && (st.MaxOverflow > 0 || st.Overflow > 0) {
 		tiles = append(tiles, tile{Label: "Overflow now", Main: []part{{Fig: ptr(intFig("status.overflow", st.Overflow))}, {Text: " of ", Fig: ptr(intFig("status.max_overflow", st.MaxOverflow))}},
 			Note: []part{{Text: "peak "}, {Fig: ptr(intFig("window.peak_overflow", w.PeakOverflow))}}})

@@ -5,14 +5,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/dbpool/dbpool_exporter/internal/advice"
 )
 
-// The status page's charts, its "what to set" box and its findings, all drawn from one
-// report.
+// The status page's charts and its "what to set" box, drawn from one report.
 
 // chartBox is a chart with its heading and legend.
 type chartBox struct {
@@ -26,8 +23,8 @@ type legendItem struct{ Class, Text string }
 
 // historyCharts draws the window's series (window.series): in use against pool size and
 // capacity, waiting callers, checkout time and timeouts, the last three where the source
-// observes them. unobserved names what the source cannot see.
-func historyCharts(r *Report, now time.Time) (charts []chartBox, unobserved string) {
+// observes them. note names what the source cannot see, or what did not happen.
+func historyCharts(r *Report, now time.Time) (charts []chartBox, note string) {
 	series := r.Window.Series
 	if len(series) == 0 {
 		return nil, "no sample in the window"
@@ -78,6 +75,7 @@ func historyCharts(r *Report, now time.Time) (charts []chartBox, unobserved stri
 	charts = append(charts, chartBox{Name: "in_use", Title: "In use", Legend: legend, SVG: use.draw()})
 
 	var missing []string
+	idle := ""
 	if anyFinite(pending) {
 		s := spec("callers waiting for a connection", 1, chartSeries{Name: "pending", Class: "c-pending", Kind: kindArea, X: x, Y: pending})
 		s.YCount = true
@@ -92,20 +90,26 @@ func historyCharts(r *Report, now time.Time) (charts []chartBox, unobserved stri
 			s.Rules = []chartRule{{Y: t * 1000, Label: "target " + readable(t*1000) + " ms", Class: "r-target"}}
 		}
 		charts = append(charts, chartBox{Name: "checkout", Title: "Checkout time", Legend: legend, SVG: s.draw()})
-	} else {
+	} else if l := r.Window.Latest; l.CheckoutsTotal == nil || l.CheckoutSecondsTotal == nil {
 		missing = append(missing, "checkout times")
+	} else {
+		idle = "no checkout in the window"
 	}
 	if anyFinite(timeouts) {
 		s := spec("checkouts that timed out", 1, chartSeries{Name: "timeouts", Class: "c-timeouts", Kind: kindArea, X: x, Y: timeouts})
 		s.YCount = true
 		charts = append(charts, chartBox{Name: "timeouts", Title: "Timeouts", Legend: []legendItem{{"c-timeouts", "per point"}}, SVG: s.draw()})
-	} else {
+	} else if r.Window.Latest.TimeoutsTotal == nil {
 		missing = append(missing, "timeouts")
 	}
+	var notes []string
 	if len(missing) > 0 {
-		unobserved = "source " + string(r.Source) + " cannot see " + strings.Join(missing, ", ")
+		notes = append(notes, "source "+string(r.Source)+" cannot see "+strings.Join(missing, ", "))
 	}
-	return charts, unobserved
+	if idle != "" {
+		notes = append(notes, idle)
+	}
+	return charts, strings.Join(notes, "; ")
 }
 
 // limitLabels name the newest pool size and capacity at the right end of their lines; the
@@ -281,102 +285,4 @@ func predictionChart(r *Report) *chartBox {
 	return &chartBox{Name: "prediction", Title: "Predicted by " + r.Optimization.SettingNames.PoolSize,
 		Legend: []legendItem{{"c-wait", "checkout, ms"}, {"c-timeouts", "timeouts, %"}},
 		SVG:    spec.draw()}
-}
-
-// Findings, grouped by severity: each a short headline with the full message, and the fix
-// of the same rule, folded under it.
-type findingGroup struct {
-	Severity, Title string
-	Findings        []finding
-}
-
-type finding struct {
-	Rule, Headline, Detail string
-	Fixes                  []string
-}
-
-// Severities of the findings.
-const (
-	sevCritical = "critical"
-	sevWarning  = "warning"
-	sevAdvice   = "advice"
-)
-
-func (m *Manager) findingGroups(r *Report) []findingGroup {
-	warnings, recs := shorten(r.Health.Warnings), shorten(r.Health.Recommendations)
-	used := make([]bool, len(recs))
-	groups := []findingGroup{
-		{Severity: sevCritical, Title: "Critical"},
-		{Severity: sevWarning, Title: "Warnings"},
-		{Severity: sevAdvice, Title: "Advice"},
-	}
-	for _, w := range warnings {
-		f := finding{Rule: w.Rule, Headline: headline(w.Message), Detail: w.Message}
-		for i, rec := range recs {
-			if rec.Rule == w.Rule && !used[i] {
-				f.Fixes, used[i] = append(f.Fixes, rec.Message), true
-			}
-		}
-		g := &groups[1]
-		if m.critical(r, w.Rule) {
-			g = &groups[0]
-		}
-		g.Findings = append(g.Findings, f)
-	}
-	for i, rec := range recs {
-		if !used[i] {
-			groups[2].Findings = append(groups[2].Findings, finding{Rule: rec.Rule, Headline: headline(rec.Message), Detail: rec.Message})
-		}
-	}
-	out := groups[:0]
-	for _, g := range groups {
-		if len(g.Findings) > 0 {
-			out = append(out, g)
-		}
-	}
-	return out
-}
-
-// critical says whether a warning means callers are hurt now: checkouts time out or queue,
-// or a leak or a query is past its alert level.
-func (m *Manager) critical(r *Report, rule string) bool {
-	c := &r.Connections
-	switch rule {
-	case advice.RuleCheckoutTimeouts, advice.RuleCheckoutSlow:
-		return true
-	case advice.RuleIdleInTransaction:
-		return c.IdleInTransaction != nil && *c.IdleInTransaction > m.th.IdleInTransactionAlert
-	case advice.RuleLongQuery:
-		return c.LongestQuerySeconds != nil && *c.LongestQuerySeconds > m.th.LongQueryAlert.Seconds()
-	}
-	return false
-}
-
-// headlineMax bounds a headline; the whole message is folded under it.
-const headlineMax = 110
-
-// headline is a message's first clause, capitalised: up to the first "; " or ": ", cut at a
-// word when still long.
-func headline(msg string) string {
-	h := msg
-	for _, sep := range []string{"; ", ": "} {
-		if i := strings.Index(h, sep); i > 0 {
-			h = h[:i]
-		}
-	}
-	if len(h) > headlineMax {
-		cut := strings.LastIndexByte(h[:headlineMax], ' ')
-		if cut < headlineMax/2 {
-			cut = headlineMax
-			for !utf8.RuneStart(h[cut]) {
-				cut--
-			}
-		}
-		h = h[:cut] + "…"
-	}
-	if h == "" {
-		return h
-	}
-	r, size := utf8.DecodeRuneInString(h)
-	return string(unicode.ToUpper(r)) + h[size:]
 }

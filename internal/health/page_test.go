@@ -11,6 +11,7 @@ import (
 	"golang.org/x/net/html"
 
 	"github.com/dbpool/dbpool_exporter/collector"
+	"github.com/dbpool/dbpool_exporter/internal/advice"
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
 
@@ -134,5 +135,59 @@ func TestHeadline(t *testing.T) {
 		if got := headline(tc.in); got != tc.want {
 			t.Errorf("headline(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestFindingGroups: warnings go by severity, with the fix of the same rule folded under
+// them; a leak and a transaction left open stand together with the leak's places; a
+// recommendation without a warning is advice.
+func TestFindingGroups(t *testing.T) {
+	m := NewManager(Options{})
+	six, two := 6, 2
+	f := func(rule, msg string) advice.Finding { return advice.Finding{Rule: rule, Message: msg} }
+	r := &Report{
+		Connections: advice.Connections{IdleInTransaction: &six},
+		Health: Health{
+			Health: advice.Health{
+				Warnings: []advice.Finding{
+					f(advice.RuleUtilizationHigh, "average utilization 93% over the last 5m exceeds 70%"),
+					f(advice.RuleCheckoutTimeouts, "88 checkouts timed out in the last 5m; alert level is 1 per minute"),
+					f(advice.RuleIdleInTransaction, "6 connections are idle in transaction, above the alert level of 5: a transaction leak"),
+					f(advice.RuleConnectionLeak, "2 connections have been held longer than the leak threshold of 5 s"),
+				},
+				Recommendations: []advice.Finding{
+					f(advice.RuleUtilizationHigh, "raise DB_POOL_SIZE"),
+					f(advice.RuleCheckoutTimeouts, "raise DB_POOL_SIZE rather than DB_POOL_TIMEOUT"),
+					f(advice.RulePrePingDisabled, "set DB_POOL_PRE_PING=true"),
+				},
+			},
+			Leaks: &metrics.LeakStats{ThresholdSeconds: 5, Instances: 1, Count: two, Sites: []metrics.LeakSite{{File: "app.py", Line: 7, Function: "handler", Count: 2, OldestSeconds: 9}}},
+		},
+	}
+	var got []string
+	for _, g := range m.findingGroups(r) {
+		line := g.Title + "(" + g.Severity + "):"
+		for _, f := range g.Findings {
+			line += " " + f.Rule
+			if len(f.Fixes) > 0 {
+				line += "+fix"
+			}
+			if f.Detail == "" {
+				line += "-detail"
+			}
+			for _, s := range f.Sites {
+				line += "@" + s.Place + "/" + s.Count.Text
+			}
+		}
+		got = append(got, line)
+	}
+	want := []string{
+		"Critical(critical): checkout_timeouts+fix",
+		"Leaked connections(critical): idle_in_transaction connection_leak-detail@app.py:7/2",
+		"Warnings(warning): utilization_high+fix-detail",
+		"Advice(advice): pre_ping_disabled-detail",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("groups\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

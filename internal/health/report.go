@@ -182,16 +182,21 @@ func (m *Manager) analyze(s *snapshot, now time.Time) Report {
 	return r
 }
 
-// pressureSince is Report.PressureSince of a series.
+// pressureSince is Report.PressureSince of a series. One point without load inside a run
+// does not end it (a load near a threshold flickers across it); two in a row do.
 func pressureSince(series []advice.Point, th advice.Thresholds) *time.Time {
-	var since *time.Time
-	for i := len(series) - 1; i >= 0; i-- {
-		p := series[i]
-		loaded := (p.Pending != nil && *p.Pending > 0) || (p.Timeouts != nil && *p.Timeouts > 0) ||
+	loaded := func(p advice.Point) bool {
+		return (p.Pending != nil && *p.Pending > 0) || (p.Timeouts != nil && *p.Timeouts > 0) ||
 			(p.CheckoutSeconds != nil && *p.CheckoutSeconds > th.AvgCheckout.Seconds()) ||
 			(p.Capacity > 0 && p.InUse >= p.Capacity) ||
 			(p.PoolSize > 0 && float64(p.InUse) > th.AvgUtilization*float64(p.PoolSize))
-		if !loaded {
+	}
+	var since *time.Time
+	for i := len(series) - 1; i >= 0; i-- {
+		if !loaded(series[i]) {
+			if since != nil && i > 0 && loaded(series[i-1]) {
+				continue
+			}
 			break
 		}
 		t := series[i].Time

@@ -29,6 +29,15 @@ func TestPressureSince(t *testing.T) {
 			{Time: at(4), InUse: 1, PoolSize: 5, CheckoutSeconds: f(0.02)}, // slow checkouts
 			{Time: at(5), InUse: 2, Capacity: 2},                           // the whole capacity
 		}, ptr(at(1))},
+		{"one quiet point inside the run does not end it, two do", []advice.Point{
+			{Time: at(0), InUse: 5, PoolSize: 5},
+			{Time: at(1), InUse: 1, PoolSize: 5},
+			{Time: at(2), InUse: 1, PoolSize: 5},
+			{Time: at(3), InUse: 5, PoolSize: 5},
+			{Time: at(4), InUse: 1, PoolSize: 5},
+			{Time: at(5), InUse: 5, PoolSize: 5},
+		}, ptr(at(3))},
+		{"quiet now after a run", []advice.Point{{Time: at(0), InUse: 5, PoolSize: 5}, {Time: at(1), InUse: 1, PoolSize: 5}}, nil},
 		{"the whole window", []advice.Point{{Time: at(0), InUse: 2, Capacity: 2}, {Time: at(1), InUse: 2, Capacity: 2}}, ptr(at(0))},
 		{"unknown limits and nothing waiting", []advice.Point{{Time: at(0), InUse: 50}}, nil},
 	} {

@@ -51,6 +51,9 @@ type scenario struct {
 	appDSN  string
 	cancel  context.CancelFunc
 	stopped chan struct{}
+	// also, when set before the first scrape, adds pools of other sources (the applications'
+	// own reports) to every scrape's result, as one exporter watching them all would.
+	also func() []metrics.PoolStats
 }
 
 // pool returns a configured pool matching application_name prefix-<instance>.
@@ -93,13 +96,18 @@ func startScenarioManager(t *testing.T, opts pgtest.Options, mopts Options, pool
 		t.Fatal(err)
 	}
 	mgr := NewManager(mopts)
-	exp := collector.NewExporter([]*collector.Target{target}, collector.ExporterOptions{Observer: mgr.Observe})
-	s := &scenario{pg: pg, mgr: mgr, exp: exp, appDSN: pg.DSN("app", appPassword, "postgres")}
+	s := &scenario{pg: pg, mgr: mgr, appDSN: pg.DSN("app", appPassword, "postgres")}
+	s.exp = collector.NewExporter([]*collector.Target{target}, collector.ExporterOptions{Observer: func(r collector.Result) {
+		if s.also != nil {
+			r.Pools = append(r.Pools, s.also()...)
+		}
+		mgr.Observe(r)
+	}})
 	s.api = httptest.NewServer(mgr.Handler())
 	t.Cleanup(func() {
 		s.stopSampler()
 		s.api.Close()
-		exp.Close()
+		s.exp.Close()
 	})
 	return s
 }
