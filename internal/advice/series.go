@@ -38,7 +38,7 @@ type seriesBuilder struct {
 }
 
 func newSeriesBuilder(window time.Duration) *seriesBuilder {
-	return &seriesBuilder{slot: max(int64(window/SeriesPoints), 1), out: []Point{}}
+	return &seriesBuilder{slot: max(int64(window/SeriesPoints), 1), out: make([]Point, 0, SeriesPoints+1)}
 }
 
 // add adds an entry; withIncreases is false for the oldest entry of the window.
@@ -54,11 +54,10 @@ func (b *seriesBuilder) add(e *entry, withIncreases bool) {
 	p.InUse = max(p.InUse, e.maxInUse)
 	p.PoolSize, p.Capacity = e.last.PoolSize, e.last.Capacity
 	if e.hasPending {
-		v := e.maxPending
-		if p.Pending != nil {
-			v = max(v, *p.Pending)
+		if p.Pending == nil {
+			p.Pending = new(e.maxPending)
 		}
-		p.Pending = &v
+		*p.Pending = max(*p.Pending, e.maxPending)
 	}
 	if !withIncreases {
 		return
