@@ -77,8 +77,8 @@ func (c *frozenClock) freeze() {
 	c.mu.Unlock()
 }
 
-// goService is a Go service's pgxpool under an open-loop load, exported by pgxpoolcollector:
-// the exporter's pgxpool source, with the hold times the sizing model needs.
+// goService is a Go service's pgxpool under load, exported by pgxpoolcollector: the
+// exporter's pgxpool source, with the hold times the sizing model needs.
 type goService struct {
 	name     string
 	settings poolcfg.Settings
@@ -86,10 +86,21 @@ type goService struct {
 	reported time.Duration // how long its samples reach the Manager; 0: all along
 }
 
-// startGoService runs requests at rateAt(elapsed) per second, each holding a connection for
-// hold, giving up on a checkout after timeout, until ctx ends.
+// load is what a service asks of its pool: requests arriving at rateAt(elapsed) per second
+// (an open loop: a slow pool makes callers queue), or, with workers set, that many workers
+// each taking a connection again as soon as they gave one back (a closed loop: never more
+// than workers in use, however slow the machine).
+type load struct {
+	rateAt  func(time.Duration) float64
+	workers int
+}
+
+func rate(r float64) load { return load{rateAt: func(time.Duration) float64 { return r }} }
+
+// startGoService runs its load until ctx ends, each request holding a connection for hold
+// and giving up on a checkout after timeout.
 func startGoService(t *testing.T, ctx context.Context, wg *sync.WaitGroup, dsn, name string, maxConns int,
-	timeout, hold time.Duration, rateAt func(time.Duration) float64) *goService {
+	timeout, hold time.Duration, l load) *goService {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -107,11 +118,31 @@ func startGoService(t *testing.T, ctx context.Context, wg *sync.WaitGroup, dsn, 
 	st.Timeout = timeout
 	svc := &goService{name: name, settings: st,
 		col: pgxpoolcollector.New(pool, tracer, pgxpoolcollector.Options{Target: "svc", Pool: name, Settings: &st})}
+	request := func() {
+		c, cancel := context.WithTimeout(ctx, timeout)
+		conn, err := pool.Acquire(c)
+		cancel()
+		if err != nil {
+			return
+		}
+		_, _ = conn.Exec(ctx, "SELECT pg_sleep($1)", hold.Seconds())
+		conn.Release()
+	}
+	for range l.workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				request()
+			}
+		})
+	}
+	if l.rateAt == nil {
+		return svc
+	}
 	start := time.Now()
 	wg.Go(func() {
 		next := time.Now()
 		for {
-			interval := time.Duration(float64(time.Second) / rateAt(time.Since(start)))
+			interval := time.Duration(float64(time.Second) / l.rateAt(time.Since(start)))
 			// A stalled test machine skips the arrivals it missed rather than firing them
 			// all at once: a burst of its own would make a pool look busier than its load.
 			if next = next.Add(interval); time.Until(next) < -interval {
@@ -122,16 +153,7 @@ func startGoService(t *testing.T, ctx context.Context, wg *sync.WaitGroup, dsn, 
 				return
 			case <-time.After(time.Until(next)):
 			}
-			wg.Go(func() {
-				c, cancel := context.WithTimeout(ctx, timeout)
-				conn, err := pool.Acquire(c)
-				cancel()
-				if err != nil {
-					return
-				}
-				_, _ = conn.Exec(ctx, "SELECT pg_sleep($1)", hold.Seconds())
-				conn.Release()
-			})
+			wg.Go(request)
 		}
 	})
 	return svc
@@ -163,8 +185,9 @@ func leakyApp(d time.Duration) metrics.PoolStats {
 
 // TestStatusPageInChromium renders /pools in headless Chromium at a desktop's and a phone's
 // width while four Go services and a PostgreSQL server report real pools: api (2
-// connections) gets busy half way and saturates, reports runs at 75% of its 8 connections
-// (warning), billing idles (ok), batch stops reporting (stale); on the server, six sessions
+// connections) gets busy half way and saturates; reports keeps 7 of its 8 connections busy
+// (warning: 87.5% of its pool size on average, never all of it, so never saturated, however
+// slow the machine); billing idles (ok); batch stops reporting (stale); on the server, six sessions
 // of leaky sit idle in transaction, which leaky's own report counts as leaked, and two
 // clients chose hostile application names. The page must fit both widths, draw every chart
 // with points, show the API's figures, and keep the hostile names text.
@@ -185,17 +208,16 @@ func TestStatusPageInChromium(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	dsn := apps.SuperuserDSN("postgres")
-	constant := func(r float64) func(time.Duration) float64 { return func(time.Duration) float64 { return r } }
 	services := []*goService{
-		startGoService(t, ctx, &wg, dsn, "api", 2, 200*time.Millisecond, 100*time.Millisecond, func(d time.Duration) float64 {
+		startGoService(t, ctx, &wg, dsn, "api", 2, 200*time.Millisecond, 100*time.Millisecond, load{rateAt: func(d time.Duration) float64 {
 			if d < rampAt {
 				return 4
 			}
 			return 30 // 3 connections' worth of work for 2
-		}),
-		startGoService(t, ctx, &wg, dsn, "reports", 8, 5*time.Second, 100*time.Millisecond, constant(60)),
-		startGoService(t, ctx, &wg, dsn, "billing", 10, 5*time.Second, 20*time.Millisecond, constant(10)),
-		startGoService(t, ctx, &wg, dsn, "batch", 3, 5*time.Second, 50*time.Millisecond, constant(5)),
+		}}),
+		startGoService(t, ctx, &wg, dsn, "reports", 8, 5*time.Second, 100*time.Millisecond, load{workers: 7}),
+		startGoService(t, ctx, &wg, dsn, "billing", 10, 5*time.Second, 20*time.Millisecond, rate(10)),
+		startGoService(t, ctx, &wg, dsn, "batch", 3, 5*time.Second, 50*time.Millisecond, rate(5)),
 	}
 	services[3].reported = 3 * time.Second
 	t.Cleanup(func() { cancel(); wg.Wait() })
