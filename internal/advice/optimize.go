@@ -241,7 +241,14 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 	size, rule := set.PoolSize, RuleKeepCurrent
 	peak := o.PeakInUsePerInstance
 	o.Sizing.Model, o.Sizing.LowerBound = ModelRules, true
-	o.Sizing.Note = "no hold times from this source: sized from the observed peak in use and utilization, a lower bound (the peak of a saturated pool is its capacity, so the demand may be higher); no prediction"
+	without := "without hold times"
+	o.Sizing.Note = "no hold times from this source"
+	if h := s.Hold; h != nil && h.Count > 0 && h.Count < MinHolds {
+		// The source measures them, but the window holds too few for the model to size by.
+		without = "without enough hold times"
+		o.Sizing.Note = fmt.Sprintf("only %s checkouts held and returned in the last %s, fewer than the %d the model needs", num(h.Count), win, MinHolds)
+	}
+	o.Sizing.Note += ": sized from the observed peak in use and utilization, a lower bound (the peak of a saturated pool is its capacity, so the demand may be higher); no prediction"
 	// steps are the figures that led to size; the one sizing finding says them and the size.
 	var steps []string
 
@@ -253,8 +260,8 @@ func sizeByRules(o *Optimization, in Input, th Thresholds) {
 			o.Estimated = append(o.Estimated, "recommended_pool_size", "recommended_max_overflow", "peak_in_use_per_instance")
 		}
 		demand := ceil(float64(peak) * (1 + th.Buffer))
-		steps = append(steps, fmt.Sprintf("peak %d in use per instance (%s) over the last %s; +%s%% headroom = %d, a lower bound without hold times%s",
-			peak, o.PeakInUseBasis, win, num(pct(th.Buffer)), demand, note))
+		steps = append(steps, fmt.Sprintf("peak %d in use per instance (%s) over the last %s; +%s%% headroom = %d, a lower bound %s%s",
+			peak, o.PeakInUseBasis, win, num(pct(th.Buffer)), demand, without, note))
 		if demand > size {
 			size, rule = demand, RuleObservedPeak
 		}

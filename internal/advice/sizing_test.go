@@ -200,13 +200,19 @@ func TestSizeByModelDeterministic(t *testing.T) {
 // their figure is a lower bound.
 func TestSizeByModelNeedsHolds(t *testing.T) {
 	few := offered{instances: 1, rate: 0.001, served: 0.001, hold: 0.1, inUse: 1}.samples(600)
-	for name, in := range map[string]Input{
-		"activity":  {Pool: withSource(pool(2, 0, 1), metrics.SourceActivity), Summary: summarize(pool(2, 0, 1), series(600, 15, func(int) Sample { return Sample{InUse: 2} }))},
-		"few holds": {Pool: appPool(2, 0, 1, 1), Summary: summarize(appPool(2, 0, 1, 1), few)},
+	for name, c := range map[string]struct {
+		in  Input
+		why string // how the note says why the model did not size it
+	}{
+		"activity":  {Input{Pool: withSource(pool(2, 0, 1), metrics.SourceActivity), Summary: summarize(pool(2, 0, 1), series(600, 15, func(int) Sample { return Sample{InUse: 2} }))}, "no hold times from this source:"},
+		"few holds": {Input{Pool: appPool(2, 0, 1, 1), Summary: summarize(appPool(2, 0, 1, 1), few)}, "checkouts held and returned in the last 10m, fewer than the 20 the model needs:"},
 	} {
-		o := OptimizePoolSettings(in, DefaultThresholds())
+		o := OptimizePoolSettings(c.in, DefaultThresholds())
 		if o.Sizing.Model != ModelRules || !o.Sizing.LowerBound || o.Sizing.Current != nil || !strings.Contains(o.Sizing.Note, "lower bound") {
 			t.Errorf("%s: sizing %+v, want the rules, a lower bound, no prediction", name, o.Sizing)
+		}
+		if !strings.HasPrefix(o.Sizing.Note, c.why) && !strings.Contains(o.Sizing.Note, " "+c.why) {
+			t.Errorf("%s: the note says %q, want why the model did not size it: %q", name, o.Sizing.Note, c.why)
 		}
 	}
 }
