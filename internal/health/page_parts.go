@@ -2,6 +2,7 @@ package health
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,6 +53,12 @@ func historyCharts(r *Report, now time.Time) (charts []chartBox, note string) {
 			timeouts[i] = *p.Timeouts
 		}
 	}
+	// A pool without overflow (pgxpool, and an application's pool with max_overflow 0) has
+	// its pool size for capacity: one line, said once, rather than two drawn on each other.
+	sizeIsCapacity := anyFinite(size) && slices.EqualFunc(size, capacity, func(a, b float64) bool { return a == b || math.IsNaN(a) && math.IsNaN(b) })
+	if sizeIsCapacity {
+		size = nanSlice(n)
+	}
 	ticks := timeTicks(now, window)
 	name := r.Pool + " on " + r.Target
 	over := " over the last " + humanDuration(time.Duration(window*float64(time.Second)))
@@ -69,7 +76,10 @@ func historyCharts(r *Report, now time.Time) (charts []chartBox, note string) {
 	if anyFinite(size) {
 		legend = append(legend, legendItem{"c-size", "pool size"})
 	}
-	if anyFinite(capacity) {
+	switch {
+	case sizeIsCapacity:
+		legend = append(legend, legendItem{"c-cap", "capacity = pool size"})
+	case anyFinite(capacity):
 		legend = append(legend, legendItem{"c-cap", "capacity"})
 	}
 	charts = append(charts, chartBox{Name: "in_use", Title: "In use", Legend: legend, SVG: use.draw()})

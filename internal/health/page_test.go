@@ -191,3 +191,37 @@ func TestFindingGroups(t *testing.T) {
 		t.Errorf("groups\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestInUseChartLimits: the in-use chart draws the pool size and the capacity as two lines
+// where they differ, and as one, said once, where the pool has no overflow.
+func TestInUseChartLimits(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		name           string
+		size, capacity int
+		legend, lines  []string
+	}{
+		{"overflow", 5, 15, []string{"peak", "pool size", "capacity"}, []string{"c-inuse", "c-size", "c-cap"}},
+		{"no overflow", 8, 8, []string{"peak", "capacity = pool size"}, []string{"c-inuse", "c-cap"}},
+		{"unconfigured", 0, 0, []string{"peak"}, []string{"c-inuse"}},
+	} {
+		r := &Report{Window: advice.Summary{WindowSeconds: 60}}
+		for i := range 4 {
+			r.Window.Series = append(r.Window.Series, advice.Point{Time: now.Add(time.Duration(i-3) * 15 * time.Second), InUse: i, PoolSize: tc.size, Capacity: tc.capacity})
+		}
+		charts, _ := historyCharts(r, now)
+		if len(charts) == 0 || charts[0].Name != "in_use" {
+			t.Fatalf("%s: no in-use chart first: %+v", tc.name, charts)
+		}
+		var legend, lines []string
+		for _, l := range charts[0].Legend {
+			legend = append(legend, l.Text)
+		}
+		for _, l := range charts[0].SVG.Lines {
+			lines = append(lines, l.Class)
+		}
+		if !slices.Equal(legend, tc.legend) || !slices.Equal(lines, tc.lines) {
+			t.Errorf("%s: legend %q and lines %q, want %q and %q", tc.name, legend, lines, tc.legend, tc.lines)
+		}
+	}
+}
