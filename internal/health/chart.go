@@ -82,7 +82,11 @@ type chartSpec struct {
 	// the bottom of a sensible axis instead of in the middle of a degenerate one.
 	YFloor, Y2Floor float64
 	// YCount makes the left axis end on a whole number (connections, callers).
-	YCount            bool
+	YCount bool
+	// YCap, when above 0, ends the left axis at about YCap even where the data go higher,
+	// so that one far point does not flatten the rest: a point above the axis sits on its
+	// top edge with its value written beside it.
+	YCap              float64
 	YFormat, Y2Format func(float64) string
 	// YClass and Y2Class colour an axis' labels like its series.
 	YClass, Y2Class string
@@ -129,6 +133,9 @@ func (c chartSpec) draw() chartSVG {
 		xMax = xMin + 1
 	}
 	yMax, y2Max := axisTop(c.axisMax(false), c.YFloor, c.YCount), axisTop(c.axisMax(true), c.Y2Floor, false)
+	if c.YCap > 0 && c.axisMax(false) > c.YCap {
+		yMax = axisTop(c.YCap, c.YFloor, c.YCount)
+	}
 	px := func(x float64) float64 { return x0 + (clamp(x, xMin, xMax)-xMin)/(xMax-xMin)*(x1-x0) }
 	py := func(y float64, right bool) float64 {
 		m := yMax
@@ -206,6 +213,9 @@ func (c chartSpec) draw() chartSVG {
 					out.Dots = append(out.Dots, svgDot{CX: coord(x), CY: coord(y), Class: s.Class})
 				}
 			}
+			if !s.Right && s.Kind != kindSteps {
+				out.Labels = append(out.Labels, offScale(seg, s, yMax, px, x0, x1, y0, c.YFormat)...)
+			}
 			if s.Kind == kindSteps {
 				// A limit is no data point: it carries no data-series for the page's test.
 				out.Lines = append(out.Lines, svgPoly{Points: strings.Join(pts, " "), Class: s.Class})
@@ -236,6 +246,27 @@ func (c chartSpec) draw() chartSVG {
 			anchor = "end"
 		}
 		out.Labels = append(out.Labels, svgText{X: coord(x), Y: coord(y0 - 3), Anchor: anchor, Class: "marker-label " + m.Class, Text: m.Label})
+	}
+	return out
+}
+
+// offScale writes the value of each point of seg above the left axis' top yMax under the
+// plot's top edge y0, where the point is drawn, on the side of the point towards the middle
+// of the plot (x0..x1); a label that would run into the previous one is left out.
+func offScale(seg []int, s chartSeries, yMax float64, px func(float64) float64, x0, x1, y0 float64, f func(float64) string) []svgText {
+	var out []svgText
+	last := math.Inf(-1)
+	for _, i := range seg {
+		x := px(s.X[i])
+		if !(s.Y[i] > yMax) || x-last < 40 {
+			continue
+		}
+		l := svgText{X: coord(x + 4), Y: coord(y0 + 9), Anchor: "start", Class: "off-scale " + s.Class, Text: "↑ " + format(f, s.Y[i])}
+		if x > (x0+x1)/2 {
+			l.X, l.Anchor = coord(x-4), "end"
+		}
+		out = append(out, l)
+		last = x
 	}
 	return out
 }

@@ -76,6 +76,21 @@ func TestChartDraw(t *testing.T) {
 			points: 3,
 		},
 		{
+			name: "a cap keeps one far point from flattening the rest: it sits on the top edge, its value beside it",
+			spec: chartSpec{XMin: 0, XMax: 2, YCap: 10, Series: []chartSeries{{Name: "a",
+				X: []float64{0, 1, 2}, Y: []float64{1000, 8, 2}}}},
+			lines:  []string{"38.0,14.0 164.0,47.3 290.0,97.3"},
+			points: 3,
+			labels: []string{"0", "12", "↑ 1000"},
+		},
+		{
+			name:   "a cap above the data changes nothing",
+			spec:   chartSpec{XMin: 0, XMax: 1, YCap: 100, Series: []chartSeries{{Name: "a", X: []float64{0, 1}, Y: []float64{0, 10}}}},
+			lines:  []string{"38.0,114.0 290.0,30.7"},
+			points: 2,
+			labels: []string{"0", "12"},
+		},
+		{
 			name: "limits are steps and no data points; the area closes on the bottom",
 			spec: chartSpec{XMin: 0, XMax: 10, YFloor: 10, YCount: true, Series: []chartSeries{
 				{Name: "in_use", Kind: kindArea, X: []float64{0, 10}, Y: []float64{2, 4}},
@@ -128,6 +143,10 @@ func TestChartDraw(t *testing.T) {
 				if !strings.Contains("|"+strings.Join(labels, "|")+"|", "|"+want+"|") {
 					t.Errorf("labels %q lack %q", labels, want)
 				}
+			}
+			offScale := func(l string) bool { return strings.HasPrefix(l, "↑") }
+			if slices.ContainsFunc(labels, offScale) != slices.ContainsFunc(tc.labels, offScale) {
+				t.Errorf("labels %q: a value above the axis written or missing", labels)
 			}
 			if slices.Contains(labels, "too high") {
 				t.Error("a rule beyond the axis was drawn")

@@ -286,6 +286,18 @@ func predictionChart(r *Report) *chartBox {
 		},
 		Markers: markers,
 	}
+	// The sizes far below the current one predict waits that would flatten the curve where
+	// the reader looks: the axis ends at about three times the largest wait of now, set and
+	// the target, and a wait above it is written at the top.
+	yCap := sz.Targets.MaxMeanWaitSeconds * 1000
+	for _, p := range []*advice.Prediction{sz.Current, sz.Recommended} {
+		if !p.Unbounded && isFinite(p.MeanWaitSeconds) {
+			yCap = max(yCap, p.MeanWaitSeconds*1000)
+		}
+	}
+	if yCap > 0 {
+		spec.YCap = 3 * yCap
+	}
 	if isFinite(band.From) {
 		spec.Bands = []chartBand{band}
 	}
