@@ -288,6 +288,14 @@ func TestStatusPageInChromium(t *testing.T) {
 		}
 	}
 
+	// A pool whose source stopped answering says so beside its state, which is from before.
+	for _, card := range strings.Split(string(raw), `<section class="card`)[1:] {
+		badge := strings.Contains(card, `>stale</span>`)
+		if batch := strings.Contains(card, `data-pool="batch"`); badge != batch {
+			t.Errorf("a card with a stale badge %v, of the stale pool batch %v: %.200s", badge, batch, card)
+		}
+	}
+
 	dir := filepath.Join(testbin.RepoRoot(), "testdata-artifacts")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
