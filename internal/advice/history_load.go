@@ -143,11 +143,12 @@ func totalsOnly(h *Histogram) *Histogram {
 	return &Histogram{Count: h.Count, Sum: h.Sum}
 }
 
-// loadSummary gathers the entries' increases for the Summary.
+// loadSummary gathers the entries' increases for the Summary, over the whole window (the
+// hold times go with the offered load, over the busiest span: busy.go).
 type loadSummary struct {
-	hold, create histIncrease
-	failures     [4]increase
-	busiest      *int
+	create   histIncrease
+	failures [4]increase
+	busiest  *int
 }
 
 func (l *loadSummary) addEntry(e *loadEntry, withIncreases bool) {
@@ -161,7 +162,6 @@ func (l *loadSummary) addEntry(e *loadEntry, withIncreases bool) {
 	if !withIncreases {
 		return
 	}
-	l.hold.merge(&e.hold)
 	l.create.merge(&e.create)
 	for i := range l.failures {
 		if e.failures[i].ok {
@@ -170,18 +170,10 @@ func (l *loadSummary) addEntry(e *loadEntry, withIncreases bool) {
 	}
 }
 
-// fill sets the Summary's load fields. latest supplies the connect time over the process'
-// life when no connection was opened within the window.
+// fill sets the Summary's connect time, failures and busiest instance. latest supplies the
+// connect time over the process' life when no connection was opened within the window.
 func (l *loadSummary) fill(sum *Summary, latest Sample) {
 	sum.PeakInUseBusiest = l.busiest
-	if l.hold.ok && l.hold.count > 0 {
-		h := &HoldTimes{MeanSeconds: l.hold.sum / l.hold.count, Count: l.hold.count}
-		for i, le := range l.hold.bounds {
-			h.Buckets = append(h.Buckets, Bucket{LE: le, Count: l.hold.buckets[i]})
-		}
-		sum.Hold = h
-		sum.MeanHoldSeconds = ptr(h.MeanSeconds)
-	}
 	switch c := latest.Create; {
 	case l.create.ok && l.create.count > 0:
 		sum.MeanCreateSeconds = ptr(l.create.sum / l.create.count)

@@ -29,14 +29,21 @@ type Summary struct {
 	Checkouts          *float64 `json:"checkouts,omitempty"` // increase over the window
 	AvgCheckoutSeconds *float64 `json:"avg_checkout_seconds,omitempty"`
 
-	// Little's law: mean ArrivalRate and MeanHoldSeconds of the samples, and the mean number in
-	// flight (rate x hold), for the whole group.
-	ArrivalRate     *float64 `json:"arrival_rate,omitempty"`
-	MeanHoldSeconds *float64 `json:"mean_hold_seconds,omitempty"`
-	InFlight        *float64 `json:"in_flight,omitempty"`
+	// The offered load, for Little's law: the arrival rate (the samples' mean ArrivalRate, else
+	// the rate of CheckoutsTotal), the mean hold time and the mean number in flight (the
+	// samples' mean, else rate x hold), for the whole group. Unlike the rest of the Summary
+	// they are taken over the busiest span of the window, LoadFrom to LoadTo: the busiest 5
+	// minutes (BusiestSpanSeconds) when the window is longer, else the whole window
+	// (BusiestSpanSeconds 0). A pool must serve its busy period, not the window's average.
+	ArrivalRate        *float64  `json:"arrival_rate,omitempty"`
+	MeanHoldSeconds    *float64  `json:"mean_hold_seconds,omitempty"`
+	InFlight           *float64  `json:"in_flight,omitempty"`
+	LoadFrom           time.Time `json:"load_from"`
+	LoadTo             time.Time `json:"load_to"`
+	BusiestSpanSeconds float64   `json:"busiest_span_seconds,omitempty"`
 
-	// Hold is the window's hold times (checkout to checkin), where the source measures them;
-	// MeanHoldSeconds is then its mean.
+	// Hold is the hold times (checkout to checkin) of the same span, where the source
+	// measures them; MeanHoldSeconds is then its mean.
 	Hold *HoldTimes `json:"hold,omitempty"`
 	// MeanCreateSeconds is the average time to open a connection: over the window, or over
 	// the process' life when none was opened within it.
@@ -75,8 +82,6 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 		avgSum                     float64
 		timeouts, checkouts, waits increase
 		waitCount                  float64
-		inFlight, rate, hold       float64
-		nInFlight, nRate, nHold    int
 		maxGap                     time.Duration
 		load                       loadSummary
 		series                     = newSeriesBuilder(h.window)
@@ -103,9 +108,6 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 			}
 			sum.PeakPending = &p
 		}
-		inFlight, nInFlight = inFlight+e.sumInFlight, nInFlight+e.nInFlight
-		rate, nRate = rate+e.sumRate, nRate+e.nRate
-		hold, nHold = hold+e.sumHold, nHold+e.nHold
 		// The oldest entry's increases reach back before its own latest sample, possibly out
 		// of the window; the spans of the others tile (oldest.last, newest.last] exactly.
 		load.addEntry(&e.loadEntry, i > i0)
@@ -151,25 +153,12 @@ func (h *History) Summary(now time.Time, pool Pool) Summary {
 	if waits.ok && waitCount > 0 {
 		sum.AvgCheckoutSeconds = ptr(waits.value / waitCount)
 	}
-	if nRate > 0 {
-		sum.ArrivalRate = ptr(rate / float64(nRate))
-	} else if checkouts.ok && checkouts.seconds > 0 {
-		sum.ArrivalRate = ptr(checkouts.value / checkouts.seconds)
-	}
-	if nHold > 0 {
-		sum.MeanHoldSeconds = ptr(hold / float64(nHold))
-	}
-	load.fill(&sum, sum.Latest) // a measured hold histogram wins over sampled means
+	h.fillLoad(&sum, i0)
+	load.fill(&sum, sum.Latest)
 	for k := max(h.nRecent-recentSamples, 0); k < h.nRecent; k++ {
 		if r := h.recent[k%recentSamples]; !r.Time.Before(cutoff) {
 			sum.Recent = append(sum.Recent, recentOf(Sample{Time: r.Time, InUse: r.InUse, Pending: r.Pending, LongestWaitSeconds: r.LongestWaitSeconds}))
 		}
-	}
-	switch {
-	case nInFlight > 0:
-		sum.InFlight = ptr(inFlight / float64(nInFlight))
-	case sum.ArrivalRate != nil && sum.MeanHoldSeconds != nil:
-		sum.InFlight = ptr(*sum.ArrivalRate * *sum.MeanHoldSeconds)
 	}
 	return sum
 }
