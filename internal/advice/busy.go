@@ -77,7 +77,9 @@ func (h *History) spanStart(k, i0 int) time.Time {
 // busiest is the run of entries [k, j] of the window [i0, h.n) whose offered load is highest
 // among the runs just covering busySpan; ok is false when the window is no longer than
 // busySpan, the history is shorter, or no run has a load: the whole window is used then. A
-// surge shorter than busySpan is thus averaged over busySpan, not taken from one sample.
+// surge shorter than busySpan is thus averaged over busySpan, not taken from one sample. A run
+// with fewer than MinHolds hold times is too thin to measure and does not count, so that a
+// quiet pool keeps the whole window's figures rather than fall back to the rules.
 func (h *History) busiest(i0 int) (k, j int, ok bool) {
 	if h.window <= busySpan {
 		return 0, 0, false
@@ -98,6 +100,9 @@ func (h *History) busiest(i0 int) (k, j int, ok bool) {
 			continue
 		}
 		// >= : of equal loads the newest span wins.
+		if run.nHolds > 0 && run.holdCount < MinHolds {
+			continue
+		}
 		if _, _, d := run.load(); d != nil && (!ok || *d >= best) {
 			k, j, best, ok = lo, hi, *d, true
 		}

@@ -109,6 +109,7 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 	sz := &o.Sizing
 	sz.Model, sz.ArrivalRate, sz.Demand, sz.Buffer, sz.Floor = ModelQueueing, load.Rate, demand, th.Buffer, floor
 	sz.Hold, sz.MeanCreateSeconds, sz.TimeoutSeconds = &load.Hold, load.CreateSeconds, load.TimeoutSeconds
+	sz.LoadFrom, sz.LoadTo, sz.BusiestSpanSeconds = s.LoadFrom, s.LoadTo, s.BusiestSpanSeconds
 	sz.HoldDistribution = HoldExponential
 	if len(load.Hold.Buckets) > 0 {
 		sz.HoldDistribution = HoldFromHistogram
@@ -117,8 +118,8 @@ func sizeByModel(o *Optimization, in Input, th Thresholds, load Load) {
 		num(SimCheckouts), map[string]string{HoldFromHistogram: "measured histogram", HoldExponential: "an exponential distribution with the measured mean"}[sz.HoldDistribution], n.Timeout)
 
 	win, window := spanText(s), human(time.Duration(s.WindowSeconds*float64(time.Second)))
-	demandMsg := fmt.Sprintf("Little's law: %s checkouts/s x %s ms held = %s connections in use per instance; +%s%% buffer = %s -> %d",
-		num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
+	demandMsg := fmt.Sprintf("Little's law over %s: %s checkouts/s x %s ms held = %s connections in use per instance; +%s%% buffer = %s -> %d",
+		loadSpanText(s), num(load.Rate), num(load.Hold.MeanSeconds*1000), num(demand), num(pct(th.Buffer)), num(demand*(1+th.Buffer)), floor)
 	now := fmt.Sprintf("now at %s: %s", sizeText(p.Source, set.PoolSize, set.MaxOverflow), predictionText(cur))
 
 	// A pool that meets the targets and falls short of the buffered demand by no more than
@@ -203,6 +204,18 @@ func spanText(s Summary) string {
 	}
 	return human(s.To.Sub(s.From).Round(time.Second))
 }
+
+// loadSpanText says which span the offered load was taken from: "the busiest 5m of the 1h
+// window, 14:05:00-14:10:00 UTC", or "the last 30s" when it is the whole window.
+func loadSpanText(s Summary) string {
+	if s.BusiestSpanSeconds == 0 {
+		return "the last " + spanText(s)
+	}
+	return fmt.Sprintf("the busiest %s of the %s window, %s-%s UTC", human(durationOf(s.BusiestSpanSeconds)), human(durationOf(s.WindowSeconds)),
+		s.LoadFrom.UTC().Format(time.TimeOnly), s.LoadTo.UTC().Format(time.TimeOnly))
+}
+
+func durationOf(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
 
 // historyText says how much history a summary holds.
 func historyText(s Summary) string {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/dbpool/dbpool_exporter/internal/metrics"
 )
@@ -29,6 +30,12 @@ type Sizing struct {
 	MeanCreateSeconds float64    `json:"mean_create_seconds,omitempty"`
 	TimeoutSeconds    float64    `json:"timeout_seconds,omitempty"`
 	Demand            float64    `json:"demand,omitempty"`
+	// LoadFrom and LoadTo are the span the rate and the hold times were taken from: the
+	// busiest BusiestSpanSeconds of the window, or the whole window when BusiestSpanSeconds is
+	// 0 (it is no longer than that span).
+	LoadFrom           time.Time `json:"load_from,omitzero"`
+	LoadTo             time.Time `json:"load_to,omitzero"`
+	BusiestSpanSeconds float64   `json:"busiest_span_seconds,omitempty"`
 	// Floor is the guide's formula: Demand + the buffer (a ratio, 0.5 = 50%), rounded up.
 	Buffer float64 `json:"buffer,omitempty"`
 	Floor  int     `json:"floor,omitempty"`
@@ -78,8 +85,9 @@ func (t Targets) meets(p Prediction) bool {
 // MinHolds is how many holds a window needs before the model sizes from them.
 const MinHolds = 20
 
-// loadOf is the load per instance in the window, when the source measured hold times and
-// checkout attempts.
+// loadOf is the load per instance over the Summary's busiest span, when the source measured
+// hold times and checkout attempts. The connect time is the window's: it does not follow the
+// traffic.
 func loadOf(p Pool, s Summary) (Load, bool) {
 	if s.ArrivalRate == nil || s.MeanHoldSeconds == nil || *s.MeanHoldSeconds <= 0 {
 		return Load{}, false
