@@ -33,13 +33,14 @@ import (
 // bounded: simArrivals checkouts per prediction whatever the rate, about a millisecond or two
 // (BenchmarkPredict prints it next to its target).
 
-// HoldTimes is how long checkouts held their connection over the window.
+// HoldTimes is how long checkouts held their connection over the span the offered load was
+// taken from (see Summary).
 type HoldTimes struct {
 	MeanSeconds float64 `json:"mean_seconds"`
 	// Count is how many holds the figures come from; 0 when unknown.
 	Count float64 `json:"count,omitempty"`
-	// Buckets is the window's cumulative histogram, bounds ascending, the last possibly +Inf;
-	// nil when only the mean is known.
+	// Buckets is the cumulative histogram, bounds ascending, the last possibly +Inf; nil when
+	// only the mean is known.
 	Buckets []Bucket `json:"buckets,omitempty"`
 }
 

@@ -177,6 +177,7 @@ type plan struct {
 	OverflowRule string
 	Effect       []effectRow
 	Now, Set     *effectRow // the model's prediction as configured now and as recommended
+	Load         []part     // the load the model sized for, and the span it was taken from
 	Note         string
 	Chart        *chartBox
 	Sizing       []advice.Finding
@@ -236,10 +237,29 @@ func planOf(r *Report) plan {
 	if len(p.Effect) == 2 {
 		p.Now, p.Set = &p.Effect[0], &p.Effect[1]
 	}
+	if sz.Model == advice.ModelQueueing && sz.Hold != nil && !sz.LoadFrom.IsZero() {
+		p.Load = loadParts(sz)
+	}
 	if len(sz.Curve) > 0 && sz.Current != nil && sz.Recommended != nil {
 		p.Chart = predictionChart(r)
 	}
 	return p
+}
+
+// loadParts says what load the model sized for and over which span: "sized for the busiest 5
+// min of the window, 12:30:00 UTC-12:35:00 UTC: 30/s x 100 ms per instance".
+func loadParts(sz *advice.Sizing) []part {
+	const k = "optimization.sizing."
+	parts := []part{{Text: "sized for the average load of the whole history, "}}
+	if sz.BusiestSpanSeconds > 0 {
+		parts = []part{{Text: "sized for the busiest "},
+			{Fig: ptr(numFig(k+"busiest_span_seconds", sz.BusiestSpanSeconds, 1.0/60, readable(sz.BusiestSpanSeconds/60)))},
+			{Text: " min of the window, "}}
+	}
+	return append(parts,
+		part{Fig: ptr(timeFig(k+"load_from", sz.LoadFrom))}, part{Text: "\u2013"}, part{Fig: ptr(timeFig(k+"load_to", sz.LoadTo))},
+		part{Text: ": "}, part{Fig: ptr(numFig(k+"arrival_rate", sz.ArrivalRate, 1, readable(sz.ArrivalRate)))},
+		part{Text: "/s x "}, part{Fig: ptr(msFig(k+"hold.mean_seconds", sz.Hold.MeanSeconds))}, part{Text: " ms held, per instance"})
 }
 
 // predictionChart draws the model's curve: predicted mean checkout time (left axis) and
