@@ -130,8 +130,14 @@ func printSizing(w io.Writer, r *health.Report) {
 		}
 		return
 	}
-	fmt.Fprintf(w, "sizing:       %s checkouts/s x %s ms held = %s in use; +%s%% -> floor %d; hold times: %s; connect %s ms\n",
-		fmtFloat(sz.ArrivalRate), fmtFloat(sz.Hold.MeanSeconds*1000), fmtFloat(sz.Demand), fmtFloat(100*sz.Buffer), sz.Floor,
+	// The history line above gives the span of a whole history; a busiest span gets its times.
+	span := "average of the whole history"
+	if sz.BusiestSpanSeconds > 0 {
+		span = fmt.Sprintf("busiest %s min of the window, %s-%s UTC", fmtFloat(sz.BusiestSpanSeconds/60),
+			sz.LoadFrom.UTC().Format(time.TimeOnly), sz.LoadTo.UTC().Format(time.TimeOnly))
+	}
+	fmt.Fprintf(w, "sizing:       %s checkouts/s x %s ms held = %s in use (%s); +%s%% -> floor %d; hold times: %s; connect %s ms\n",
+		fmtFloat(sz.ArrivalRate), fmtFloat(sz.Hold.MeanSeconds*1000), fmtFloat(sz.Demand), span, fmtFloat(100*sz.Buffer), sz.Floor,
 		sz.HoldDistribution, fmtFloat(sz.MeanCreateSeconds*1000))
 	fmt.Fprintf(w, "predicted:    %-9s %12s %8s %10s %12s\n", "size", "avg checkout", "P(wait)", "P(timeout)", "utilization")
 	for _, p := range []struct {
