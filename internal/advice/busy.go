@@ -44,25 +44,50 @@ func (o *offeredSums) add(e *entry, withIncreases bool, sign int) {
 // checkout counter; the measured hold times' mean, else the samples' mean hold; and the mean
 // in flight, the samples' (PgBouncer's) or else rate x hold. Each is nil when unknown.
 func (o *offeredSums) load() (rate, hold, inFlight *float64) {
-	switch {
-	case o.nRate > 0:
-		rate = ptr(o.rate / float64(o.nRate))
-	case o.nCheckouts > 0 && o.checkoutSeconds > 0:
-		rate = ptr(o.checkouts / o.checkoutSeconds)
+	r, okRate := o.rateOf()
+	w, okHold := o.holdOf()
+	d, okDemand := o.inFlightOf()
+	if okRate {
+		rate = ptr(r)
 	}
-	switch {
-	case o.nHolds > 0 && o.holdCount > 0:
-		hold = ptr(o.holdSum / o.holdCount)
-	case o.nHold > 0:
-		hold = ptr(o.hold / float64(o.nHold))
+	if okHold {
+		hold = ptr(w)
 	}
-	switch {
-	case o.nInFlight > 0:
-		inFlight = ptr(o.inFlight / float64(o.nInFlight))
-	case rate != nil && hold != nil:
-		inFlight = ptr(*rate * *hold)
+	if okDemand {
+		inFlight = ptr(d)
 	}
 	return rate, hold, inFlight
+}
+
+func (o *offeredSums) rateOf() (float64, bool) {
+	switch {
+	case o.nRate > 0:
+		return o.rate / float64(o.nRate), true
+	case o.nCheckouts > 0 && o.checkoutSeconds > 0:
+		return o.checkouts / o.checkoutSeconds, true
+	}
+	return 0, false
+}
+
+func (o *offeredSums) holdOf() (float64, bool) {
+	switch {
+	case o.nHolds > 0 && o.holdCount > 0:
+		return o.holdSum / o.holdCount, true
+	case o.nHold > 0:
+		return o.hold / float64(o.nHold), true
+	}
+	return 0, false
+}
+
+// inFlightOf is the demand λ·W that the busiest span is chosen by; it does not allocate, as it
+// runs once per entry of the window.
+func (o *offeredSums) inFlightOf() (float64, bool) {
+	if o.nInFlight > 0 {
+		return o.inFlight / float64(o.nInFlight), true
+	}
+	r, okRate := o.rateOf()
+	w, okHold := o.holdOf()
+	return r * w, okRate && okHold
 }
 
 // spanStart is when the span beginning at entry k starts: the end of the increases of the
@@ -99,12 +124,13 @@ func (h *History) busiest(i0 int) (k, j int, ok bool) {
 		if end.Sub(h.spanStart(lo, i0)) < busySpan {
 			continue
 		}
-		// >= : of equal loads the newest span wins.
 		if run.nHolds > 0 && run.holdCount < MinHolds {
 			continue
 		}
-		if _, _, d := run.load(); d != nil && (!ok || *d >= best) {
-			k, j, best, ok = lo, hi, *d, true
+		// Of equal loads the newest span wins; the tolerance absorbs the rounding that the
+		// sliding sums carry.
+		if d, known := run.inFlightOf(); known && (!ok || d >= best*(1-epsilon)) {
+			k, j, best, ok = lo, hi, d, true
 		}
 	}
 	return k, j, ok
