@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"html"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -370,12 +368,9 @@ func checkKillLoss(t *testing.T, server string, a, b exporterScrape, o *outcomes
 func checkJoined(t *testing.T, r *fastapiReplica, last exporterScrape) {
 	t.Helper()
 	var pids []int
-	for pid := range processValues(t, last, "dbpool_process_in_use_connections") {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue // replaced since
-		}
-		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 1 && f[1] == strconv.Itoa(r.Pid()) {
+	reported := processValues(t, last, "dbpool_process_in_use_connections")
+	for _, pid := range childProcesses(t, r.Pid()) { // a worker replaced since is not among them
+		if _, ok := reported[pid]; ok {
 			pids = append(pids, pid)
 		}
 	}
